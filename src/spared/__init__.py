@@ -1,0 +1,31 @@
+"""spared: the SpaRED database, SpaCKLE completion and a histology-to-expression benchmark.
+
+Submodules are imported lazily so that ``import spared`` stays fast and does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {
+    "annotation", "bench", "catalog", "config", "data_model", "datasets", "graph", "impute", "io",
+    "metrics", "models", "pl", "pp", "report", "synthetic",
+}
+_ATTRIBUTES = {"validate": "spared.data_model"}
+
+__all__ = sorted(_SUBMODULES | set(_ATTRIBUTES) | {"__version__"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"spared.{name}")
+    if name in _ATTRIBUTES:
+        return getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+    raise AttributeError(f"module 'spared' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

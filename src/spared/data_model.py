@@ -1,0 +1,135 @@
+"""The AnnData conventions of spared, stated once, and :func:`validate` that enforces them.
+
+See ``docs/data_model.md`` for the prose version of the tables below.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+#: Layers written by :func:`spared.pp.process` and what each holds.
+LAYERS: dict[str, str] = {
+    "counts": "raw UMI counts of the kept spots and genes",
+    "tpm": "transcripts per million with GENCODE merged-exon gene lengths (rows sum to 1e6)",
+    "log1p": "log2(tpm + 1)",
+    "d_log1p": "log1p after the adaptive median filter (zeros replaced from spatial neighbours)",
+    "c_log1p": "log1p after ComBat batch correction",
+    "c_d_log1p": "d_log1p after ComBat batch correction (the raw/median benchmark target)",
+    "c_t_log1p": "c_d_log1p whose missing entries were completed by SpaCKLE (the completed target)",
+    "deltas": "log1p minus its per-gene train-split mean (var['log1p_avg_exp'])",
+    "d_deltas": "d_log1p minus var['d_log1p_avg_exp']",
+    "c_deltas": "c_log1p minus var['c_log1p_avg_exp']",
+    "c_d_deltas": "c_d_log1p minus var['c_d_log1p_avg_exp']",
+    "c_t_deltas": "c_t_log1p minus var['c_t_log1p_avg_exp']",
+    "mask": "True where tpm != 0 (a real measurement); False = missing, imputed",
+    "noisy_<L>": "layer L with missing entries set to 0 (log layers) or to -mean (delta layers)",
+    "true_counts": "simulated data only: counts before dropout (known truth)",
+    "true_log1p": "simulated data only: log2(TPM + 1) of true_counts",
+    "c_true_log1p": "simulated data only: true_log1p with the ComBat transform fitted for c_d_log1p",
+}
+
+#: Per-spot columns every collection carries.
+REQUIRED_OBS: dict[str, str] = {
+    "slide_id": "slide (library) the spot belongs to",
+    "patient": "patient / donor of the slide",
+    "split": "'train', 'val' or 'test', assigned per slide",
+    "array_row": "row on the spot array",
+    "array_col": "column on the spot array",
+}
+
+SPLITS = ("train", "val", "test")
+
+
+class ValidationError(ValueError):
+    """Raised when an AnnData breaks the spared conventions; the message lists every problem."""
+
+
+def validate(adata, stage: str = "raw", layers: list[str] | None = None) -> None:
+    """Check that ``adata`` follows the spared data model; raise :class:`ValidationError` otherwise.
+
+    Parameters
+    ----------
+    adata
+        The collection.
+    stage
+        ``"raw"``: counts in ``X`` plus obs/obsm conventions; ``"processed"``: additionally the core
+        processed layers (``counts``, ``tpm``, ``log1p``, ``d_log1p``, ``c_d_log1p``, ``mask``).
+    layers
+        Extra layers that must exist.
+    """
+    if stage not in ("raw", "processed"):
+        raise ValueError(f"stage must be 'raw' or 'processed', got {stage!r}")
+    problems: list[str] = []
+    problems += _check_obs(adata)
+    problems += _check_names(adata)
+    problems += _check_spatial(adata)
+    problems += _check_counts(adata.X, "X")
+    needed = list(layers or [])
+    if stage == "processed":
+        needed = ["counts", "tpm", "log1p", "d_log1p", "c_d_log1p", "mask", *needed]
+    for name in needed:
+        if name not in adata.layers:
+            problems.append(f"layer {name!r} is missing ({LAYERS.get(name, 'required by the caller')}); "
+                            f"run spared.pp.process first")
+        elif name != "mask":
+            problems += _check_finite(adata.layers[name], f"layer {name!r}")
+    if "mask" in adata.layers and adata.layers["mask"].dtype != bool:
+        problems.append(f"layer 'mask' must be boolean, found dtype {adata.layers['mask'].dtype}")
+    if problems:
+        raise ValidationError("AnnData does not follow the spared data model:\n  - " + "\n  - ".join(problems))
+
+
+def _check_obs(adata) -> list[str]:
+    out = [f"obs[{c!r}] is missing ({d})" for c, d in REQUIRED_OBS.items() if c not in adata.obs]
+    if "split" in adata.obs:
+        bad = sorted(set(adata.obs["split"].astype(str)) - set(SPLITS))
+        if bad:
+            out.append(f"obs['split'] has values {bad}; expected only {list(SPLITS)}")
+        if "slide_id" in adata.obs:
+            per_slide = adata.obs.groupby("slide_id", observed=True)["split"].nunique()
+            mixed = per_slide[per_slide > 1].index.tolist()
+            if mixed:
+                out.append(f"slides {mixed} have spots in more than one split; splits are assigned per slide")
+    if "slide_id" in adata.obs:
+        sizes = adata.obs["slide_id"].value_counts()
+        tiny = sizes[sizes < 2].index.tolist()
+        if tiny:
+            out.append(f"slides {tiny} have a single spot; a spatial graph needs at least 2 spots per slide")
+    return out
+
+
+def _check_names(adata) -> list[str]:
+    out = []
+    for axis, names in (("spot (obs)", adata.obs_names), ("gene (var)", adata.var_names)):
+        dup = pd.Index(names)[pd.Index(names).duplicated()].unique().tolist()
+        if dup:
+            out.append(f"duplicate {axis} names {dup[:5]}{' ...' if len(dup) > 5 else ''}; make them unique "
+                       f"(e.g. prefix barcodes with the slide id)")
+    return out
+
+
+def _check_spatial(adata) -> list[str]:
+    if "spatial" not in adata.obsm:
+        return ["obsm['spatial'] is missing (full-resolution pixel coordinates x, y)"]
+    coords = np.asarray(adata.obsm["spatial"])
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        return [f"obsm['spatial'] must have shape (n_spots, 2), found {coords.shape}"]
+    if not np.isfinite(coords).all():
+        return ["obsm['spatial'] contains NaN or inf"]
+    return []
+
+
+def _check_counts(x, name: str) -> list[str]:
+    values = x.data if sp.issparse(x) else np.asarray(x)
+    if not np.isfinite(values).all():
+        return [f"{name} contains NaN or inf; raw counts must be finite"]
+    if values.size and values.min() < 0:
+        return [f"{name} contains negative values; expected raw counts (>= 0)"]
+    return []
+
+
+def _check_finite(x, name: str) -> list[str]:
+    values = x.data if sp.issparse(x) else np.asarray(x)
+    return [] if np.isfinite(values).all() else [f"{name} contains NaN or inf"]
