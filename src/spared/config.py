@@ -29,6 +29,9 @@ class ProcessingConfig:
     patch_size: int = 224
     patch_scale: float = 1.0
     median_max_hops: int = 4
+    complete_missing: bool = True
+    spackle_max_steps: int = 1000
+    seed: int = 0
     slide_key: str = "slide_id"
     split_key: str = "split"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,100 @@
+"""Quality filters of the SpaRED protocol: spots by total counts, genes by counts and expression fractions."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+
+def _counts(adata, layer: str | None):
+    x = adata.X if layer is None else adata.layers[layer]
+    return x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))
+
+
+def filter_spots(adata, min_counts: float = 10, max_counts: float = 1e6, layer: str | None = None):
+    """Keep spots whose total counts lie strictly between ``min_counts`` and ``max_counts``.
+
+    Returns a filtered copy (AnnData subsets are copies in spared's pipeline).
+    """
+    totals = np.asarray(_counts(adata, layer).sum(axis=1)).ravel()
+    keep = (totals > min_counts) & (totals < max_counts)
+    if not keep.any():
+        raise ValueError(f"no spot has total counts in ({min_counts}, {max_counts}); totals range from "
+                         f"{totals.min():g} to {totals.max():g}. Lower cell_min_counts or check the input")
+    return adata[keep].copy()
+
+
+def expression_fractions(adata, slide_key: str = "slide_id", layer: str | None = None) -> None:
+    """Write ``var['exp_frac']`` (minimum over slides of the fraction of spots expressing the gene) and
+    ``var['glob_exp_frac']`` (the same fraction over the whole collection)."""
+    x = _counts(adata, layer)
+    expressed = (x > 0).astype(np.float32)
+    codes, levels = pd.factorize(adata.obs[slide_key], sort=True)
+    membership = sp.csr_matrix((np.ones(codes.size, np.float32), (codes, np.arange(codes.size))),
+                               shape=(levels.size, codes.size))
+    per_slide = np.asarray((membership @ expressed).todense()) / np.bincount(codes)[:, None]
+    adata.var["exp_frac"] = per_slide.min(axis=0)
+    adata.var["glob_exp_frac"] = np.asarray(expressed.mean(axis=0)).ravel()
+
+
+def real_data_prefix(exp_frac: np.ndarray, glob_exp_frac: np.ndarray, real_data_percentage: float) -> np.ndarray:
+    """Indices of the genes kept by the ``real_data_percentage`` rule.
+
+    Genes are sorted by ``exp_frac`` (descending, stable) and the longest prefix whose mean
+    ``glob_exp_frac`` is still at least ``real_data_percentage`` is kept.
+    """
+    order = np.argsort(-np.asarray(exp_frac), kind="stable")
+    running = np.cumsum(np.asarray(glob_exp_frac)[order]) / np.arange(1, order.size + 1)
+    ok = np.flatnonzero(running >= real_data_percentage)
+    return order[: ok[-1] + 1] if ok.size else order[:0]
+
+
+def filter_genes(
+    adata,
+    min_counts: float = 10,
+    max_counts: float = 1e6,
+    min_exp_frac: float = -1.0,
+    min_glob_exp_frac: float = -1.0,
+    real_data_percentage: float = 0.7,
+    wildcard_genes: list[str] | tuple[str, ...] | None = None,
+    slide_key: str = "slide_id",
+):
+    """Select genes by the SpaRED rules and drop spots left with zero counts; returns a filtered copy.
+
+    With ``wildcard_genes`` exactly those genes are kept (all must exist). Otherwise genes need
+    ``min_counts < total < max_counts``, ``exp_frac >= min_exp_frac`` and ``glob_exp_frac >= min_glob_exp_frac``,
+    then :func:`real_data_prefix` keeps the longest prefix (by ``exp_frac``) with mean ``glob_exp_frac``
+    ``>= real_data_percentage``.
+    """
+    if "exp_frac" not in adata.var or "glob_exp_frac" not in adata.var:
+        expression_fractions(adata, slide_key)
+    if wildcard_genes is not None:
+        missing = [g for g in wildcard_genes if g not in adata.var_names]
+        if missing:
+            raise KeyError(f"{len(missing)} wildcard gene(s) are not in the data, e.g. {missing[:5]}; "
+                           f"use Ensembl ids without version, as var_names")
+        selected = adata.var_names.get_indexer(list(wildcard_genes))
+    else:
+        totals = np.asarray(_counts(adata, None).sum(axis=0)).ravel()
+        var = adata.var
+        ok = ((totals > min_counts) & (totals < max_counts) & (var["exp_frac"].to_numpy() >= min_exp_frac)
+              & (var["glob_exp_frac"].to_numpy() >= min_glob_exp_frac))
+        candidates = np.flatnonzero(ok)
+        prefix = real_data_prefix(var["exp_frac"].to_numpy()[candidates],
+                                  var["glob_exp_frac"].to_numpy()[candidates], real_data_percentage)
+        selected = np.sort(candidates[prefix])
+        if selected.size == 0:
+            raise ValueError(
+                f"no gene passes the filters ({ok.sum()} pass the count/fraction thresholds, none keeps "
+                f"{real_data_percentage:.0%} real data); lower real_data_percentage or gene_min_counts")
+    out = adata[:, selected].copy()
+    nonzero = np.asarray(_counts(out, None).sum(axis=1)).ravel() > 0
+    if not nonzero.all():
+        log.info("dropping %d spot(s) with zero counts in the kept genes", (~nonzero).sum())
+        out = out[nonzero].copy()
+    return out
