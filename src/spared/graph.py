@@ -79,3 +79,19 @@ def khop_neighborhoods(adjacency: sp.spmatrix, max_hops: int) -> list[sp.csr_mat
         reach = (reach + reach @ a).astype(bool).tocsr()
         out.append(reach)
     return out
+
+
+def check_within_groups(adjacency: sp.spmatrix, groups: np.ndarray | pd.Series) -> None:
+    """Raise ``ValueError`` unless ``adjacency`` is ``n × n`` and no edge joins spots of different groups."""
+    labels = np.asarray(groups)
+    n = labels.shape[0]
+    if not sp.issparse(adjacency) or adjacency.shape != (n, n):
+        found = adjacency.shape if hasattr(adjacency, "shape") else type(adjacency).__name__
+        raise ValueError(f"adjacency must be a scipy sparse {n} × {n} matrix (one row per spot); got "
+                         f"{found}; build it with spared.graph.spatial_graph")
+    coo = adjacency.tocoo()
+    codes = pd.factorize(labels)[0]
+    crossing = int(np.count_nonzero(codes[coo.row] != codes[coo.col]))
+    if crossing:
+        raise ValueError(f"{crossing} edge(s) of the spatial graph join spots of different slides; build "
+                         f"the graph per slide with spared.graph.spatial_graph")

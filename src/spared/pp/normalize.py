@@ -31,9 +31,9 @@ def tpm_matrix(counts, lengths: np.ndarray):
 def tpm(adata, organism: str = "human", layer: str | None = "counts", key_added: str = "tpm"):
     """Write ``layers[key_added]`` = TPM of ``layers[layer]``; returns a copy without unannotated genes.
 
-    ``layer=None`` reads ``X``. Gene lengths (union of exons, GENCODE v43 / vM33) come from :mod:`spared.annotation` and are stored in
-    ``var['gene_length']``. Genes absent from the annotation are dropped (count in
-    ``uns['spared']['tpm_dropped_genes']``), then spots left with zero counts.
+    ``layer=None`` reads ``X``. Gene lengths (union of exons, GENCODE v43 / vM33) come from
+    :mod:`spared.annotation` and are stored in ``var['gene_length']``. Genes absent from the annotation are
+    dropped (count in ``uns['spared']['tpm_dropped_genes']``), then spots left with zero counts.
     """
     from spared.annotation import gene_lengths
 
