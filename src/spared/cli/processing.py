@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from spared.cli.app import app, console, err_console
+from spared.io.atomic import write_h5ad
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -27,22 +28,6 @@ def read_h5ad(path: Path):
         return ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for a broken file
         raise fail(f"could not read {path} as h5ad ({type(exc).__name__}: {exc})") from exc
-
-
-def write_h5ad(adata, path: Path) -> None:
-    """Write atomically: a temporary file next to the target, then rename."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".h5ad.part", dir=path.parent)
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp, compression="gzip")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_config(config_file: Path | None, overrides: list[str] | None, base=None):

@@ -1,0 +1,45 @@
+"""``spared prepare NAME``: download → read → process → patches → cache, for a catalogue dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spared.cli.app import app, console
+from spared.cli.processing import fail, load_config
+
+
+@app.command()
+def prepare(
+    name: Annotated[str, typer.Argument(help="Dataset key (see `spared datasets`).")],
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML/JSON parameter file.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Cache root (default: $SPARED_DATA).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached result exists.")] = False,
+    patches: Annotated[bool, typer.Option("--patches/--no-patches", help="Cut image patches.")] = True,
+) -> None:
+    """Build (or load from cache) the processed collection NAME and print where it lies."""
+    from spared.catalog import load_spec
+    from spared.datasets import cache_paths, get
+    from spared.io.readers import ReaderError
+
+    try:
+        spec = load_spec(name)
+        base = spec.processing_config(None)
+    except (LookupError, ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    cfg = load_config(config_file, overrides, base=base)
+    h5ad, patch_file = cache_paths(name, cfg, data_dir)
+    cached = h5ad.is_file() and not force
+    try:
+        adata = get(name, config=cfg, data_dir=data_dir, force=force, patches=patches)
+    except (ReaderError, LookupError, ValueError, OSError) as exc:
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    slides = adata.obs["slide_id"].nunique()
+    console.print(f"{'loaded' if cached else 'built'} {name}: {adata.n_obs} spots × {adata.n_vars} genes, "
+                  f"{slides} slide(s)")
+    console.print(f"  h5ad:    {h5ad}")
+    if patches:
+        console.print(f"  patches: {patch_file}")

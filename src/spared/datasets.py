@@ -1,0 +1,222 @@
+"""Ready-to-use SpaRED collections: download → read → process → patches, cached by a hash of the parameters.
+
+>>> adata = spared.datasets.get("villacampa_lung_organoid")        # doctest: +SKIP
+>>> adata = spared.datasets.get_local("path/to/spaceranger/outs")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from spared.config import ProcessingConfig
+from spared.io.atomic import write_h5ad
+
+__all__ = ["cache_paths", "get", "get_local"]
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    from spared import __version__
+
+    blob = json.dumps({**payload, "spared": __version__}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _resolve_config(spec: Any, config: ProcessingConfig | dict[str, Any] | None) -> ProcessingConfig:
+    """``None``: the dataset's settings; a dict: overrides of them; a ProcessingConfig: used as given."""
+    if isinstance(config, ProcessingConfig):
+        return config.replace(organism=spec.organism)
+    return spec.processing_config(None).replace(**(config or {}))
+
+
+def cache_paths(name: str, config: ProcessingConfig | dict[str, Any] | None = None,
+                data_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Where :func:`get` caches ``name`` processed with ``config``: ``(h5ad, patch store)``.
+
+    The file stem is a hash of the dataset key, the full processing configuration and the spared version.
+    """
+    from spared.catalog import load_spec
+
+    spec = load_spec(name)
+    return _cache_paths(spec.key, _resolve_config(spec, config), data_dir)
+
+
+def _cache_paths(key: str, cfg: ProcessingConfig, data_dir: str | Path | None) -> tuple[Path, Path]:
+    from spared.io.download import data_dir as default_data_dir
+
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    stem = _digest({"dataset": key, "config": cfg.to_dict()})
+    folder = root / key / "processed"
+    return folder / f"{stem}.h5ad", folder / f"{stem}.patches.h5"
+
+
+def _load_cached(h5ad: Path, patch_file: Path, patches: bool, cfg: ProcessingConfig) -> Any | None:
+    import anndata as ad
+
+    if not h5ad.is_file():
+        return None
+    adata = ad.read_h5ad(h5ad)
+    if not patches:
+        return adata
+    if not patch_file.is_file():
+        return _add_patches(adata, h5ad, patch_file, cfg)
+    adata.uns.setdefault("spared", {})["patches"] = {"path": str(patch_file.resolve()), "size": cfg.patch_size,
+                                                     "scale": cfg.patch_scale}
+    return adata
+
+
+def _add_patches(adata: Any, h5ad: Path, patch_file: Path, cfg: ProcessingConfig, progress: bool = True) -> Any:
+    from spared.io.patches import extract_patches
+
+    extract_patches(adata, patch_file, patch_size=cfg.patch_size, patch_scale=cfg.patch_scale, progress=progress)
+    write_h5ad(adata, h5ad)
+    return adata
+
+
+def _build(read_raw: Callable[[], Any], cfg: ProcessingConfig, dataset: str, h5ad: Path, patch_file: Path,
+           patches: bool, sources: list[dict[str, Any]], progress: bool) -> Any:
+    from spared.pp import process
+
+    adata = process(read_raw(), cfg, progress=progress, dataset=dataset)
+    adata.uns["spared"]["sources"] = {"url": [s.get("url", "") for s in sources],
+                                      "sha256": [s.get("sha256") or "" for s in sources]}
+    if patches:
+        return _add_patches(adata, h5ad, patch_file, cfg, progress)
+    write_h5ad(adata, h5ad)
+    return adata
+
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    if is_dataclass(item):
+        return asdict(item)
+    return {k: getattr(item, k) for k in ("url", "filename", "sha256") if hasattr(item, k)}
+
+
+def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data_dir: str | Path | None = None,
+        force: bool = False, patches: bool = True, progress: bool = True) -> Any:
+    """A processed SpaRED collection, built on first use and then loaded from the cache.
+
+    Parameters
+    ----------
+    name
+        Catalogue key (``spared datasets`` lists them).
+    config
+        ``None``: the dataset's SpaRED settings; a dict: overrides of them (e.g. ``{"top_moran_genes": 64}``);
+        a :class:`~spared.config.ProcessingConfig`: used as given (its organism set from the catalogue).
+    data_dir
+        Cache root (default: ``spared.io.download.data_dir()``, i.e. ``$SPARED_DATA``).
+    force
+        Rebuild even when a cached result exists.
+    patches
+        Also cut image patches (``uns['spared']['patches']`` points to the store).
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    anndata.AnnData
+        Processed collection (see ``docs/data_model.md``), cached at
+        ``<data_dir>/<key>/processed/<hash>.h5ad`` with its patch store ``<hash>.patches.h5`` beside it.
+    """
+    from spared.catalog import load_spec
+    from spared.io.download import fetch_dataset, resolve_slides
+    from spared.io.readers import read
+
+    spec = load_spec(name)
+    cfg = _resolve_config(spec, config)
+    h5ad, patch_file = _cache_paths(spec.key, cfg, data_dir)
+    if not force:
+        cached = _load_cached(h5ad, patch_file, patches, cfg)
+        if cached is not None:
+            return cached
+
+    def read_raw() -> Any:
+        folder = fetch_dataset(spec) if data_dir is None else fetch_dataset(spec, data_dir=Path(data_dir))
+        return read(spec.format, folder, resolve_slides(spec, folder), spec.organism)
+
+    return _build(read_raw, cfg, spec.key, h5ad, patch_file, patches, [_as_dict(f) for f in spec.files], progress)
+
+
+def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[str, Any] | None = None, *,
+              format: str = "visium_spaceranger", slide_id: str | None = None, patient: str | None = None,
+              split: str = "train", organism: str | None = None, out_dir: str | Path | None = None,
+              force: bool = False, patches: bool = True, progress: bool = True) -> Any:
+    """Process your own Visium slide (a Space Ranger ``outs`` folder) or a raw AnnData, with caching.
+
+    Parameters
+    ----------
+    path_or_adata
+        A folder in one of the reader formats (one slide), or an AnnData that already follows the raw data
+        model (``spared.validate(adata, "raw")``).
+    config
+        :class:`~spared.config.ProcessingConfig` or a dict of overrides of the defaults.
+    format
+        Reader format of the folder (see :data:`spared.io.readers.READERS`).
+    slide_id, patient, split
+        How to label the slide (default id: the folder name; patient: the slide id).
+    organism
+        ``"human"`` or ``"mouse"``; overrides ``config.organism``.
+    out_dir
+        Where to cache the result (default: ``<data_dir>/local``).
+    force, patches, progress
+        As in :func:`get`.
+    """
+    from spared.io.readers import read
+
+    base = ProcessingConfig()
+    cfg = base.replace(**config) if isinstance(config, dict) else (config or base)
+    if organism is not None:
+        cfg = cfg.replace(organism=organism)
+    if out_dir is None:
+        from spared.io.download import data_dir
+
+        out_dir = data_dir() / "local"
+    if isinstance(path_or_adata, str | Path):
+        folder = Path(path_or_adata).resolve()
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder} does not exist; give a Space Ranger outs folder or an AnnData")
+        slide = {"id": slide_id or folder.name, "patient": patient or slide_id or folder.name, "split": split}
+        name = slide["id"]
+        identity: dict[str, Any] = {"path": str(folder), "format": format, "slide": slide}
+
+        def read_raw() -> Any:
+            return read(format, folder.parent if folder.is_dir() else folder, [{**slide, "path": folder.name}],
+                        cfg.organism)
+    else:
+        from spared.data_model import validate
+
+        adata = path_or_adata
+        validate(adata, stage="raw")
+        name = str(adata.uns.get("spared", {}).get("dataset", "") or "local")
+        identity = {"adata": _fingerprint(adata)}
+
+        def read_raw() -> Any:
+            return adata
+    stem = _digest({**identity, "config": cfg.to_dict()})
+    h5ad, patch_file = Path(out_dir) / f"{stem}.h5ad", Path(out_dir) / f"{stem}.patches.h5"
+    if not force:
+        cached = _load_cached(h5ad, patch_file, patches, cfg)
+        if cached is not None:
+            return cached
+    return _build(read_raw, cfg, name, h5ad, patch_file, patches, [], progress)
+
+
+def _fingerprint(adata: Any) -> str:
+    """A content hash of a raw AnnData (names, counts, coordinates)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    h = hashlib.sha256()
+    for names in (adata.obs_names, adata.var_names):
+        h.update("\x00".join(map(str, names)).encode())
+    x = adata.X
+    for part in ((x.data, x.indices, x.indptr) if sp.issparse(x) else (np.asarray(x),)):
+        h.update(np.ascontiguousarray(part).tobytes())
+    h.update(np.ascontiguousarray(adata.obsm["spatial"]).tobytes())
+    return h.hexdigest()

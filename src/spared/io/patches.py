@@ -1,0 +1,328 @@
+"""Image patches centred on spots, stored as a chunked ``uint8`` HDF5 array addressed by obs position.
+
+For each spot the window is a square of side ``spot_diameter_fullres × patch_scale`` full-resolution pixels
+centred on the spot (sub-pixel exact), resampled to ``patch_size`` × ``patch_size`` with PIL's antialiased
+bilinear filter; pixels outside the image take ``pad_value``. The image is read band by band (spots sorted by
+row), so a 20k × 20k TIFF is never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spared.io.readers.common import ReaderError
+from spared.io.readers.images import FullResImage
+
+DATASET = "patches"
+_FULLRES_TOLERANCE = 0.02
+
+
+class _ArrayImage:
+    """An in-memory RGB image with the region-read interface of :class:`FullResImage`."""
+
+    def __init__(self, array: np.ndarray):
+        self._array = array
+        self.shape = array.shape[:2]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self._array[max(y0, 0):y1, max(x0, 0):x1]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _slide_ids(adata: Any) -> np.ndarray:
+    if "slide_id" in adata.obs:
+        return adata.obs["slide_id"].astype(str).to_numpy()
+    spatial = adata.uns.get("spatial", {})
+    if len(spatial) != 1:
+        raise ReaderError("obs['slide_id'] is missing and uns['spatial'] does not hold exactly one slide; "
+                          "cannot tell which image each spot belongs to")
+    return np.full(adata.n_obs, next(iter(spatial)), dtype=object)
+
+
+def _open_source(entry: dict[str, Any], slide: str) -> tuple[Any, float]:
+    """The image to cut patches from and the factor from full-resolution pixels to its pixels."""
+    factors = entry.get("scalefactors", {})
+    hires = entry.get("images", {}).get("hires")
+    path = entry.get("fullres_path")
+    if path:
+        image = FullResImage(path)
+        factor = 1.0
+        if hires is not None and "tissue_hires_scalef" in factors:
+            expected = np.asarray(hires.shape[:2]) / factors["tissue_hires_scalef"]
+            ratio = np.asarray(image.shape) / expected
+            if np.all(np.abs(ratio - 1) > _FULLRES_TOLERANCE) and abs(ratio[0] / ratio[1] - 1) < _FULLRES_TOLERANCE:
+                factor = float(ratio.mean())
+                warnings.warn(f"slide {slide!r}: {path} is {image.shape[1]}×{image.shape[0]} px but the hires image "
+                              f"and tissue_hires_scalef imply {expected[1]:.0f}×{expected[0]:.0f}; spot coordinates "
+                              f"are rescaled by {factor:.4f}", stacklevel=3)
+        return image, factor
+    if hires is None:
+        raise ReaderError(f"slide {slide!r} has neither uns['spatial'][...]['fullres_path'] nor a hires image; "
+                          f"patches need one of them")
+    if "tissue_hires_scalef" not in factors:
+        raise ReaderError(f"slide {slide!r}: scalefactors lack tissue_hires_scalef, needed to cut patches from hires")
+    return _ArrayImage(np.asarray(hires)), float(factors["tissue_hires_scalef"])
+
+
+def _bands(top: np.ndarray, bottom: np.ndarray, height: int) -> list[np.ndarray]:
+    """Group spots (sorted by ``top``) into bands of rows no taller than ``height`` (one spot at least)."""
+    order = np.argsort(top, kind="stable")
+    groups, start = [], 0
+    while start < order.size:
+        limit = top[order[start]] + height
+        stop = start + int(np.searchsorted(bottom[order[start:]] > limit, True))
+        stop = max(stop, start + 1)
+        groups.append(order[start:stop])
+        start = stop
+    return groups
+
+
+def _cut(region: np.ndarray, origin: tuple[int, int], box: np.ndarray, *, size: int, pad_value: int) -> np.ndarray:
+    """Resample the window ``box`` (x0, y0, x1, y1, image pixels) out of ``region`` whose top-left is ``origin``."""
+    from PIL import Image
+
+    margin = math.ceil((box[2] - box[0]) / size) + 1
+    x0, y0 = math.floor(box[0]) - margin, math.floor(box[1]) - margin
+    x1, y1 = math.ceil(box[2]) + margin, math.ceil(box[3]) + margin
+    oy, ox = origin
+    rh, rw = region.shape[:2]
+    sy0, sx0, sy1, sx1 = max(y0 - oy, 0), max(x0 - ox, 0), min(y1 - oy, rh), min(x1 - ox, rw)
+    if sy0 == y0 - oy and sx0 == x0 - ox and sy1 == y1 - oy and sx1 == x1 - ox:
+        crop = region[sy0:sy1, sx0:sx1]
+    else:
+        crop = np.full((y1 - y0, x1 - x0, 3), pad_value, dtype=np.uint8)
+        if sy1 > sy0 and sx1 > sx0:
+            crop[sy0 + oy - y0:sy1 + oy - y0, sx0 + ox - x0:sx1 + ox - x0] = region[sy0:sy1, sx0:sx1]
+    rel = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
+        (size, size), Image.Resampling.BILINEAR, box=tuple(float(v) for v in rel)))
+
+
+def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, patch_scale: float = 1.0,
+                    progress: bool = True, pad_value: int = 255, compression: str | None = None,
+                    band_height: int = 2048, n_threads: int | None = None) -> Path:
+    """Cut one RGB patch per spot and store them in ``out_path`` (HDF5 dataset ``patches``, ``(n, s, s, 3)``).
+
+    Parameters
+    ----------
+    adata
+        Collection following the data model: ``obsm['spatial']`` full-resolution ``(x, y)``, ``obs['slide_id']``
+        and per-slide ``uns['spatial']`` with ``scalefactors`` and ``fullres_path`` or ``images['hires']``.
+    out_path
+        HDF5 file to (re)write; written to a temporary file first, then renamed.
+    patch_size
+        Side of the stored patches in pixels.
+    patch_scale
+        Window side as a multiple of the spot diameter.
+    progress
+        Show a progress bar.
+    pad_value
+        Value of pixels that fall outside the image (255: white background).
+    compression
+        HDF5 filter of the chunks: ``None`` (fastest), ``"lzf"`` or ``"gzip"`` (smaller files).
+    band_height
+        Rows of the image read at once (memory ≈ ``band_height × width × 3`` bytes).
+    n_threads
+        Threads resampling patches (PIL releases the GIL); default ``min(8, cpu_count)``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``; ``adata.uns['spared']['patches']`` records ``path``, ``size`` and ``scale``.
+    """
+    import h5py
+
+    if patch_size < 1 or patch_scale <= 0:
+        raise ValueError(f"patch_size must be >= 1 and patch_scale > 0; got {patch_size}, {patch_scale}")
+    if "spatial" not in adata.obsm:
+        raise ReaderError("obsm['spatial'] is missing; patches are centred on its full-resolution coordinates")
+    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if not np.isfinite(coords).all():
+        raise ReaderError("obsm['spatial'] contains NaN or inf; cannot centre patches")
+    slides = _slide_ids(adata)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    bar = _Progress(adata.n_obs, progress)
+    try:
+        with h5py.File(tmp, "w") as f, bar:
+            dset = f.create_dataset(DATASET, shape=(adata.n_obs, patch_size, patch_size, 3), dtype=np.uint8,
+                                    chunks=(1, patch_size, patch_size, 3), compression=compression)
+            f.create_dataset("obs_names", data=adata.obs_names.to_numpy(dtype=str).astype(object),
+                             dtype=h5py.string_dtype())
+            f.attrs.update({"size": patch_size, "scale": patch_scale, "pad_value": pad_value})
+            for slide in pd.unique(slides):
+                idx = np.flatnonzero(slides == slide)
+                _extract_slide(adata, str(slide), idx, coords[idx], dset, patch_size, patch_scale, pad_value,
+                               band_height, n_threads, bar)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    adata.uns.setdefault("spared", {})["patches"] = {"path": str(out_path.resolve()), "size": int(patch_size),
+                                                     "scale": float(patch_scale)}
+    return out_path
+
+
+def _extract_slide(adata: Any, slide: str, idx: np.ndarray, coords: np.ndarray, dset: Any, size: int,
+                   scale: float, pad_value: int, band_height: int, n_threads: int | None, bar: Any) -> None:
+    entry = adata.uns.get("spatial", {}).get(slide)
+    if entry is None:
+        raise ReaderError(f"uns['spatial'] has no entry for slide {slide!r}")
+    diameter = entry.get("scalefactors", {}).get("spot_diameter_fullres")
+    if not diameter or not np.isfinite(diameter) or diameter <= 0:
+        raise ReaderError(f"slide {slide!r}: scalefactors['spot_diameter_fullres'] is missing or not positive "
+                          f"({diameter!r}); add scalefactors_json.json to the slide")
+    image, factor = _open_source(entry, slide)
+    pool = ThreadPoolExecutor(max_workers=n_threads or min(8, os.cpu_count() or 1))
+    try:
+        side = diameter * scale * factor
+        centre = (coords + 0.5) * factor
+        boxes = np.column_stack([centre - side / 2, centre + side / 2])
+        margin = math.ceil(side / size) + 1
+        top = np.floor(boxes[:, 1]).astype(np.int64) - margin
+        bottom = np.ceil(boxes[:, 3]).astype(np.int64) + margin
+        left = np.floor(boxes[:, 0]).astype(np.int64) - margin
+        right = np.ceil(boxes[:, 2]).astype(np.int64) + margin
+        for band in _bands(top, bottom, max(band_height, int(bottom[0] - top[0]) + 1)):
+            y0, y1 = int(top[band].min()), int(bottom[band].max())
+            x0, x1 = int(left[band].min()), int(right[band].max())
+            region = image.read(y0, y1, x0, x1)
+            origin = (max(y0, 0), max(x0, 0))
+            cut = partial(_cut, region, origin, size=size, pad_value=pad_value)
+            for j, patch in zip(band, pool.map(cut, boxes[band]), strict=True):
+                dset[idx[j]] = patch
+            bar.advance(band.size)
+    finally:
+        pool.shutdown()
+        image.close()
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self._progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._progress = Progress("patches", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                      transient=True)
+            self._task = self._progress.add_task("patches", total=total)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def __enter__(self) -> _Progress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class PatchStore:
+    """Read-only access to a patch file, opened lazily once per process (safe to pickle to DataLoader/Ray workers).
+
+    Parameters
+    ----------
+    path
+        File written by :func:`extract_patches`.
+
+    Examples
+    --------
+    >>> store = PatchStore(adata.uns["spared"]["patches"]["path"])  # doctest: +SKIP
+    >>> store[0].shape, store[[3, 1]].shape                        # doctest: +SKIP
+    ((224, 224, 3), (2, 224, 224, 3))
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"patch store {self.path} does not exist; run spared.io.patches.extract_patches")
+        self._file: Any = None
+        self._pid: int | None = None
+
+    @classmethod
+    def from_adata(cls, adata: Any) -> PatchStore:
+        """The store recorded in ``adata.uns['spared']['patches']``."""
+        try:
+            return cls(adata.uns["spared"]["patches"]["path"])
+        except KeyError:
+            raise KeyError("adata.uns['spared']['patches'] is missing; extract patches first "
+                           "(spared.io.patches.extract_patches or spared.datasets.get)") from None
+
+    def _dataset(self) -> Any:
+        if self._file is None or self._pid != os.getpid():
+            import h5py
+
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+            if DATASET not in self._file:
+                raise ReaderError(f"{self.path} has no '{DATASET}' dataset; it is not a spared patch store")
+        return self._file[DATASET]
+
+    def __len__(self) -> int:
+        return int(self._dataset().shape[0])
+
+    @property
+    def size(self) -> int:
+        """Side of the patches in pixels."""
+        return int(self._dataset().shape[1])
+
+    @property
+    def obs_names(self) -> pd.Index:
+        """Spot names in storage order (the obs order of the AnnData the patches were cut for)."""
+        self._dataset()
+        return pd.Index(self._file["obs_names"].asstr()[:])
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        """Patches as ``uint8`` ``(size, size, 3)`` (an int) or ``(k, size, size, 3)`` (slice, ints, bool mask)."""
+        dset = self._dataset()
+        if isinstance(idx, int | np.integer):
+            n = dset.shape[0]
+            if not -n <= idx < n:
+                raise IndexError(f"patch index {idx} is out of range for {n} patches")
+            return dset[int(idx) % n]
+        if isinstance(idx, slice):
+            return dset[idx]
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64) % dset.shape[0] if idx.size else idx.astype(np.int64)
+        unique, inverse = np.unique(idx, return_inverse=True)
+        if unique.size == 0:
+            return np.empty((0, *dset.shape[1:]), dtype=np.uint8)
+        return dset[unique][inverse.reshape(-1)]
+
+    def close(self) -> None:
+        """Close the file handle (it reopens on the next access)."""
+        if self._file is not None:
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self._file, self._pid = state["path"], None, None
+
+    def __enter__(self) -> PatchStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PatchStore({str(self.path)!r})"

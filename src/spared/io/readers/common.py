@@ -1,0 +1,174 @@
+"""Pieces every reader shares: slide descriptions, errors, gene-id harmonisation and concatenation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}")
+_MAX_EXAMPLES = 5
+
+
+class ReaderError(ValueError):
+    """Raised when raw files are missing, malformed or inconsistent; the message says what to do."""
+
+
+def examples(values: Iterable[Any], limit: int = _MAX_EXAMPLES) -> str:
+    """A short, readable list of the first few ``values`` (``'a', 'b', ... (12 in all)``)."""
+    values = list(values)
+    shown = ", ".join(repr(str(v)) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """One slide of a collection as the readers need it.
+
+    Parameters
+    ----------
+    id
+        Slide (library) id; obs names become ``f"{id}_{barcode}"``.
+    patient
+        Patient / donor (defaults to the slide id).
+    split
+        ``"train"``, ``"val"`` or ``"test"``.
+    path
+        Folder (or file) of the slide relative to the dataset folder; defaults to the slide id.
+    image
+        Full-resolution image relative to the dataset folder, when it does not sit in the slide folder.
+    hires_image
+        ``tissue_hires_image.png`` (or a folder holding it) relative to the dataset folder, when elsewhere.
+    prefix
+        Text that every file of the slide contains (GEO supplementary files); defaults to the slide id.
+    """
+
+    id: str
+    patient: str
+    split: str = "train"
+    path: str | None = None
+    image: str | None = None
+    hires_image: str | None = None
+    prefix: str | None = None
+
+    @classmethod
+    def coerce(cls, slide: Any) -> SlideInfo:
+        """Build from a catalogue slide object, a mapping or a bare slide id."""
+        if isinstance(slide, SlideInfo):
+            return slide
+        if isinstance(slide, str):
+            return cls(id=slide, patient=slide)
+        get = slide.get if isinstance(slide, Mapping) else lambda name, default=None: getattr(slide, name, default)
+        slide_id = get("id") or get("slide_id")
+        if not slide_id:
+            raise ReaderError(f"a slide description needs an 'id'; found {slide!r}")
+        fields = {name: get(name) for name in ("path", "image", "hires_image", "prefix")}
+        return cls(id=str(slide_id), patient=str(get("patient") or slide_id), split=str(get("split") or "train"),
+                   **{k: (str(v) if v is not None else None) for k, v in fields.items()})
+
+
+def coerce_slides(slides: Sequence[Any] | Any) -> list[SlideInfo]:
+    """Normalise a catalogue's slide list; slide ids must be unique."""
+    if isinstance(slides, str | Mapping | SlideInfo):
+        slides = [slides]
+    infos = [SlideInfo.coerce(s) for s in slides]
+    if not infos:
+        raise ReaderError("no slides were given; list at least one slide (id, patient, split)")
+    ids = pd.Index([s.id for s in infos])
+    if ids.has_duplicates:
+        raise ReaderError(f"slide ids must be unique; repeated: {examples(ids[ids.duplicated()].unique())}")
+    return infos
+
+
+def harmonise_genes(counts: sp.csr_matrix, ids: np.ndarray | None, symbols: np.ndarray | None,
+                    organism: str) -> tuple[sp.csr_matrix, pd.DataFrame, dict[str, Any]]:
+    """Index genes by unversioned Ensembl id, mapping symbols where a source has no Ensembl id.
+
+    Genes whose id is not an Ensembl id are looked up by symbol with
+    :func:`spared.annotation.symbols_to_ensembl`; unknown symbols are dropped. Columns that end up with the same
+    Ensembl id (versions, PAR copies, synonyms) are summed.
+
+    Parameters
+    ----------
+    counts
+        ``(n_spots, n_genes)`` counts.
+    ids, symbols
+        Per-gene ids and symbols from the source (either may be ``None``).
+    organism
+        ``"human"`` or ``"mouse"``.
+
+    Returns
+    -------
+    The counts with one column per Ensembl id, ``var`` (index Ensembl id, column ``gene_symbol``, taken from
+    GENCODE when the source gives only ids) and a report
+    (``n_genes_read``, ``n_genes_unmapped``, ``unmapped_examples``, ``n_genes_merged``).
+    """
+    from spared.annotation import gene_table, strip_version, symbols_to_ensembl
+
+    n = counts.shape[1]
+    if ids is None and symbols is None:
+        raise ReaderError("the count matrix has no gene ids and no gene symbols")
+    ids = np.asarray(ids if ids is not None else symbols, dtype=object).astype(str)
+    symbols = np.asarray(symbols if symbols is not None else ids, dtype=object).astype(str)
+    if ids.shape != (n,) or symbols.shape != (n,):
+        raise ReaderError(f"the count matrix has {n} genes but {ids.size} gene ids / {symbols.size} symbols")
+    is_ensembl = pd.Series(ids).str.match(ENSEMBL_ID.pattern).to_numpy()
+    final = np.empty(n, dtype=object)
+    final[is_ensembl] = strip_version(ids[is_ensembl]) if is_ensembl.any() else []
+    if not is_ensembl.all():
+        final[~is_ensembl] = symbols_to_ensembl(symbols[~is_ensembl].tolist(), organism).to_numpy()
+    mapped = pd.notna(final)
+    unmapped = symbols[~mapped]
+    codes, unique_ids = pd.factorize(final[mapped])
+    first = pd.Series(np.flatnonzero(mapped)).groupby(codes).first().to_numpy()
+    merge = sp.csr_matrix((np.ones(codes.size, dtype=np.float32), (np.flatnonzero(mapped), codes)),
+                          shape=(n, unique_ids.size))
+    out = sp.csr_matrix(counts @ merge, dtype=np.float32)
+    var = pd.DataFrame({"gene_symbol": symbols[first]}, index=pd.Index(unique_ids.astype(str), name="gene_id"))
+    no_symbol = var["gene_symbol"].str.match(ENSEMBL_ID.pattern).to_numpy()
+    if no_symbol.any():
+        known = gene_table(organism)["gene_symbol"].reindex(var.index[no_symbol])
+        var.loc[no_symbol, "gene_symbol"] = known.fillna(pd.Series(var.index[no_symbol], index=known.index)).to_numpy()
+    report = {
+        "n_genes_read": int(n),
+        "n_genes_unmapped": int(unmapped.size),
+        "unmapped_examples": [str(s) for s in unmapped[:_MAX_EXAMPLES * 2]],
+        "n_genes_merged": int(mapped.sum() - unique_ids.size),
+    }
+    return out, var, report
+
+
+def concat_slides(adatas: list, organism: str) -> Any:
+    """Concatenate per-slide AnnData objects, keeping the genes every slide measured.
+
+    ``uns["spatial"]`` is merged per slide and ``uns["spared"]["reader"]`` records per-slide reports and how
+    many genes the intersection dropped.
+    """
+    import anndata as ad
+
+    common = adatas[0].var_names
+    for a in adatas[1:]:
+        common = common.intersection(a.var_names, sort=False)
+    if common.empty:
+        raise ReaderError("the slides share no gene; check that they come from the same organism and reference")
+    union = adatas[0].var_names
+    for a in adatas[1:]:
+        union = union.union(a.var_names, sort=False)
+    parts = [a[:, common] for a in adatas]
+    out = parts[0].copy() if len(parts) == 1 else ad.concat(parts, join="inner", merge="first")
+    out.X = sp.csr_matrix(out.X, dtype=np.float32)
+    for column in ("slide_id", "patient", "split"):
+        out.obs[column] = pd.Categorical(out.obs[column].astype(str))
+    reports = {a.uns["spared"]["reader"]["slide_id"]: a.uns["spared"]["reader"] for a in adatas}
+    out.uns["spatial"] = {sid: a.uns["spatial"][sid] for a in adatas for sid in a.uns["spatial"]}
+    out.uns["spared"] = {"reader": {
+        "organism": organism,
+        "n_genes_dropped_intersection": int(union.size - common.size),
+        "slides": {sid: {k: v for k, v in r.items() if k != "slide_id"} for sid, r in reports.items()},
+    }}
+    return out

@@ -1,0 +1,35 @@
+"""Shared fixtures: small simulated collections, raw and processed (built once per session)."""
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="session")
+def raw_small():
+    """Three simulated slides, ~300 spots each, 128 genes (raw counts, with the known truth)."""
+    from spared.synthetic import make_collection
+
+    return make_collection(n_slides=3, n_spots=300, n_genes=128, seed=0)
+
+
+@pytest.fixture(scope="session")
+def processed_small(raw_small):
+    """``raw_small`` through the SpaRED protocol (32 genes kept, no SpaCKLE training)."""
+    from spared.config import ProcessingConfig
+    from spared.pp import process
+
+    return process(raw_small, ProcessingConfig(top_moran_genes=32, complete_missing=False), progress=False)
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The real public data folder (``$SPARED_REALDATA``); tests using it skip with a reason when absent."""
+    root = os.environ.get("SPARED_REALDATA")
+    if not root or not Path(root).is_dir():
+        pytest.skip("real data not available: set SPARED_REALDATA to the shared realdata folder (see README)")
+    return Path(root)
