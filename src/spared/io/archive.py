@@ -1,0 +1,188 @@
+"""Safe, idempotent unpacking of zip and tar(.gz) archives.
+
+Every member is checked before anything is written: absolute paths, ``..`` components, device files and links
+that point outside the target are rejected. Members are extracted into a temporary folder beside the target,
+checked again on disk (symlinks must resolve inside it), then renamed into place; a marker file makes a second
+call a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+MARKER_PREFIX = ".spared-unpacked."
+
+
+class ArchiveError(ValueError):
+    """An archive is unreadable or has an entry that would escape the target folder."""
+
+
+def marker_path(archive: Path, target: Path) -> Path:
+    """The marker that records ``archive`` as unpacked into ``target``."""
+    return Path(target) / f"{MARKER_PREFIX}{Path(archive).name}"
+
+
+def is_unpacked(archive: str | Path, target: str | Path) -> bool:
+    """Whether ``archive`` was fully unpacked into ``target`` (marker present and every entry still there)."""
+    marker = marker_path(Path(archive), Path(target))
+    if not marker.is_file():
+        return False
+    try:
+        entries = json.loads(marker.read_text())["entries"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return all((Path(target) / name).exists() or (Path(target) / name).is_symlink() for name in entries)
+
+
+def unpack_archive(archive: str | Path, target: str | Path) -> Path:
+    """Unpack a zip or tar(.gz/.bz2/.xz) archive into ``target`` safely; a no-op when already unpacked.
+
+    Parameters
+    ----------
+    archive
+        The archive file (its kind is detected from its content, not its name).
+    target
+        Folder to unpack into (created if needed). Top-level entries of the archive replace same-named entries.
+
+    Returns
+    -------
+    pathlib.Path
+        ``target``.
+
+    Raises
+    ------
+    ArchiveError
+        When the file is not an archive, is corrupt, or has an unsafe entry (nothing is written then).
+    """
+    archive, target = Path(archive), Path(target)
+    if not archive.is_file():
+        raise ArchiveError(f"archive {archive} does not exist; download it first")
+    if is_unpacked(archive, target):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".unpacking-{archive.name}-", dir=target.parent))
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, staging)
+        elif _is_tar(archive):
+            _extract_tar(archive, staging)
+        else:
+            raise ArchiveError(f"{archive} is neither a zip nor a tar archive (it may be truncated or an HTML error "
+                               f"page): delete it and download it again")
+        _check_links_on_disk(staging, archive)
+        entries = sorted(p.name for p in staging.iterdir())
+        for name in entries:
+            dest = target / name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif dest.exists() or dest.is_symlink():
+                dest.unlink()
+            os.replace(staging / name, dest)
+        marker = marker_path(archive, target)
+        tmp_marker = marker.with_name(marker.name + ".tmp")
+        tmp_marker.write_text(json.dumps({"archive": archive.name, "entries": entries}, indent=1))
+        os.replace(tmp_marker, marker)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError, tarfile.TarError):
+        return False
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why a member name is unsafe, or ``None`` when it stays inside the target."""
+    norm = name.replace("\\", "/")
+    if not norm.strip("/"):
+        return "has an empty name"
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        return "is an absolute path"
+    if ".." in norm.split("/"):
+        return "contains a '..' component"
+    return None
+
+
+def _link_escapes(member: str, link: str, relative_to_member: bool) -> bool:
+    """Whether ``link`` (a symlink target or hardlink name) points outside the extraction folder."""
+    link = link.replace("\\", "/")
+    if link.startswith("/") or re.match(r"^[A-Za-z]:", link):
+        return True
+    base = posixpath.dirname(member.replace("\\", "/")) if relative_to_member else ""
+    resolved = posixpath.normpath(posixpath.join(base, link))
+    return resolved == ".." or resolved.startswith("../")
+
+
+def _reject(archive: Path, member: str, why: str) -> ArchiveError:
+    return ArchiveError(f"refusing to unpack {archive}: entry {member!r} {why}; the archive is malformed or "
+                        f"malicious, nothing was written (delete it and download it again from the catalogue URL)")
+
+
+def _extract_tar(archive: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for m in members:
+                if (why := _unsafe_name(m.name)) is not None:
+                    raise _reject(archive, m.name, why)
+                if m.issym() and _link_escapes(m.name, m.linkname, relative_to_member=True):
+                    raise _reject(archive, m.name, f"is a symlink to {m.linkname!r}, outside the target")
+                if m.islnk() and (_unsafe_name(m.linkname) or _link_escapes(m.name, m.linkname, False)):
+                    raise _reject(archive, m.name, f"is a hard link to {m.linkname!r}, outside the target")
+                if m.ischr() or m.isblk() or m.isfifo():
+                    raise _reject(archive, m.name, "is a device or FIFO")
+            tar.extractall(dest, members=members, filter="data")
+    except tarfile.FilterError as exc:
+        raise ArchiveError(f"refusing to unpack {archive}: {exc}; nothing was written") from exc
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ArchiveError(f"{archive} is corrupt or truncated ({exc}): delete it and download it again") from exc
+
+
+def _extract_zip(archive: Path, dest: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            links: list[tuple[str, str]] = []
+            for info in infos:
+                if (why := _unsafe_name(info.filename)) is not None:
+                    raise _reject(archive, info.filename, why)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    link = zf.read(info).decode("utf-8", errors="replace")
+                    if _link_escapes(info.filename, link, relative_to_member=True):
+                        raise _reject(archive, info.filename, f"is a symlink to {link!r}, outside the target")
+                    links.append((info.filename, link))
+            link_names = {name for name, _ in links}
+            for info in infos:
+                if info.filename not in link_names:
+                    zf.extract(info, dest)
+            for name, link in links:
+                path = dest / name.rstrip("/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(link, path)
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ArchiveError(f"{archive} is corrupt or truncated ({exc}): delete it and download it again") from exc
+
+
+def _check_links_on_disk(staging: Path, archive: Path) -> None:
+    """Every symlink unpacked into ``staging`` must resolve inside it (catches chains of links)."""
+    root = staging.resolve()
+    for dirpath, dirnames, filenames in os.walk(staging):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                real = path.resolve()
+                if real != root and root not in real.parents:
+                    raise _reject(archive, str(path.relative_to(staging)),
+                                  f"is a symlink resolving to {real}, outside the target")

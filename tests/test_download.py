@@ -1,0 +1,407 @@
+"""Downloads (local HTTP server), checksums, offline errors, safe unpacking and the datasets/download CLI."""
+
+import functools
+import hashlib
+import io
+import json
+import socket
+import stat
+import tarfile
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spared.catalog import DatasetSpec, FileSpec, SlideSpec
+from spared.io.archive import ArchiveError, is_unpacked, unpack_archive
+from spared.io.download import (
+    ChecksumError,
+    DownloadError,
+    LayoutError,
+    checksums_path,
+    data_dir,
+    dataset_dir,
+    fetch_dataset,
+    processed_dir,
+    resolve_slides,
+    status,
+)
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        if self.path == "/truncated.bin":  # promises 1 MB, sends 1 kB, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"x" * 1024)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server serving ``tmp_path / "www"``; yields ``(base_url, folder)``."""
+    www = tmp_path / "www"
+    www.mkdir()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", www
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def dead_url():
+    """A URL on a localhost port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _spec(*files: FileSpec, slides=None, nested=()) -> DatasetSpec:
+    slides = slides or (SlideSpec("A", "p", "train", "A"), SlideSpec("B", "p", "val", "B"))
+    return DatasetSpec(key="toy", title="Toy", organism="human", tissue="skin", format="visium_spaceranger",
+                       source="10x", files=files, slides=slides, unpack_nested=nested)
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.is_file() and p.name.startswith("tmp")]
+
+
+def test_data_dir_honours_spared_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARED_DATA", str(tmp_path / "cache"))
+    assert data_dir() == tmp_path / "cache"
+    monkeypatch.delenv("SPARED_DATA")
+    assert data_dir().name == "spared"
+
+
+def test_download_with_known_hash_then_resume_offline(server, dead_url, tmp_path):
+    base, www = server
+    payload = b"counts" * 1000
+    (www / "a.h5").write_bytes(payload)
+    spec = _spec(FileSpec(url=f"{base}/a.h5", filename="A/a.h5", sha256=_sha(payload)))
+    root = tmp_path / "data"
+    assert status(spec, root) == "absent"
+    folder = fetch_dataset(spec, root, progress=False, timeout=5)
+    assert folder == dataset_dir(spec, root) == root / "toy" / "raw"
+    assert (folder / "A" / "a.h5").read_bytes() == payload
+    assert status(spec, root) == "downloaded"
+    assert not checksums_path(spec, root).exists()  # nothing to record: the catalogue knows the hash
+    offline = _spec(FileSpec(url=f"{dead_url}/a.h5", filename="A/a.h5", sha256=_sha(payload)))
+    assert fetch_dataset(offline, root, progress=False, timeout=5) == folder  # verified file: no network needed
+    (processed_dir(spec, root)).mkdir(parents=True)
+    (processed_dir(spec, root) / "abc.h5ad").write_bytes(b"")
+    assert status(spec, root) == "processed"
+
+
+def test_wrong_hash_raises_and_leaves_no_file(server, tmp_path):
+    base, www = server
+    (www / "a.h5").write_bytes(b"tampered")
+    wrong = "0" * 64
+    spec = _spec(FileSpec(url=f"{base}/a.h5", filename="A/a.h5", sha256=wrong))
+    with pytest.raises(ChecksumError) as info:
+        fetch_dataset(spec, tmp_path, progress=False, timeout=5)
+    message = str(info.value)
+    assert "a.h5" in message and wrong in message and _sha(b"tampered") in message
+    target = dataset_dir(spec, tmp_path) / "A" / "a.h5"
+    assert not target.exists()
+    assert _no_temp_files(dataset_dir(spec, tmp_path))
+
+
+def test_interrupted_download_leaves_no_partial_file(server, tmp_path):
+    base, _ = server
+    spec = _spec(FileSpec(url=f"{base}/truncated.bin", filename="t.bin"))
+    with pytest.raises(DownloadError) as info:
+        fetch_dataset(spec, tmp_path, progress=False, timeout=5)
+    target = dataset_dir(spec, tmp_path) / "t.bin"
+    assert str(target) in str(info.value)
+    assert not target.exists()
+    assert _no_temp_files(dataset_dir(spec, tmp_path))
+
+
+def test_http_error_is_listed_with_url_and_path(server, tmp_path):
+    base, _ = server
+    spec = _spec(FileSpec(url=f"{base}/missing.h5", filename="missing.h5"))
+    with pytest.raises(DownloadError) as info:
+        fetch_dataset(spec, tmp_path, progress=False, timeout=5)
+    message = str(info.value)
+    assert f"{base}/missing.h5" in message and "404" in message
+    assert str(dataset_dir(spec, tmp_path) / "missing.h5") in message
+
+
+def test_unknown_hash_is_recorded_then_enforced(server, tmp_path, capsys):
+    base, www = server
+    (www / "a.h5").write_bytes(b"first version")
+    spec = _spec(FileSpec(url=f"{base}/a.h5", filename="a.h5"))
+    fetch_dataset(spec, tmp_path, progress=False, timeout=5)
+    sums = json.loads(checksums_path(spec, tmp_path).read_text())
+    assert sums == {"a.h5": {"url": f"{base}/a.h5", "sha256": _sha(b"first version")}}
+    assert f"recorded sha256 {_sha(b'first version')} of a.h5" in capsys.readouterr().err
+    fetch_dataset(spec, tmp_path, progress=False, timeout=5)  # same file: accepted silently
+    assert "recorded" not in capsys.readouterr().err
+    local = dataset_dir(spec, tmp_path) / "a.h5"
+    local.write_bytes(b"corrupted")
+    with pytest.raises(ChecksumError) as info:
+        fetch_dataset(spec, tmp_path, progress=False, timeout=5)
+    assert _sha(b"first version") in str(info.value) and _sha(b"corrupted") in str(info.value)
+    assert "recorded in" in str(info.value)
+    assert not local.exists()
+    (www / "a.h5").write_bytes(b"changed upstream")
+    with pytest.raises(ChecksumError, match="no file was left"):
+        fetch_dataset(spec, tmp_path, progress=False, timeout=5)
+    assert not local.exists()
+
+
+def test_offline_error_lists_every_url_and_path_then_manual_placement_works(dead_url, tmp_path):
+    good = b"placed by hand"
+    spec = _spec(FileSpec(url=f"{dead_url}/one.h5", filename="A/one.h5", sha256=_sha(good)),
+                 FileSpec(url=f"{dead_url}/two.csv", filename="B/two.csv"))
+    with pytest.raises(DownloadError) as info:
+        fetch_dataset(spec, tmp_path, progress=False, timeout=2)
+    message = str(info.value)
+    folder = dataset_dir(spec, tmp_path)
+    assert "could not download 2 of 2 file(s) of dataset 'toy' (network unreachable" in message
+    for url, path in ((f"{dead_url}/one.h5", folder / "A/one.h5"), (f"{dead_url}/two.csv", folder / "B/two.csv")):
+        assert url in message and f"-> {path}" in message
+    assert _sha(good) in message
+    assert not (folder / "A/one.h5").exists() and not (folder / "B/two.csv").exists()
+    (folder / "A").mkdir(parents=True, exist_ok=True)
+    (folder / "B").mkdir(parents=True, exist_ok=True)
+    (folder / "A/one.h5").write_bytes(b"wrong content")
+    (folder / "B/two.csv").write_bytes(b"x,y\n")
+    with pytest.raises(ChecksumError, match=_sha(good)):
+        fetch_dataset(spec, tmp_path, progress=False, timeout=2)
+    (folder / "A/one.h5").write_bytes(good)
+    assert fetch_dataset(spec, tmp_path, progress=False, timeout=2) == folder
+    assert status(spec, tmp_path) == "downloaded"
+
+
+def _tar_bytes(entries: dict[str, bytes], links: dict[str, str] | None = None, gz: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def _zip_bytes(entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return buf.getvalue()
+
+
+def test_archives_are_unpacked_with_nested_archives_and_slides_resolved(server, tmp_path):
+    base, www = server
+    inner = _tar_bytes({f"colon/{s}/filtered_feature_bc_matrix.h5": b"h5" for s in ("S1", "S2")})
+    (www / "bundle.zip").write_bytes(_zip_bytes({"Supp Data 1 long name/spaceranger_output/colon.tar.gz": inner,
+                                                 "Supp Data 1 long name/images/S1_full.jpg": b"jpg1",
+                                                 "Supp Data 1 long name/images/S2_full.jpg": b"jpg2"}))
+    (www / "S1_spatial.tar.gz").write_bytes(_tar_bytes({"spatial/scalefactors_json.json": b"{}"}))
+    slides = tuple(SlideSpec(s, "p", split, path=f"bundle/Supp Data*/spaceranger_output/colon/colon/{s}",
+                             image=f"bundle/Supp Data*/images/{s}*") for s, split in (("S1", "train"), ("S2", "val")))
+    spec = _spec(FileSpec(url=f"{base}/bundle.zip", filename="bundle.zip", unpack=True),
+                 FileSpec(url=f"{base}/S1_spatial.tar.gz", filename="S1/S1_spatial.tar.gz", unpack=True,
+                          unpack_to="S1"),
+                 slides=slides, nested=("bundle/Supp Data*/spaceranger_output/colon.tar.gz",))
+    folder = fetch_dataset(spec, tmp_path, progress=False, timeout=5)
+    assert (folder / "S1/spatial/scalefactors_json.json").read_bytes() == b"{}"
+    resolved = resolve_slides(spec, folder)
+    assert resolved[0].path == "bundle/Supp Data 1 long name/spaceranger_output/colon/colon/S1"
+    assert resolved[1].image == "bundle/Supp Data 1 long name/images/S2_full.jpg"
+    assert (folder / resolved[0].path / "filtered_feature_bc_matrix.h5").read_bytes() == b"h5"
+    assert status(spec, tmp_path) == "downloaded"
+    edited = folder / resolved[0].path / "filtered_feature_bc_matrix.h5"
+    edited.write_bytes(b"edited")
+    fetch_dataset(spec, tmp_path, progress=False, timeout=5)  # idempotent: nothing unpacked again
+    assert edited.read_bytes() == b"edited"
+    nested_marker = next(folder.glob("bundle/*/spaceranger_output/colon/.spared-unpacked.colon.tar.gz"))
+    nested_marker.unlink()
+    assert status(spec, tmp_path) == "absent"
+    fetch_dataset(spec, tmp_path, progress=False, timeout=5)  # the unfinished nested unpack is redone
+    assert edited.read_bytes() == b"h5" and status(spec, tmp_path) == "downloaded"
+
+
+def test_resolve_slides_reports_missing_and_ambiguous_patterns(tmp_path):
+    (tmp_path / "x1").mkdir()
+    (tmp_path / "x2").mkdir()
+    spec = _spec(FileSpec(url="https://e.org/a", filename="a"),
+                 slides=(SlideSpec("A", "p", "train", "x*"), SlideSpec("B", "p", "val", "y", image="B/*.jpg")))
+    with pytest.raises(LayoutError) as info:
+        resolve_slides(spec, tmp_path)
+    message = str(info.value)
+    assert "slide 'A': path 'x*' matches 2 folders ('x1', 'x2')" in message
+    assert "slide 'B': path 'y' matches no folder" in message
+    assert "slide 'B': image 'B/*.jpg' matches no file" in message
+
+
+@pytest.mark.parametrize(("kind", "content", "why"), [
+    ("tar", {"../evil.txt": b"x"}, "contains a '..' component"),
+    ("tar", {"ok/../../evil.txt": b"x"}, "contains a '..' component"),
+    ("tar", {"/tmp/spared-abs-evil.txt": b"x"}, "is an absolute path"),
+    ("zip", {"../evil.txt": b"x"}, "contains a '..' component"),
+    ("zip", {"/abs-evil.txt": b"x"}, "is an absolute path"),
+])
+def test_archives_with_escaping_paths_are_rejected(tmp_path, kind, content, why):
+    archive = tmp_path / f"bad.{'tar.gz' if kind == 'tar' else 'zip'}"
+    archive.write_bytes(_tar_bytes(content) if kind == "tar" else _zip_bytes(content))
+    target = tmp_path / "out" / "inside"
+    with pytest.raises(ArchiveError) as info:
+        unpack_archive(archive, target)
+    assert why in str(info.value) and "nothing was written" in str(info.value)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+    assert not Path("/tmp/spared-abs-evil.txt").exists()
+    assert not any(target.iterdir()) and not is_unpacked(archive, target)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["inside"]  # staging folder cleaned up
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_escaping_symlinks_are_rejected(tmp_path, kind):
+    links = {"data/link": "../../outside.txt"}
+    entries = {"data/file.txt": b"x"}
+    archive = tmp_path / f"links.{'tar.gz' if kind == 'tar' else 'zip'}"
+    archive.write_bytes(_tar_bytes(entries, links) if kind == "tar" else _zip_bytes(entries, links))
+    target = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=r"symlink to '\.\./\.\./outside\.txt', outside the target"):
+        unpack_archive(archive, target)
+    assert not any(target.iterdir())
+
+
+def test_symlink_chain_escaping_on_disk_is_rejected(tmp_path):
+    archive = tmp_path / "chain.zip"  # 'up/..' looks inside lexically but 'up' -> '.' makes it the parent
+    archive.write_bytes(_zip_bytes({"f.txt": b"x"}, {"up": ".", "esc": "up/.."}))
+    with pytest.raises(ArchiveError, match="outside the target"):
+        unpack_archive(archive, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_escaping_hardlink_is_rejected(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hard")
+        info.type = tarfile.LNKTYPE
+        info.linkname = "../secret"
+        tar.addfile(info)
+    archive = tmp_path / "hard.tar"
+    archive.write_bytes(buf.getvalue())
+    with pytest.raises(ArchiveError, match="hard link"):
+        unpack_archive(archive, tmp_path / "out")
+
+
+def test_internal_symlinks_are_kept_and_unpacking_is_idempotent(tmp_path):
+    archive = tmp_path / "ok.tar.gz"
+    archive.write_bytes(_tar_bytes({"d/file.txt": b"hello"}, {"d/alias.txt": "file.txt"}))
+    target = unpack_archive(archive, tmp_path / "out")
+    assert (target / "d/alias.txt").is_symlink() and (target / "d/alias.txt").read_bytes() == b"hello"
+    assert is_unpacked(archive, target)
+    (target / "d/file.txt").write_bytes(b"changed")
+    unpack_archive(archive, target)
+    assert (target / "d/file.txt").read_bytes() == b"changed"
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    (b"<html>Not found</html>", "neither a zip nor a tar"),
+    (None, "corrupt or truncated"),
+])
+def test_broken_archives_give_clear_errors(tmp_path, data, match):
+    archive = tmp_path / "broken.tar.gz"
+    if data is None:
+        full = _tar_bytes({"big.bin": bytes(range(256)) * 4000}, gz=False)
+        data = full[: len(full) // 2]
+    archive.write_bytes(data)
+    with pytest.raises(ArchiveError, match=match):
+        unpack_archive(archive, tmp_path / "out")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make every outgoing connection fail as on a machine without network (loopback included)."""
+    import urllib3.util.connection
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled for this test")
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", refuse)
+
+
+def test_cli_datasets_json_lists_26_entries(tmp_path):
+    from spared.cli import app
+
+    result = CliRunner().invoke(app, ["datasets", "--json", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert len(records) == 26
+    first = records[0]
+    assert first["name"] == "10xgenomic_human_brain" and first["organism"] == "human"
+    assert (first["slides"], first["spots"], first["status"]) == (2, 9900, "absent")
+    table = CliRunner().invoke(app, ["datasets", "--data-dir", str(tmp_path)])
+    assert table.exit_code == 0 and "SpaRED datasets (26)" in table.stdout
+
+
+def test_cli_download_without_network_prints_urls_and_paths(tmp_path, no_network):
+    from spared.catalog import load_spec
+    from spared.cli import app
+
+    result = CliRunner().invoke(app, ["download", "10xgenomic_human_breast_cancer", "--data-dir", str(tmp_path),
+                                      "--timeout", "5", "--no-progress"])
+    assert result.exit_code != 0
+    spec = load_spec("10xgenomic_human_breast_cancer")
+    for f in spec.files:
+        assert f.url in result.stderr
+        assert str(dataset_dir(spec, tmp_path) / f.filename) in result.stderr
+    assert "network unreachable" in result.stderr
+
+
+def test_cli_download_unknown_name_suggests_close_matches(tmp_path):
+    from spared.cli import app
+
+    result = CliRunner().invoke(app, ["download", "vicari_mouse", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "unknown dataset 'vicari_mouse'" in result.stderr and "vicari_mouse_brain" in result.stderr
+
+
+def test_cli_download_proceeds_offline_once_files_are_placed_by_hand(tmp_path, no_network):
+    from spared.catalog import load_spec
+    from spared.cli import app
+
+    spec = load_spec("10xgenomic_human_breast_cancer")
+    folder = dataset_dir(spec, tmp_path)
+    for f in spec.files:
+        path = folder / f.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_tar_bytes({"spatial/scalefactors_json.json": b"{}"}) if f.unpack else b"placed")
+    result = CliRunner().invoke(app, ["download", spec.key, "--data-dir", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("recorded sha256") == len(spec.files)
+    for slide in resolve_slides(spec, folder):
+        assert (folder / slide.path / "spatial" / "scalefactors_json.json").is_file()
+    assert status(spec, tmp_path) == "downloaded"
+    listing = json.loads(CliRunner().invoke(app, ["datasets", "--json", "--data-dir", str(tmp_path)]).stdout)
+    assert {r["name"]: r["status"] for r in listing}[spec.key] == "downloaded"
