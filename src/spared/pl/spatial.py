@@ -24,17 +24,20 @@ def spatial_gene(adata, gene: str, layers: dict[str, str] | list[str] | None = N
     sel = (adata.obs[slide_key].astype(str) == slide).to_numpy()
     if not sel.any():
         raise KeyError(f"slide {slide!r} not found; slides: {sorted(adata.obs[slide_key].astype(str).unique())}")
-    fig, axes = new_axes(ax, ncols=len(panels))
+    fig, axes = new_axes(ax, ncols=len(panels), figsize=(4.0 * len(panels) + 1.0, 4.2))
     axes = axes if isinstance(axes, list) else [axes]
     image, scale, diameter = _slide_image(adata, slide)
     xy = np.asarray(adata.obsm["spatial"])[sel] * scale
     values = {name: np.asarray(adata.layers[name])[sel, idx] for name in panels}
     vmin = min(float(v.min()) for v in values.values())
     vmax = max(float(v.max()) for v in values.values())
-    size = spot_size or max(4.0, (diameter * scale) ** 2 / 40)
     for axis, (name, title) in zip(axes, panels.items(), strict=True):
         if image is not None:
             axis.imshow(image)
+        else:
+            axis.set(xlim=(xy[:, 0].min() - diameter, xy[:, 0].max() + diameter),
+                     ylim=(xy[:, 1].min() - diameter, xy[:, 1].max() + diameter))
+        size = spot_size or _marker_area(axis, diameter * scale)
         points = axis.scatter(xy[:, 0], xy[:, 1], c=values[name], s=size, cmap="viridis", vmin=vmin, vmax=vmax)
         axis.set_title(f"{title}\n{name}", fontsize="small")
         axis.set_axis_off()
@@ -43,6 +46,13 @@ def spatial_gene(adata, gene: str, layers: dict[str, str] | list[str] | None = N
             axis.set_aspect("equal")
     fig.colorbar(points, ax=axes, shrink=0.7, label=f"{gene} (log2 TPM+1)")
     return finish(fig, axes, show, save, ax is None)
+
+
+def _marker_area(axis, diameter: float) -> float:
+    """Scatter marker area (points²) that draws a spot of ``diameter`` data units at the axes' current scale."""
+    x0, x1 = axis.get_xlim()
+    width_pt = axis.get_window_extent().width * 72 / axis.figure.dpi
+    return max(1.0, (diameter * width_pt / abs(x1 - x0)) ** 2)
 
 
 def _gene_index(adata, gene: str) -> int:

@@ -26,12 +26,12 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 h1{font-size:1.6rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .55rem}
 th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}
-figure{display:inline-block;margin:.5rem}img{max-width:520px;border:1px solid #eee}
+figure{display:inline-block;margin:.5rem}img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:100%}
 .note{color:#666;font-size:.9rem}
 """
 
 
-def figure_html(fig, caption: str) -> str:
+def figure_html(fig, caption: str, wide: bool = False) -> str:
     """A matplotlib figure as an embedded ``<figure>`` (the figure is closed afterwards)."""
     import matplotlib.pyplot as plt
 
@@ -39,13 +39,14 @@ def figure_html(fig, caption: str) -> str:
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+    css_class = " class=wide" if wide else ""
+    return (f'<figure{css_class}><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def table_html(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
+def table_html(frame: pd.DataFrame, float_format: str = "{:.4g}", index: bool = True) -> str:
     """A DataFrame as an escaped HTML table."""
-    return frame.to_html(float_format=float_format.format, border=0, na_rep="–", escape=True)
+    return frame.to_html(float_format=float_format.format, border=0, na_rep="–", escape=True, index=index)
 
 
 def dataset_summary(adata, name: str) -> dict:
@@ -69,7 +70,7 @@ def _dataset_section(processed: dict) -> str:
     if not processed:
         return '<p class="note">No processed collection was given.</p>'
     rows = [dataset_summary(adata, name) for name, adata in processed.items()]
-    parts = [table_html(pd.DataFrame(rows).set_index("dataset"))]
+    parts = [table_html(pd.DataFrame(rows), index=False)]
     for name, adata in processed.items():
         figures = []
         for plot, caption in ((pl.genes_kept, "genes and spots after each step"),
@@ -79,7 +80,7 @@ def _dataset_section(processed: dict) -> str:
             figures.append(figure_html(ax.figure, f"{name}: {caption}"))
         top = adata.var["d_log1p_moran"].idxmax() if "d_log1p_moran" in adata.var else adata.var_names[0]
         axes = pl.spatial_gene(adata, str(top), show=False)
-        figures.append(figure_html(axes[0].figure, f"{name}: gene {top} on the first slide"))
+        figures.append(figure_html(axes[0].figure, f"{name}: gene {top} on the first slide", wide=True))
         parts.append(f"<h3>{html.escape(name)}</h3>" + "".join(figures))
     return "".join(parts)
 
@@ -109,10 +110,11 @@ def _benchmark_section(results_dir: Path) -> str:
     if results.empty:
         return '<p class="note">No benchmark runs in this folder.</p>'
     done = results[results["status"] == "done"]
-    parts = [table_html(aggregate(results_dir))]
+    parts = [table_html(aggregate(results_dir), index=False)]
     failed = results[results["status"] != "done"]
     if not failed.empty:
-        parts.append("<h3>Failed runs</h3>" + table_html(failed[["model", "dataset", "target", "seed", "error"]]))
+        columns = ["model", "dataset", "target", "seed", "error"]
+        parts.append("<h3>Failed runs</h3>" + table_html(failed[columns], index=False))
     for metric in ("MSE", "PCC-Gene"):
         if metric in done and not done.empty:
             ax = pl.benchmark_bars(done, metric=metric, show=False)
