@@ -1,0 +1,83 @@
+"""The whole protocol on a simulated collection: layers, invariants, provenance and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import spared
+from spared.config import ProcessingConfig
+from spared.data_model import ValidationError
+from spared.pp import process
+
+
+def test_processed_collection_follows_the_data_model(processed_small, raw_small):
+    spared.validate(processed_small, stage="processed", layers=["c_log1p", "c_d_deltas", "true_log1p"])
+    assert processed_small.n_vars == 32
+    # the mask marks exactly the measured entries, and TPM rows were normalised over the filtered genes
+    np.testing.assert_array_equal(processed_small.layers["mask"], processed_small.layers["counts"] != 0)
+    np.testing.assert_array_equal(processed_small.layers["mask"], processed_small.layers["tpm"] != 0)
+    # the median filter only fills zeros
+    real = processed_small.layers["mask"]
+    np.testing.assert_array_equal(processed_small.layers["d_log1p"][real], processed_small.layers["log1p"][real])
+    assert (processed_small.layers["d_log1p"] == 0).mean() < (processed_small.layers["log1p"] == 0).mean()
+    # kept genes are the top Moran genes, in descending order
+    moran = processed_small.var["d_log1p_moran"].to_numpy()
+    assert (np.diff(moran) <= 0).all()
+    # counts of kept spots/genes are the raw counts
+    raw = raw_small[processed_small.obs_names, processed_small.var_names].X
+    np.testing.assert_array_equal(processed_small.layers["counts"], raw.toarray())
+    # no slide crosses splits; fractions reflect the final genes
+    assert processed_small.var["glob_exp_frac"].to_numpy() == pytest.approx(real.mean(axis=0), rel=1e-4)
+
+
+def test_provenance_records_every_step(processed_small):
+    info = processed_small.uns["spared"]
+    assert json.loads(info["config"])["top_moran_genes"] == 32
+    steps = info["steps"]
+    assert list(steps["step"])[:3] == ["spot filter", "expression fractions", "gene filter"]
+    assert steps["n_genes"][-1] == 32 and (np.asarray(steps["seconds"]) >= 0).all()
+    assert 0.67 <= info["raw_zero_fraction"] <= 0.97
+
+
+def test_truth_is_processed_like_the_data(processed_small):
+    real = processed_small.layers["mask"]
+    # where nothing dropped out, truth and observation share counts, hence log1p up to the TPM scaling
+    truth, observed = processed_small.layers["true_log1p"], processed_small.layers["log1p"]
+    assert np.corrcoef(truth[real], observed[real])[0, 1] > 0.95
+    assert "c_true_log1p" in processed_small.layers
+
+
+def test_all_zero_genes_are_dropped_and_counts_strict(raw_small):
+    raw = raw_small.copy()
+    x = raw.X.tolil()
+    x[:, 0] = 0
+    raw.X = sp.csr_matrix(x)
+    out = process(raw, ProcessingConfig(top_moran_genes=16, complete_missing=False), progress=False)
+    assert raw.var_names[0] not in out.var_names
+
+
+def test_bad_input_is_rejected_before_work(raw_small):
+    cfg = ProcessingConfig(top_moran_genes=16, complete_missing=False)
+    bad = raw_small.copy()
+    bad.obs_names = ["same"] * bad.n_obs
+    with pytest.raises(ValidationError, match="duplicate spot"):
+        process(bad, cfg, progress=False)
+    with pytest.raises(KeyError, match="combat_key"):
+        process(raw_small, cfg.replace(combat_key="batch"), progress=False)
+    mouse = cfg.replace(organism="mouse")
+    with pytest.raises(ValueError, match="none of the"):
+        process(raw_small, mouse, progress=False)
+    nan = raw_small.copy()
+    nan.X = nan.X.astype(np.float32)
+    nan.X.data[0] = np.nan
+    with pytest.raises(ValidationError, match="NaN"):
+        process(nan, cfg, progress=False)
+
+
+def test_grid_geometry_option_uses_eight_neighbours(raw_small):
+    out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False, hex_geometry=False),
+                  progress=False)
+    assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
+    assert out.n_vars == 16
