@@ -26,7 +26,8 @@ LAYERS: dict[str, str] = {
     "mask": "True where tpm != 0 (a real measurement); False = missing, imputed",
     "noisy_<L>": "layer L with missing entries set to 0 (log layers) or to -mean (delta layers)",
     "true_counts": "simulated data only: counts before dropout (known truth)",
-    "true_log1p": "simulated data only: log2(TPM + 1) of true_counts",
+    "true_rate": "simulated data only: expected counts λ (the truth before sampling and dropout)",
+    "true_log1p": "simulated data only: log2(TPM + 1) of true_rate",
     "c_true_log1p": "simulated data only: true_log1p with the ComBat transform fitted for c_d_log1p",
 }
 

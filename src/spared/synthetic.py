@@ -215,7 +215,8 @@ def make_collection(
     Returns
     -------
     AnnData following the spared raw data model: ``X`` (CSR float32 observed counts),
-    ``layers["true_counts"]`` (CSR counts before dropout), ``obs`` (``slide_id``, ``patient``, ``split``,
+    ``layers["true_counts"]`` (CSR counts before dropout), ``layers["true_rate"]`` (the expected counts λ,
+    dense), ``obs`` (``slide_id``, ``patient``, ``split``,
     ``array_row``, ``array_col``, ``in_tissue``, ``domain``, ``true_size_factor``), ``obsm["spatial"]``,
     ``var`` (``gene_symbol``, ``spatial_role``, ``true_log_mean``, ``true_dispersion``),
     ``varm["true_domain_effect"]``, ``uns["spatial"]`` (images) and ``uns["synthetic"]`` (parameters).
@@ -251,7 +252,7 @@ def make_collection(
     split_of = _assign_splits(patient_of if n_patients >= min(3, n_slides) else np.arange(n_slides))
     spacing = float(spot_diameter_px) * SPACING_PER_DIAMETER
 
-    obs_parts, xy_parts, x_parts, true_parts, spatial = [], [], [], [], {}
+    obs_parts, xy_parts, x_parts, true_parts, rate_parts, spatial = [], [], [], [], [], {}
     for s, ss in enumerate(slide_ss):
         geom_ss, expr_ss, drop_ss, image_ss = ss.spawn(4)
         rows, cols, xy, layout, threshold, size = _slide_geometry(np.random.default_rng(geom_ss), n_spots,
@@ -266,6 +267,7 @@ def make_collection(
         theta = programs.theta
         counts = sp.csr_matrix(expr_rng.negative_binomial(theta, theta / (theta + rate)).astype(np.float32))
         true_parts.append(counts)
+        rate_parts.append(rate.astype(np.float32))
         x_parts.append(_drop_out(counts, rate, float(dropout), np.random.default_rng(drop_ss)))
         xy_parts.append(xy)
         barcodes = _barcodes(rows, cols)
@@ -291,6 +293,7 @@ def make_collection(
     }, index=genes.index.to_numpy())
     adata = ad.AnnData(X=sp.vstack(x_parts, format="csr"), obs=obs, var=var)
     adata.layers["true_counts"] = sp.vstack(true_parts, format="csr")
+    adata.layers["true_rate"] = np.concatenate(rate_parts)
     adata.obsm["spatial"] = np.concatenate(xy_parts)
     adata.varm["true_domain_effect"] = programs.domain_effect
     if image:

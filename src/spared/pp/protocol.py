@@ -62,8 +62,9 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     Steps: spot filter → expression fractions → gene filter → TPM → log2(x+1) → adaptive median filter →
     Moran's I and top-k genes → ComBat → mask → SpaCKLE completion (``config.complete_missing``) → deltas →
-    noisy layers. Simulated collections carrying ``layers['true_counts']`` also get ``true_log1p`` and
-    ``c_true_log1p`` processed alike. Layers and columns are described in ``docs/data_model.md``.
+    noisy layers. Simulated collections carrying ``layers['true_rate']`` (expected counts; else
+    ``true_counts``) also get ``true_log1p`` and ``c_true_log1p`` processed alike. Layers and columns are
+    described in ``docs/data_model.md``.
     """
     from spared import __version__
     from spared.data_model import validate
@@ -77,7 +78,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     cfg = config or ProcessingConfig()
     validate(adata, stage="raw")
     raw_zero_fraction = zero_fraction(adata.X)
-    has_truth = "true_counts" in adata.layers
+    has_truth = "true_rate" in adata.layers or "true_counts" in adata.layers
     combat_key = cfg.combat_key
     state: dict = {}
 
@@ -86,8 +87,10 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     def truth_log1p(a):
         if has_truth:
-            true_tpm = tpm_matrix(a.layers["true_counts"], a.var["gene_length"].to_numpy())
-            a.layers["true_log1p"] = np.log2(true_tpm.toarray() + 1.0).astype(np.float32)
+            truth = a.layers["true_rate" if "true_rate" in a.layers else "true_counts"]
+            true_tpm = tpm_matrix(truth, a.var["gene_length"].to_numpy())
+            true_tpm = true_tpm.toarray() if sp.issparse(true_tpm) else true_tpm
+            a.layers["true_log1p"] = np.log2(true_tpm + 1.0).astype(np.float32)
 
     def median(a):
         a.layers["log1p"] = a.layers["log1p"].toarray() if sp.issparse(a.layers["log1p"]) else a.layers["log1p"]
@@ -107,7 +110,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
                 truth, a.obs[combat_key].astype(str).to_numpy(), state["combat"])).astype(np.float32)
 
     def dense_layers(a):
-        for name in ("counts", "tpm", "log1p", "true_counts"):
+        for name in ("counts", "tpm", "log1p", "true_counts", "true_rate"):
             if name in a.layers and sp.issparse(a.layers[name]):
                 a.layers[name] = a.layers[name].toarray().astype(np.float32)
         compute_mask(a, layer="tpm")
@@ -117,8 +120,10 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         if cfg.complete_missing:
             from spared.impute import spackle
 
-            model = spackle.fit(a, layer="c_d_log1p", config=spackle.SpackleConfig(
-                max_steps=cfg.spackle_max_steps, seed=cfg.seed), progress=progress)
+            settings = spackle.SpackleConfig(max_steps=cfg.spackle_max_steps, seed=cfg.seed,
+                                             slide_key=cfg.slide_key, split_key=cfg.split_key,
+                                             progress=None if progress else False)
+            model = spackle.fit(a, layer="c_d_log1p", config=settings)
             spackle.complete(a, model, layer="c_d_log1p", key_added="c_t_log1p")
 
     steps: list[tuple[str, Callable]] = [
