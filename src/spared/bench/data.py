@@ -1,0 +1,324 @@
+"""Batches for the prediction models (the contract of :mod:`spared.models.base`) from a processed AnnData.
+
+A :class:`SpotDataset` holds one split's spots: patches come from a :class:`~spared.io.patches.PatchStore` and are
+normalised with the ImageNet mean/std; targets, masks, array positions and slide codes come from the AnnData.
+Patch-level models get batches of independent spots; slide-level models get batches drawn from one slide at a
+time (:class:`SlideBatchSampler`). :class:`SpotDataModule` wires the splits into Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+#: ImageNet channel statistics used to normalise patches.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+
+
+def normalise_images(patches: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """``uint8 (k, H, W, 3)`` patches → ``float32 (k, 3, size, size)`` ImageNet-normalised tensors."""
+    images = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+class SpotTable:
+    """The per-spot arrays of a collection that batches are built from (whole collection, obs order).
+
+    Parameters
+    ----------
+    adata
+        Processed AnnData with ``layers[layer]``, ``layers["mask"]``, ``obs`` ``slide_id``/``split``/
+        ``array_row``/``array_col``.
+    layer
+        Absolute target layer (e.g. ``c_d_log1p``).
+    store
+        Patch store of the collection (obs order), or ``None`` to use/extract the one in ``uns``.
+    patch_size, patch_scale
+        Size the images are delivered at, and the crop scale used when patches must be extracted.
+    patch_dir
+        Folder for patches extracted because no store exists (default: a temporary folder).
+    """
+
+    def __init__(self, adata: Any, layer: str, store: Any = None, patch_size: int | None = None,
+                 patch_scale: float = 1.0, patch_dir: str | Path | None = None) -> None:
+        missing = [c for c in ("slide_id", "split", "array_row", "array_col") if c not in adata.obs]
+        if missing:
+            raise KeyError(f"obs lacks {missing}; batches need a processed collection (docs/data_model.md)")
+        for name in (layer, "mask"):
+            if name not in adata.layers:
+                hint = (" (it is written by SpaCKLE completion: process with complete_missing=True)"
+                        if name.startswith("c_t_") else "")
+                raise KeyError(f"layer {name!r} is missing{hint}; available: {sorted(adata.layers)}")
+        self.layer = layer
+        self.target = _dense(adata.layers[layer], np.float32)
+        self.mask = _dense(adata.layers["mask"], bool)
+        self.coords = adata.obs[["array_row", "array_col"]].to_numpy(dtype=np.int64)
+        self.positions = (np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm
+                          else self.coords.astype(np.float64))
+        slide = adata.obs["slide_id"].astype("category")
+        self.slide_names = [str(s) for s in slide.cat.categories]
+        self.slide = slide.cat.codes.to_numpy().astype(np.int64)
+        self.split = adata.obs["split"].astype(str).to_numpy()
+        unknown = sorted(set(self.split) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"obs['split'] has values {unknown} besides {list(SPLITS)}")
+        self.obs_names = adata.obs_names.to_numpy(dtype=str)
+        self.var_names = adata.var_names.to_numpy(dtype=str)
+        self.store = store if store is not None else patch_store(adata, patch_size or 224, patch_scale, patch_dir)
+        if len(self.store) != adata.n_obs:
+            raise ValueError(f"patch store {self.store.path} holds {len(self.store)} patches for {adata.n_obs} spots; "
+                             f"it was cut for another collection")
+        self.image_size = patch_size
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.target.shape[1])
+
+    def indices(self, split: str) -> np.ndarray:
+        """Obs positions of the spots of ``split``."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        return np.flatnonzero(self.split == split)
+
+    def batch(self, idx: np.ndarray, full_loss_mask: bool = False) -> dict[str, torch.Tensor]:
+        """The batch of obs positions ``idx`` (any order) following the batch contract."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = {
+            "image": normalise_images(self.store[idx], self.image_size),
+            "target": torch.from_numpy(self.target[idx]),
+            "mask": torch.from_numpy(self.mask[idx]),
+            "coords": torch.from_numpy(self.coords[idx]),
+            "slide": torch.from_numpy(self.slide[idx]),
+            "index": torch.from_numpy(idx),
+        }
+        if full_loss_mask:
+            out["loss_mask"] = torch.ones_like(out["mask"])
+        return out
+
+
+def patch_store(adata: Any, patch_size: int, patch_scale: float = 1.0, patch_dir: str | Path | None = None):
+    """The collection's patch store, extracting one when none of the right size exists.
+
+    Order of preference: the store recorded in ``uns['spared']['patches']`` when it has ``patch_size`` and
+    ``patch_scale``; ``patch_dir/patches_{size}_{scale}.h5`` when it was cut for these spots; a new extraction
+    from the slide images into ``patch_dir`` (a temporary folder when ``None``) with
+    :func:`spared.io.patches.extract_patches`; and, when the images are not available, the recorded store of
+    another size (its patches are resized as they are read).
+    """
+    from spared.io.patches import PatchStore, extract_patches
+    from spared.io.readers.common import ReaderError
+
+    recorded = dict(adata.uns.get("spared", {}).get("patches", {}))
+    path = recorded.get("path")
+    exists = bool(path) and Path(path).is_file()
+    if exists and int(recorded.get("size", -1)) == patch_size and float(recorded.get("scale", -1)) == patch_scale:
+        return PatchStore(path)
+    folder = Path(patch_dir) if patch_dir is not None else Path(tempfile.mkdtemp(prefix="spared-patches-"))
+    target = folder / f"patches_{patch_size}_{patch_scale:g}.h5"
+    if target.is_file():
+        store = PatchStore(target)
+        if len(store) == adata.n_obs and store.obs_names.equals(adata.obs_names):
+            return store
+    try:
+        return PatchStore(extract_patches(adata, target, patch_size=patch_size, patch_scale=patch_scale,
+                                          progress=False))
+    except ReaderError:
+        if exists:
+            return PatchStore(path)
+        raise
+
+
+def _dense(x: Any, dtype: type) -> np.ndarray:
+    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Batches are built whole by :meth:`SpotDataset.__getitems__`; nothing is left to collate."""
+    return batch
+
+
+class SpotDataset(Dataset):
+    """The spots of one split; item ``i`` is the ``i``-th spot of the split, batches are read in one go.
+
+    Parameters
+    ----------
+    table
+        The collection's :class:`SpotTable`.
+    split
+        ``"train"``, ``"val"`` or ``"test"``.
+    full_loss_mask
+        Add an all-``True`` ``"loss_mask"`` (completed targets: every entry is trusted).
+    """
+
+    def __init__(self, table: SpotTable, split: str, full_loss_mask: bool = False) -> None:
+        self.table = table
+        self.split = split
+        self.idx = table.indices(split)
+        self.full_loss_mask = full_loss_mask
+
+    def __len__(self) -> int:
+        return int(self.idx.size)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+    def __getitems__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        return self.table.batch(self.idx[np.asarray(items, dtype=np.int64)], self.full_loss_mask)
+
+    def slide_groups(self) -> list[np.ndarray]:
+        """Dataset positions grouped by slide."""
+        slides = self.table.slide[self.idx]
+        return [np.flatnonzero(slides == s) for s in np.unique(slides)]
+
+
+class SlideBatchSampler(Sampler[list[int]]):
+    """Batches of one slide each: the whole slide, or spatially contiguous groups of at most ``max_spots``.
+
+    With ``shuffle`` (training) every slide yields ``ceil(n / max_spots)`` groups per epoch, each the
+    ``max_spots`` spots nearest a random spot, in a random slide order; without it the slide is cut by
+    recursive median bisection into contiguous groups that cover every spot exactly once.
+    """
+
+    def __init__(self, dataset: SpotDataset, max_spots: int, shuffle: bool, seed: int = 0) -> None:
+        if max_spots < 1:
+            raise ValueError(f"max_spots must be >= 1, got {max_spots}")
+        self.groups = dataset.slide_groups()
+        self.positions = dataset.table.positions[dataset.idx]
+        self.max_spots = max_spots
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the random draws of ``epoch`` (Lightning calls this every epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return sum(math.ceil(g.size / self.max_spots) for g in self.groups)
+        return sum(len(_bisect(self.positions[g], self.max_spots)) for g in self.groups)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self.shuffle:
+            for group in self.groups:
+                for part in _bisect(self.positions[group], self.max_spots):
+                    yield group[part].tolist()
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        batches = []
+        for group in self.groups:
+            if group.size <= self.max_spots:
+                batches.append(group[rng.permutation(group.size)])
+                continue
+            pos = self.positions[group]
+            for centre in rng.choice(group.size, math.ceil(group.size / self.max_spots), replace=False):
+                dist = np.linalg.norm(pos - pos[centre], axis=1)
+                batches.append(group[np.argpartition(dist, self.max_spots - 1)[:self.max_spots]])
+        for b in rng.permutation(len(batches)):
+            yield batches[b].tolist()
+
+
+def _bisect(pos: np.ndarray, max_spots: int) -> list[np.ndarray]:
+    """Split points into contiguous groups of at most ``max_spots`` by halving along the wider axis."""
+    pending, out = [np.arange(pos.shape[0])], []
+    while pending:
+        part = pending.pop()
+        if part.size <= max_spots:
+            out.append(part)
+            continue
+        axis = int(np.ptp(pos[part], axis=0).argmax())
+        order = part[np.argsort(pos[part, axis], kind="stable")]
+        half = order.size // 2
+        pending.extend([order[half:], order[:half]])
+    return out
+
+
+class SpotDataModule(L.LightningDataModule):
+    """Train/val/test loaders for one model kind on one collection.
+
+    Parameters
+    ----------
+    table
+        The collection's :class:`SpotTable`.
+    input_kind
+        The model's ``input_kind``: ``"slide"`` batches by slide, every other kind by independent spots.
+    batch_size
+        Spots per batch of patch-level models.
+    slide_spots
+        Most spots per batch of slide-level models.
+    full_loss_mask
+        Train on every entry (completed targets) instead of the real ones only.
+    seed
+        Seed of the training batch order.
+    num_workers
+        DataLoader worker processes.
+    """
+
+    def __init__(self, table: SpotTable, input_kind: str, batch_size: int = 64, slide_spots: int = 512,
+                 full_loss_mask: bool = False, seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__()
+        from spared.models.base import INPUT_KINDS
+
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {list(INPUT_KINDS)}, got {input_kind!r}")
+        self.table = table
+        self.input_kind = input_kind
+        self.batch_size = batch_size
+        self.slide_spots = slide_spots
+        self.seed = seed
+        self.num_workers = num_workers
+        self.datasets = {s: SpotDataset(table, s, full_loss_mask) for s in SPLITS}
+        for split in ("train", "val"):
+            if len(self.datasets[split]) == 0:
+                raise ValueError(f"the collection has no {split} spots; training selects on val and fits on train")
+
+    @property
+    def eval_split(self) -> str:
+        """The split reported: ``test``, or ``val`` when there is no test split."""
+        return "test" if len(self.datasets["test"]) else "val"
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """Loader over ``split``; ``shuffle`` gives training batches (random order, full batches only)."""
+        dataset = self.datasets[split]
+        if len(dataset) == 0:
+            raise ValueError(f"the collection has no {split} spots")
+        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if self.input_kind == "slide":
+            sampler = SlideBatchSampler(dataset, self.slide_spots, shuffle=shuffle, seed=self.seed)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, **workers)
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+                          drop_last=shuffle and len(dataset) > self.batch_size, collate_fn=_collate, **workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.eval_split)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.eval_split)
+
+    def prepare_batches(self) -> DataLoader:
+        """The training split in order, without shuffling (what ``Predictor.prepare`` reads)."""
+        return self.loader("train")

@@ -1,0 +1,231 @@
+"""One benchmark run = (model, dataset, target, seed) plus its model and training settings, with a stable id."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any
+
+#: Targets and the absolute (log) layer each one trains on: raw/median vs SpaCKLE-completed.
+TARGET_LAYERS: dict[str, str] = {"raw": "c_d_log1p", "completed": "c_t_log1p"}
+#: Loggers a run can write to (each but ``csv`` needs its package installed).
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+#: Training fields that change how a run executes but not what it computes (left out of the run id).
+_EXECUTION_ONLY = frozenset({"num_workers", "num_threads", "loggers"})
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a model is trained and evaluated.
+
+    Attributes
+    ----------
+    max_steps
+        Optimiser steps.
+    batch_size
+        Spots per batch for patch-level models (exemplar and retrieval models too).
+    slide_spots
+        Most spots in one batch of a slide-level model (a spatially contiguous subset when the slide is bigger).
+    lr
+        Learning rate; ``None`` = the model's default (``MODEL_INFO``), else the Lightning module's default.
+    weight_decay
+        Weight decay of the optimiser.
+    val_every
+        Validate every this many training steps; the checkpoint with the lowest validation MSE is kept.
+    patch_size, patch_scale
+        Side of the patches in pixels and the crop side in spot diameters.
+    backbone_weights
+        ``None`` (random initialisation), ``"imagenet"`` or a local weights file.
+    accelerator
+        Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
+    precision
+        Lightning precision.
+    deterministic
+        Ask Lightning/torch for deterministic algorithms.
+    num_workers
+        DataLoader worker processes.
+    num_threads
+        torch intra-op threads during the run (``None``: leave torch's setting). CPU results depend slightly on
+        it (reduction order), so fix it to compare executors bit for bit.
+    loggers
+        Any of :data:`LOGGERS`; CSV is the default.
+    """
+
+    max_steps: int = 500
+    batch_size: int = 64
+    slide_spots: int = 512
+    lr: float | None = None
+    weight_decay: float = 0.0
+    val_every: int = 50
+    patch_size: int = 224
+    patch_scale: float = 1.0
+    backbone_weights: str | None = None
+    accelerator: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    num_workers: int = 0
+    num_threads: int | None = None
+    loggers: tuple[str, ...] = ("csv",)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "slide_spots", "val_every", "patch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"training.{name} must be a positive integer, got {value!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"training.lr must be > 0 (or None for the model default), got {self.lr}")
+        if not self.patch_scale > 0:
+            raise ValueError(f"training.patch_scale must be > 0, got {self.patch_scale}")
+        if self.num_workers < 0:
+            raise ValueError(f"training.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"training.num_threads must be >= 1 (or None), got {self.num_threads}")
+        loggers = (self.loggers,) if isinstance(self.loggers, str) else tuple(self.loggers)
+        unknown = [name for name in loggers if name not in LOGGERS]
+        if unknown or not loggers:
+            raise ValueError(f"training.loggers must be a non-empty subset of {list(LOGGERS)}, got {list(loggers)}")
+        object.__setattr__(self, "loggers", loggers)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["loggers"] = list(self.loggers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingConfig:
+        """Build from a mapping; unknown keys are an error naming the valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise KeyError(f"unknown training setting(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A benchmark run.
+
+    Attributes
+    ----------
+    model
+        Model name (``spared.models``).
+    dataset
+        ``"simulated"`` or ``"simulated:key=value,..."``, the path of a processed ``.h5ad``, or a catalogue key
+        (optionally ``"name:key=value,..."`` with processing overrides).
+    target
+        ``"raw"`` (``c_d_log1p``) or ``"completed"`` (``c_t_log1p``).
+    seed
+        Seed of weights, batch order and augmentation.
+    model_config
+        Keyword arguments of ``spared.models.build_model`` (JSON values).
+    training
+        :class:`TrainingConfig` (a mapping is converted).
+    """
+
+    model: str
+    dataset: str
+    target: str = "raw"
+    seed: int = 0
+    model_config: Mapping[str, Any] = field(default_factory=dict)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty name, got {self.model!r}")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
+        if self.target not in TARGET_LAYERS:
+            raise ValueError(f"target must be one of {list(TARGET_LAYERS)}, got {self.target!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.training, TrainingConfig):
+            object.__setattr__(self, "training", TrainingConfig.from_dict(dict(self.training)))
+        config = dict(self.model_config)
+        try:
+            json.dumps(config, sort_keys=True)
+        except TypeError as err:
+            raise ValueError(f"model_config must hold JSON values only ({err})") from err
+        object.__setattr__(self, "model_config", config)
+
+    @property
+    def layer(self) -> str:
+        """The absolute layer the run trains on and is scored against."""
+        return TARGET_LAYERS[self.target]
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the run's outcome (what :attr:`run_id` hashes)."""
+        training = {k: v for k, v in self.training.to_dict().items() if k not in _EXECUTION_ONLY}
+        return {"model": self.model, "dataset": canonical_dataset(self.dataset), "target": self.target,
+                "seed": self.seed, "model_config": dict(self.model_config), "training": training}
+
+    @property
+    def run_id(self) -> str:
+        """``{model}-{dataset}-{target}-s{seed}-{hash}``: readable, and equal only for equal runs."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(blob).hexdigest()[:10]
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", _dataset_label(self.dataset)).strip("_")[:40] or "dataset"
+        return f"{self.model}-{slug}-{self.target}-s{self.seed}-{digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "dataset": self.dataset, "target": self.target, "seed": self.seed,
+                "model_config": dict(self.model_config), "training": self.training.to_dict(),
+                "run_id": self.run_id}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        """Inverse of :meth:`to_dict` (``run_id`` is recomputed and checked when present)."""
+        fields = {k: v for k, v in data.items() if k != "run_id"}
+        spec = cls(**{**fields, "training": TrainingConfig.from_dict(fields.get("training", {}))})
+        if "run_id" in data and data["run_id"] != spec.run_id:
+            raise ValueError(f"run_id {data['run_id']!r} does not match the settings (expected {spec.run_id!r})")
+        return spec
+
+
+def make_specs(models: Iterable[str], datasets: Iterable[str], targets: Iterable[str] = ("raw", "completed"),
+               seeds: Iterable[int] = (0,), model_config: Mapping[str, Mapping[str, Any]] | None = None,
+               training: TrainingConfig | None = None) -> list[RunSpec]:
+    """The grid models × datasets × targets × seeds (``model_config`` maps a model name to its settings)."""
+    model_config = model_config or {}
+    training = training or TrainingConfig()
+    return [RunSpec(model=m, dataset=d, target=t, seed=s, model_config=model_config.get(m, {}), training=training)
+            for m, d, t, s in product(list(models), list(datasets), list(targets), list(seeds))]
+
+
+def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"name:key=value,key=value"`` into the name and its parameters (values parsed as JSON if possible).
+
+    A path to an ``.h5ad`` file is returned whole with no parameters.
+    """
+    if text.endswith(".h5ad"):
+        return text, {}
+    name, _, rest = text.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"dataset {text!r}: expected key=value after ':', got {item!r}")
+        try:
+            params[key.strip()] = json.loads(raw.strip())
+        except json.JSONDecodeError:
+            params[key.strip()] = raw.strip()
+    if not name:
+        raise ValueError(f"dataset {text!r} has no name before ':'")
+    return name, params
+
+
+def canonical_dataset(text: str) -> str:
+    """The dataset string with its parameters sorted (``a=1,b=2`` and ``b=2,a=1`` are one dataset)."""
+    name, params = parse_dataset(text)
+    if not params:
+        return name
+    return name + ":" + ",".join(f"{k}={json.dumps(params[k])}" for k in sorted(params))
+
+
+def _dataset_label(text: str) -> str:
+    name, _ = parse_dataset(text)
+    return name.rsplit("/", 1)[-1].removesuffix(".h5ad")

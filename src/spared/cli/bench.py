@@ -1,0 +1,162 @@
+"""``spared bench`` (run the benchmark grid) and ``spared results`` (print its model × dataset table)."""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from spared.cli.app import app, console, err_console
+
+EXECUTORS = ("local", "ray")
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+def _split(text: str, name: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise _fail(f"--{name} needs at least one value (comma-separated)")
+    return items
+
+
+def _datasets(text: str) -> list[str]:
+    """Datasets from ``a,b:k=1,j=2,c``: a piece ``key=value`` with no ``:`` before it continues the previous one."""
+    out: list[str] = []
+    for piece in _split(text, "datasets"):
+        if out and ":" in out[-1] and "=" in piece and ":" not in piece.split("=", 1)[0]:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return out
+
+
+def _model_configs(path: Path | None) -> dict[str, dict[str, Any]]:
+    """``{model: {setting: value}}`` from a JSON or TOML file."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise _fail(f"model config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise _fail(f"could not parse {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise _fail(f"{path} must map model names to tables of settings, e.g. {{\"stnet\": {{\"augment\": false}}}}")
+    return data
+
+
+@app.command()
+def bench(
+    models: Annotated[str, typer.Option(help="Models, comma-separated (e.g. stnet,sepal).")],
+    datasets: Annotated[str, typer.Option(help="Datasets, comma-separated: simulated[:key=value,...], a "
+                                                "processed .h5ad, or a catalogue key.")] = "simulated",
+    targets: Annotated[str, typer.Option(help="Targets: raw (c_d_log1p) and/or completed (c_t_log1p).")]
+    = "raw,completed",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0",
+    executor: Annotated[str, typer.Option(help="local (in-process, sequential) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance).")]
+    = None,
+    cpus_per_run: Annotated[float, typer.Option(help="CPUs requested by each Ray task.")] = 1.0,
+    gpus_per_run: Annotated[float, typer.Option(help="GPUs requested by each Ray task.")] = 0.0,
+    max_steps: Annotated[int | None, typer.Option(help="Training steps per run.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Spots per batch (patch-level models).")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="Patch side in pixels.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the model's).")] = None,
+    val_every: Annotated[int | None, typer.Option(help="Validate every this many steps.")] = None,
+    backbone_weights: Annotated[str | None, typer.Option(help="None, 'imagenet' or a local weights file.")]
+    = None,
+    model_config: Annotated[Path | None, typer.Option(help="JSON/TOML file: {model: {setting: value}}.")] = None,
+    loggers: Annotated[str, typer.Option(help="Loggers: csv, tensorboard, mlflow, wandb (comma-separated).")]
+    = "csv",
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset cache (default: OUT/_data).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Run again runs that already finished.")] = False,
+    progress: Annotated[bool, typer.Option("--progress", help="Show Lightning progress bars.")] = False,
+) -> None:
+    """Train and evaluate every model × dataset × target × seed; one row per run in OUT/results.parquet."""
+    from spared.bench.executors import LocalExecutor, RayExecutor, run_benchmark
+    from spared.bench.runs import TrainingConfig, make_specs
+
+    if executor not in EXECUTORS:
+        raise _fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    settings = {"max_steps": max_steps, "batch_size": batch_size, "patch_size": patch_size, "lr": lr,
+                "val_every": val_every, "backbone_weights": backbone_weights,
+                "loggers": tuple(_split(loggers, "loggers"))}
+    try:
+        seed_values = [int(s) for s in _split(seeds, "seeds")]
+        training = TrainingConfig.from_dict({k: v for k, v in settings.items() if v is not None})
+        specs = make_specs(_split(models, "models"), _datasets(datasets), _split(targets, "targets"), seed_values,
+                           _model_configs(model_config), training)
+    except (KeyError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    runner = (LocalExecutor(progress=progress) if executor == "local"
+              else RayExecutor(address, num_cpus_per_run=cpus_per_run, num_gpus_per_run=gpus_per_run))
+    console.print(f"{len(specs)} runs → {out} ({executor} executor)")
+
+    finished: list[str] = []
+
+    def report(row: dict[str, Any]) -> None:
+        finished.append(row["run_id"])
+        if row["status"] == "done":
+            console.print(f"[green]done[/]   {row['run_id']}  MSE {row['MSE']:.4f}  PCC-Gene {row['PCC-Gene']:.4f}  "
+                          f"({row['seconds']:.0f} s)")
+        else:
+            console.print(f"[red]failed[/] {row['run_id']}  {row['error']}")
+
+    table = run_benchmark(specs, out, runner, force=force, on_result=report, data_dir=data_dir)
+    skipped = len(table) - len(finished)
+    if skipped:
+        console.print(f"{skipped} runs had finished before (use --force to run them again)")
+    print_results(out)
+
+
+def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gene"), as_json: bool = False) -> None:
+    """Print the model × dataset table of a results folder (raw vs completed, mean ± std over seeds)."""
+    from rich.table import Table
+
+    from spared.bench.results import aggregate, format_mean_std, load_results
+
+    table = load_results(results_dir)
+    if table.empty:
+        raise _fail(f"{results_dir} holds no benchmark runs; run `spared bench --out {results_dir}`")
+    summary = aggregate(table, metrics)
+    if as_json:
+        records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                   for row in summary.to_dict(orient="records")]
+        typer.echo(json.dumps(records, indent=2, default=lambda v: v.item()))
+        return
+    targets = [t for t in ("raw", "completed") if f"n {t}" in summary]
+    view = Table(title=f"{results_dir}: mean ± std over seeds")
+    view.add_column("model")
+    view.add_column("dataset")
+    for metric in metrics:
+        for target in targets:
+            view.add_column(f"{metric} {target}", justify="right")
+    view.add_column("seeds", justify="right")
+    view.add_column("failed", justify="right")
+    for row in summary.to_dict(orient="records"):
+        cells = [format_mean_std(row[f"{m} {t} mean"], row[f"{m} {t} std"]) for m in metrics for t in targets]
+        seeds = "/".join(str(row[f"n {t}"]) for t in targets) or "0"
+        view.add_row(row["model"], row["dataset"], *cells, seeds, str(row["failed"]))
+    console.print(view)
+
+
+@app.command()
+def results(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder written by `spared bench`.")],
+    metrics: Annotated[str, typer.Option(help="Metrics to show, comma-separated.")] = "MSE,PCC-Gene",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON records.")] = False,
+) -> None:
+    """Print the model × dataset table: raw vs completed targets, mean ± std over seeds."""
+    try:
+        print_results(results_dir, tuple(_split(metrics, "metrics")), as_json)
+    except (FileNotFoundError, KeyError) as exc:
+        raise _fail(str(exc).strip("'\"")) from exc
