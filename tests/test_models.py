@@ -137,6 +137,17 @@ def test_delta_models_add_train_means(data) -> None:
     assert torch.allclose(pred, model.gene_mean.expand_as(pred))
 
 
+def test_absolute_models_start_at_the_train_means(data) -> None:
+    model = tiny("stnet")
+    model.prepare(data["train"])
+    train = concat(data["train"])
+    assert torch.allclose(model.head.bias, train["target"].mean(0), atol=1e-6)
+    with torch.no_grad():
+        model.head.weight.zero_()
+    pred = model.predict(data["test"][0])
+    assert torch.allclose(pred, train["target"].mean(0).expand_as(pred), atol=1e-5)
+
+
 def test_bleep_prediction_is_mean_of_nearest_training_expressions(data) -> None:
     model = tiny("bleep")
     model.prepare(data["train"])

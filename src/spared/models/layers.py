@@ -390,6 +390,14 @@ class BackboneRegressor(Predictor):
         out = self.head(self.encoder(batch["image"]))
         return self.add_mean(out) if self.predicts_deltas else out
 
+    def prepare_end(self) -> None:
+        """Store the train means; an absolute model's head starts at them (its bias), so training begins at
+        the train-mean baseline instead of spending its first steps learning the expression level."""
+        super().prepare_end()
+        if not self.predicts_deltas:
+            with torch.no_grad():
+                self.head.bias.copy_(self.gene_mean)
+
     def loss(self, batch: Batch) -> torch.Tensor:
         """Masked MSE, on randomly rotated/flipped patches when ``augment``."""
         if self.augment:
