@@ -18,8 +18,8 @@ from spared.report import build_report
 def results_dir(tmp_path_factory, processed_small):
     folder = tmp_path_factory.mktemp("results")
     write_h5ad(processed_small, folder / "simulated.h5ad")
-    pd.DataFrame({"MSE": [0.1, 0.5], "PCC-Gene": [0.8, 0.3]}, index=["spackle", "median"]).to_csv(
-        folder / "completion.csv")
+    pd.DataFrame({"method": ["spackle", "median"], "target": "masked", "MSE": [0.1, 0.5],
+                  "PCC-Gene": [0.8, 0.3]}).to_csv(folder / "completion.csv", index=False)
     pd.DataFrame({"method": ["spackle", "median"] * 2, "mask_fraction": [0.1, 0.1, 0.3, 0.3],
                   "MSE": [0.1, 0.5, 0.2, 0.6], "PCC-Gene": [0.8, 0.3, 0.7, 0.2]}).to_csv(
         folder / "completion_curve.csv", index=False)

@@ -24,7 +24,7 @@ PROCESSED_GLOB = "*.h5ad"
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{font-size:1.6rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .55rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem;display:block;overflow-x:auto;max-width:100%}th,td{border:1px solid #ccc;padding:.25rem .55rem}
 th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}
 figure{display:inline-block;margin:.5rem}img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:100%}
 .note{color:#666;font-size:.9rem}
@@ -91,7 +91,7 @@ def _completion_section(results_dir: Path) -> str:
     parts = []
     table_path = results_dir / COMPLETION_FILE
     if table_path.is_file():
-        parts.append(table_html(pd.read_csv(table_path, index_col=0)))
+        parts.append(table_html(pd.read_csv(table_path), index=False))
     curve_path = results_dir / COMPLETION_CURVE_FILE
     if curve_path.is_file():
         curve = pd.read_csv(curve_path)

@@ -1,0 +1,112 @@
+"""``spared complete`` and ``spared evaluate-completion``: fill missing expression values, compare methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from spared.cli.app import app, console
+from spared.cli.processing import fail, read_h5ad, write_h5ad
+
+_METHODS = ("spackle", "median", "mean", "knn")
+_SHOWN_METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch")
+
+
+def _spackle_config(max_steps: int | None, seed: int):
+    from spared.impute.spackle import SpackleConfig
+
+    try:
+        return SpackleConfig(seed=seed) if max_steps is None else SpackleConfig(max_steps=max_steps, seed=seed)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
+@app.command()
+def complete(
+    input: Annotated[Path, typer.Argument(help="Processed collection (.h5ad).")],
+    output: Annotated[Path, typer.Argument(help="Where to write the completed collection (.h5ad).")],
+    method: Annotated[str, typer.Option(help=f"Completion method: {', '.join(_METHODS)}.")] = "spackle",
+    checkpoint: Annotated[Path | None, typer.Option(help="SpaCKLE checkpoint folder to apply.")] = None,
+    train: Annotated[bool, typer.Option("--train", help="Train SpaCKLE on the input first.")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="SpaCKLE training steps (default 1000).")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    save_checkpoint: Annotated[Path | None, typer.Option(help="Save the trained SpaCKLE here.")] = None,
+    layer: Annotated[str, typer.Option(help="Layer to complete.")] = "c_d_log1p",
+    key_added: Annotated[str, typer.Option(help="Layer to write.")] = "c_t_log1p",
+) -> None:
+    """Complete the missing entries (layers['mask'] == False) of a layer; real entries are kept as they are."""
+    from spared.impute.baselines import SpackleMethod, make_method
+
+    if method not in _METHODS:
+        raise fail(f"unknown method {method!r}; choose one of {', '.join(_METHODS)}")
+    if method == "spackle" and (checkpoint is None) == (not train):
+        raise fail("SpaCKLE needs exactly one of --checkpoint DIR (apply a saved model) or --train")
+    if method != "spackle" and (checkpoint or train or save_checkpoint):
+        raise fail(f"--checkpoint, --train and --save-checkpoint apply to --method spackle, not {method!r}")
+    adata = read_h5ad(input)
+    try:
+        if checkpoint is not None:
+            from spared.impute import spackle
+
+            impl = SpackleMethod(model=spackle.load(checkpoint))
+        elif method == "spackle":
+            impl = SpackleMethod(_spackle_config(max_steps, seed))
+        else:
+            impl = make_method(method)
+        with console.status(f"completing {layer!r} with {method}"):
+            impl.fit(adata, layer)
+            impl.complete(adata, layer, key_added)
+        if save_checkpoint is not None:
+            impl.model.save(save_checkpoint)
+            console.print(f"saved the SpaCKLE checkpoint to {save_checkpoint}")
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        raise fail(str(exc).strip("'\"")) from exc
+    write_h5ad(adata, output)
+    n_missing = int((~adata.layers["mask"]).sum())
+    console.print(f"completed {n_missing} missing entries of {layer!r} into {key_added!r}; wrote {output}")
+
+
+@app.command("evaluate-completion")
+def evaluate_completion(
+    input: Annotated[Path, typer.Argument(help="Processed collection (.h5ad).")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods to compare.")] = ",".join(_METHODS),
+    mask_fraction: Annotated[float, typer.Option(help="Fraction of val/test real entries to hide.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the hidden entries and of SpaCKLE training.")] = 0,
+    max_steps: Annotated[int | None, typer.Option(help="SpaCKLE training steps (default 1000).")] = None,
+    layer: Annotated[str, typer.Option(help="Layer to complete.")] = "c_d_log1p",
+    truth_layer: Annotated[str | None, typer.Option(
+        help="Layer with the true values (default: c_true_log1p when present).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON records.")] = False,
+) -> None:
+    """Hide real values of the val/test spots, complete them with each method, and score them."""
+    from spared.impute.evaluate import evaluate
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(_METHODS))
+    if unknown or not names:
+        raise fail(f"unknown method(s) {unknown}; choose among {', '.join(_METHODS)}")
+    adata = read_h5ad(input)
+    if truth_layer is None and "c_true_log1p" in adata.layers:
+        truth_layer = "c_true_log1p"
+    try:
+        with console.status(f"evaluating {', '.join(names)}"):
+            table = evaluate(adata, names, mask_fraction, seed, layer, truth_layer,
+                             _spackle_config(max_steps, seed))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise fail(str(exc).strip("'\"")) from exc
+    records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    out = Table(title=f"completion of {layer!r}: {mask_fraction:.0%} of val/test real values hidden (seed {seed})")
+    for col in ("method", "target", "n_entries", *_SHOWN_METRICS, "seconds"):
+        out.add_column(col, justify="left" if col in ("method", "target") else "right")
+    for rec in records:
+        out.add_row(rec["method"], rec["target"], str(rec["n_entries"]),
+                    *("n/a" if rec[m] is None else f"{rec[m]:.4f}" for m in _SHOWN_METRICS),
+                    f"{rec['seconds']:.1f}")
+    console.print(out)

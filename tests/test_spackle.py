@@ -1,0 +1,282 @@
+"""SpaCKLE: neighbourhoods, masking, training, completion, checkpoints and input errors (small and fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spared.impute import spackle
+from spared.impute.spackle import SpackleConfig
+from spared.impute.spackle.inputs import neighbour_table
+from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, sample_mask
+
+TINY = SpackleConfig(num_neighs=6, batch_size=64, max_steps=20, val_every=10)
+
+
+def smooth_field(n_slides: int = 3, side: int = 14, n_genes: int = 8, missing: float = 0.3, seed: int = 0,
+                 same_coords: bool = True) -> ad.AnnData:
+    """Slides on a ``side × side`` grid with spatially smooth positive expression and random missing entries.
+
+    Slide ``s`` goes to split train / val / test for s = 0 / 1 / 2+ . With ``same_coords`` every slide uses the
+    same coordinates, so a neighbour search that ignored slides would mix them.
+    """
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(side, dtype=float), np.arange(side, dtype=float))
+    coords = np.column_stack([xs.ravel(), ys.ravel()])
+    freq = rng.uniform(0.15, 0.45, (n_genes, 2))
+    blocks, obs, xy = [], [], []
+    for s in range(n_slides):
+        offset = 0.0 if same_coords else 10.0 * side * s
+        blocks.append(3 + np.sin(coords @ freq.T + rng.uniform(0, 2 * np.pi, n_genes)))
+        xy.append(coords + offset)
+        obs.append(pd.DataFrame({"slide_id": f"slide{s}", "split": ("train", "val", "test")[min(s, 2)]},
+                                index=[f"slide{s}_{i}" for i in range(len(coords))]))
+    adata = ad.AnnData(obs=pd.concat(obs), var=pd.DataFrame(index=[f"gene{g}" for g in range(n_genes)]))
+    values = np.vstack(blocks).astype(np.float32)
+    mask = rng.random(values.shape) >= missing
+    adata.layers["c_d_log1p"] = values
+    adata.layers["mask"] = mask
+    adata.obsm["spatial"] = np.vstack(xy)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[ad.AnnData, spackle.SpackleModel]:
+    adata = smooth_field()
+    return adata, spackle.fit(adata, config=TINY)
+
+
+# --- neighbourhoods -------------------------------------------------------------------------------------------
+
+def test_neighbours_never_cross_slides_with_identical_coordinates():
+    adata = smooth_field(n_slides=2, side=6)
+    table = neighbour_table(adata, 8)
+    slides = adata.obs["slide_id"].to_numpy()
+    assert table.shape == (adata.n_obs, 9)
+    np.testing.assert_array_equal(table[:, 0], np.arange(adata.n_obs))
+    assert (slides[table] == slides[:, None]).all()
+    assert all(len(set(row)) == 9 for row in table)
+
+
+def test_completion_of_a_slide_ignores_other_slides(trained):
+    adata, model = trained
+    other = adata.copy()
+    other.layers["c_d_log1p"][adata.obs["slide_id"].to_numpy() != "slide0"] += 5.0
+    spackle.complete(adata, model, key_added="a")
+    spackle.complete(other, model, key_added="a")
+    rows = adata.obs["slide_id"].to_numpy() == "slide0"
+    np.testing.assert_array_equal(adata.layers["a"][rows], other.layers["a"][rows])
+
+
+# --- masking --------------------------------------------------------------------------------------------------
+
+def test_mask_probability_formulas():
+    f = np.array([0.0, 0.2, 0.5, 0.9, 1.0])
+    np.testing.assert_allclose(mask_probabilities(f, "mask_prob", 0.3), [1, 1, 0.6, 0.3 / 0.9, 0.3])
+    np.testing.assert_allclose(mask_probabilities(f, "prob_median"), [1, 1, 1, 0.1 / 0.9, 0])
+    np.testing.assert_allclose(mask_probabilities(f, "scale_factor"), [1, 1, 0.8, 0.8 * 0.1 / 0.9, 0])
+    with pytest.raises(ValueError, match="prob_median"):
+        mask_probabilities(f, "nope")
+
+
+@pytest.mark.parametrize("method", ["mask_prob", "prob_median", "scale_factor"])
+def test_sampled_masks_match_probabilities_and_hit_only_real_entries(method):
+    frac = np.array([0.4, 0.6, 0.75, 0.95])
+    probs = torch.as_tensor(mask_probabilities(frac, method, 0.3), dtype=torch.float32)
+    real = torch.ones(4000, 19, 4, dtype=torch.bool)
+    real[::2] = False
+    hidden = sample_mask(real, probs, torch.Generator().manual_seed(1))
+    assert not hidden[~real].any()
+    freq = hidden[real.all(dim=(1, 2))].float().mean(dim=(0, 1)).numpy()
+    np.testing.assert_allclose(freq, probs.numpy(), atol=0.01)
+
+
+def test_glob_exp_frac_from_var_or_from_mask():
+    adata = smooth_field(n_slides=1, side=5)
+    real = adata.layers["mask"]
+    np.testing.assert_allclose(glob_exp_frac(adata, real), real.mean(axis=0))
+    adata.var["glob_exp_frac"] = np.linspace(0.1, 0.9, adata.n_vars)
+    np.testing.assert_allclose(glob_exp_frac(adata, real), np.linspace(0.1, 0.9, adata.n_vars))
+    adata.var["glob_exp_frac"] = 2.0
+    with pytest.raises(ValueError, match="glob_exp_frac"):
+        glob_exp_frac(adata, real)
+
+
+# --- training and completion ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("observed_indicator", [False, True])
+def test_training_lowers_validation_mse_on_a_smooth_field(observed_indicator):
+    adata = smooth_field(seed=3)
+    model = spackle.fit(adata, config=TINY.replace(max_steps=60, observed_indicator=observed_indicator))
+    val = [mse for _, mse in model.history["val"]]
+    assert [s for s, _ in model.history["val"]] == [10, 20, 30, 40, 50, 60]
+    assert model.best_val_mse == min(val)
+    assert model.best_val_mse < 0.85 * val[0]
+    train = [mse for _, mse in model.history["train"]]
+    assert len(train) == 60 and np.mean(train[-10:]) < np.mean(train[:10])
+
+
+def test_fit_is_deterministic_for_a_seed():
+    adata = smooth_field(side=8)
+    cfg = TINY.replace(max_steps=10)
+    a, b = spackle.fit(adata, config=cfg), spackle.fit(adata, config=cfg)
+    for (name, x), (_, y) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    assert a.history == b.history
+
+
+def test_complete_replaces_only_missing_entries(trained):
+    adata, model = trained
+    adata.layers["c_d_log1p_64"] = adata.layers["c_d_log1p"].astype(np.float64)
+    for layer in ("c_d_log1p", "c_d_log1p_64"):
+        out = spackle.complete(adata, model, layer=layer, key_added="done").layers["done"]
+        real = adata.layers["mask"]
+        assert out.dtype == adata.layers[layer].dtype
+        np.testing.assert_array_equal(out[real].view(np.uint8), adata.layers[layer][real].view(np.uint8))
+        assert np.isfinite(out).all() and not np.array_equal(out[~real], adata.layers[layer][~real])
+
+
+def test_completion_does_not_read_missing_values(trained):
+    adata, model = trained
+    other = adata.copy()
+    other.layers["c_d_log1p"][~adata.layers["mask"]] = -100.0
+    spackle.complete(adata, model, key_added="a")
+    spackle.complete(other, model, key_added="a")
+    real = adata.layers["mask"]
+    np.testing.assert_array_equal(adata.layers["a"][~real], other.layers["a"][~real])
+
+
+def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, tmp_path):
+    adata, model = trained
+    path = model.save(tmp_path / "ckpt")
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["format_version"] == 1 and meta["genes"] == list(adata.var_names)
+    assert (path / "model.safetensors").is_file()
+    loaded = spackle.load(path)
+    assert loaded.config == model.config and loaded.genes == model.genes
+    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    again = spackle.complete(adata.copy(), loaded).layers["c_t_log1p"]
+    np.testing.assert_array_equal(first, again)
+    shuffled = adata[:, adata.var_names[::-1]].copy()
+    np.testing.assert_array_equal(spackle.complete(shuffled, loaded).layers["c_t_log1p"], first[:, ::-1])
+    model.save(path)  # overwriting a checkpoint is allowed and leaves no temporary folder behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_gene_mismatch_names_the_missing_genes(trained):
+    adata, model = trained
+    fewer = adata[:, adata.var_names[2:]].copy()
+    with pytest.raises(ValueError, match="missing from the data: gene0, gene1"):
+        spackle.complete(fewer, model)
+    renamed = adata.copy()
+    renamed.var_names = [f"other{g}" for g in range(adata.n_vars)]
+    with pytest.raises(ValueError, match="unknown to the model: other0"):
+        spackle.complete(renamed, model)
+
+
+def test_checkpoint_errors(trained, tmp_path):
+    _, model = trained
+    with pytest.raises(FileNotFoundError, match="not a SpaCKLE checkpoint"):
+        spackle.load(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a SpaCKLE checkpoint folder"):
+        model.save(tmp_path)
+    path = model.save(tmp_path / "ckpt")
+    meta = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(ValueError, match="format version 99"):
+        spackle.load(path)
+    (path / "config.json").write_text(json.dumps({**meta, "n_genes": 5, "genes": meta["genes"][:5]}))
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        spackle.load(path)
+
+
+def test_visual_features_are_an_optional_extra_token(tmp_path):
+    adata = smooth_field(side=8)
+    adata.obsm["patch_emb"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5)).astype(np.float32)
+    model = spackle.fit(adata, config=TINY.replace(max_steps=5, visual_key="patch_emb"))
+    assert model.visual_dim == 5 and model.network.visual.in_features == 5
+    loaded = spackle.load(model.save(tmp_path / "v"))
+    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"], first)
+    shifted = adata.copy()
+    shifted.obsm["patch_emb"] = shifted.obsm["patch_emb"] + 3
+    assert not np.array_equal(spackle.complete(shifted, model).layers["c_t_log1p"], first)
+    del adata.obsm["patch_emb"]
+    with pytest.raises(KeyError, match="patch_emb"):
+        spackle.complete(adata, model)
+
+
+def test_run_dir_gets_csv_logs_and_the_best_checkpoint(tmp_path):
+    adata = smooth_field(side=8)
+    model = spackle.fit(adata, config=TINY.replace(max_steps=10), run_dir=tmp_path)
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    metrics = list(tmp_path.glob("logs/*/metrics.csv"))
+    assert metrics and "val_mse" in metrics[0].read_text()
+    assert spackle.load(tmp_path / "checkpoint").best_val_mse == pytest.approx(model.best_val_mse)
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+def test_bad_inputs_give_clear_errors(trained):
+    adata, model = trained
+    no_mask = adata.copy()
+    del no_mask.layers["mask"]
+    with pytest.raises(KeyError, match="layer 'mask'"):
+        spackle.fit(no_mask, config=TINY)
+    int_mask = adata.copy()
+    int_mask.layers["mask"] = int_mask.layers["mask"].astype(np.int8)
+    with pytest.raises(TypeError, match="must be boolean"):
+        spackle.complete(int_mask, model)
+    with_nan = adata.copy()
+    with_nan.layers["c_d_log1p"][3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN.*spot 'slide0_3', gene 'gene1'"):
+        spackle.complete(with_nan, model)
+    with pytest.raises(KeyError, match="layer 'nope' not found"):
+        spackle.complete(adata, model, layer="nope")
+
+
+def test_small_and_single_spot_slides_are_rejected(trained):
+    adata, model = trained
+    small = smooth_field(n_slides=2, side=2)
+    with pytest.raises(ValueError, match=r"fewer than 7 spots.*lower num_neighs to at most 3"):
+        spackle.fit(small, config=TINY)
+    names = ["slide0_0", *adata.obs_names[adata.obs["slide_id"] != "slide0"]]
+    single = adata[names].copy()
+    with pytest.raises(ValueError, match=r"\['slide0'\] have a single spot"):
+        spackle.complete(single, model)
+
+
+def test_missing_splits_are_rejected():
+    adata = smooth_field(side=6)
+    adata.obs["split"] = "train"
+    with pytest.raises(ValueError, match="'val' or 'test'"):
+        spackle.fit(adata, config=TINY)
+    adata.obs["split"] = "val"
+    with pytest.raises(ValueError, match="== 'train'"):
+        spackle.fit(adata, config=TINY)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="num_neighs"):
+        SpackleConfig(num_neighs=0)
+    with pytest.raises(ValueError, match="mask_method"):
+        SpackleConfig(mask_method="median")
+    with pytest.raises(KeyError, match="valid names"):
+        SpackleConfig.from_dict({"steps": 3})
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        spackle.SpackleNetwork(n_genes=7, d_model=7, num_heads=2)
+
+
+def test_torch_is_not_imported_by_spared_or_the_evaluation_modules():
+    code = ("import sys, spared, spared.impute.evaluate, spared.impute.baselines, spared.impute.spackle; "
+            "spared.impute.spackle.SpackleConfig(); print('torch' in sys.modules, 'lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
