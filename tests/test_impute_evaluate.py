@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from spared.graph import spatial_graph
 from spared.impute import spackle
 from spared.impute.baselines import GeneMeanBaseline, KnnMeanBaseline, make_method
-from spared.impute.evaluate import evaluate, hide_values
+from spared.impute.evaluate import evaluate, evaluate_fractions, hide_values
 from spared.impute.median import adaptive_median
 from spared.metrics import compute
 from test_spackle import TINY, smooth_field
@@ -123,6 +123,18 @@ def test_evaluate_scores_against_truth_and_trains_spackle_without_hidden_values(
     split = adata.obs["split"].to_numpy()
     assert table.loc[1, "n_entries"] == (~adata.layers["mask"][split != "train"]).sum()
     assert np.isfinite(table[["MSE", "MAE", "PCC-Gene", "PCC-Patch"]].to_numpy()).all()
+
+
+def test_evaluate_fractions_is_evaluate_at_each_fraction():
+    adata = smooth_field(side=8, missing=0.3, seed=5)
+    curve = evaluate_fractions(adata, (0.1, 0.3), ["mean", "knn"], seed=1)
+    assert list(curve["mask_fraction"]) == [0.1, 0.1, 0.3, 0.3]
+    single = evaluate(adata, ["mean", "knn"], 0.3, 1)
+    np.testing.assert_allclose(curve.loc[curve["mask_fraction"] == 0.3, "MSE"], single["MSE"])
+    entries = curve.groupby("mask_fraction")["n_entries"].first()
+    assert entries[0.3] == hide_values(adata, 0.3, 1).sum() > entries[0.1]
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate_fractions(adata, (), ["mean"])
 
 
 def test_evaluate_rejects_bad_arguments():

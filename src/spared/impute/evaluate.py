@@ -122,6 +122,20 @@ def evaluate(
     return pd.DataFrame(rows)
 
 
+def evaluate_fractions(adata, fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.4),
+                       methods: Sequence[str | CompletionMethod] = METHODS, seed: int = 0, **kwargs) -> pd.DataFrame:
+    """:func:`evaluate` at several masking fractions: one long table with a ``mask_fraction`` column.
+
+    This is the completion-error-vs-masking curve (``spared.pl.completion_curve``); ``kwargs`` go to
+    :func:`evaluate`. Each fraction draws its own hidden entries from ``seed``.
+    """
+    if not fractions:
+        raise ValueError("give at least one masking fraction")
+    frames = [evaluate(adata, methods, fraction, seed, **kwargs).assign(mask_fraction=float(fraction))
+              for fraction in fractions]
+    return pd.concat(frames, ignore_index=True)
+
+
 def hidden_view(adata, layer: str, known: np.ndarray) -> ad.AnnData:
     """A minimal AnnData for a method: ``layer`` with every entry not ``known`` set to 0, ``mask = known``."""
     values = dense(adata.layers[layer])

@@ -24,7 +24,8 @@ PROCESSED_GLOB = "*.h5ad"
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{font-size:1.6rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem;display:block;overflow-x:auto;max-width:100%}th,td{border:1px solid #ccc;padding:.25rem .55rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem;display:block;overflow-x:auto;max-width:100%}
+th,td{border:1px solid #ccc;padding:.25rem .55rem}
 th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}
 figure{display:inline-block;margin:.5rem}img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:100%}
 .note{color:#666;font-size:.9rem}
@@ -95,6 +96,8 @@ def _completion_section(results_dir: Path) -> str:
     curve_path = results_dir / COMPLETION_CURVE_FILE
     if curve_path.is_file():
         curve = pd.read_csv(curve_path)
+        if "target" in curve:
+            curve = curve[curve["target"] == "masked"]
         for metric in ("MSE", "PCC-Gene"):
             if metric in curve:
                 ax = pl.completion_curve(curve, metric=metric, show=False)
