@@ -84,3 +84,16 @@ def test_grid_geometry_option_uses_eight_neighbours(raw_small):
                   progress=False)
     assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
     assert out.n_vars == 16
+
+
+def test_real_visium_subset_runs_through_the_protocol(realdata, tmp_path):
+    from spared.datasets import get_local
+
+    folder = realdata / "visium_spaceranger_v1_subset"
+    adata = get_local(folder, ProcessingConfig(complete_missing=False), out_dir=tmp_path, progress=False)
+    spared.validate(adata, stage="processed")
+    steps = dict(zip(adata.uns["spared"]["steps"]["step"], adata.uns["spared"]["steps"]["n_spots"], strict=True))
+    # 100 spots in the scanpy subset; 36 have more than 10 counts over its 100 genes
+    assert steps["spot filter"] == 36 and adata.n_obs == 36
+    assert adata.var_names.str.startswith("ENSG").all() and adata.var["glob_exp_frac"].mean() >= 0.7
+    np.testing.assert_array_equal(adata.layers["mask"], adata.layers["counts"] != 0)

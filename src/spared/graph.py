@@ -22,7 +22,8 @@ def knn_indices(coords: np.ndarray, groups: np.ndarray | pd.Series, k: int) -> n
 
     Returns
     -------
-    ``(n, k)`` int64 array, sorted by distance (ties broken by index). Raises if a slide has ``<= k`` spots.
+    ``(n, k)`` int64 array, sorted by distance (equal distances in k-d tree order). Raises if a slide has
+    ``<= k`` spots.
     """
     coords = np.asarray(coords, dtype=np.float64)
     labels = np.asarray(groups)
