@@ -177,7 +177,7 @@ def test_bad_input_raises_clear_errors():
         adaptive_median(values, crossing.tocsr(), groups)
     with pytest.raises(KeyError, match="layer 'counts' not found"):
         adaptive_median_filter(adata, layer="counts")
-    with pytest.raises(KeyError, match="'patient' with slide labels not found"):
+    with pytest.raises(KeyError, match="obs column 'patient' not found"):
         adaptive_median_filter(adata, slide_key="patient")
 
 

@@ -82,6 +82,15 @@ def validate(adata, stage: str = "raw", layers: list[str] | None = None) -> None
         raise ValidationError("AnnData does not follow the spared data model:\n  - " + "\n  - ".join(problems))
 
 
+def require(adata, layer: str | None = None, obs: str | None = None, hint: str = "") -> None:
+    """Raise a ``KeyError`` naming what exists when ``adata`` lacks ``layers[layer]`` or ``obs[obs]``."""
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"layer {layer!r} not found; available layers: {sorted(adata.layers)}"
+                       + (f"; {hint}" if hint else ""))
+    if obs is not None and obs not in adata.obs:
+        raise KeyError(f"obs column {obs!r} not found; available columns: {list(adata.obs.columns)}")
+
+
 def _check_obs(adata) -> list[str]:
     out = [f"obs[{c!r}] is missing ({d})" for c, d in REQUIRED_OBS.items() if c not in adata.obs]
     if "split" in adata.obs:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from spared.data_model import require
 from spared.graph import check_within_groups, khop_neighborhoods, spatial_graph
 
 if TYPE_CHECKING:
@@ -101,12 +102,7 @@ def adaptive_median_filter(
     The spatial graph is the ``n_neighs``-nearest-neighbour graph of each slide (6 hexagonal, 8 square),
     built from ``obsm["spatial"]``. Returns the modified copy when ``copy`` is True, else ``None``.
     """
-    if layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; available layers: {sorted(adata.layers)}; compute it "
-                       f"first (SpaRED applies the filter to 'log1p')")
-    if slide_key not in adata.obs:
-        raise KeyError(f"obs column {slide_key!r} with slide labels not found; available columns: "
-                       f"{list(adata.obs.columns)}")
+    require(adata, layer, slide_key, hint="compute it first (SpaRED applies the filter to 'log1p')")
     if copy:
         adata = adata.copy()
     data = adata.layers[layer]

@@ -23,8 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from spared.models.backbones import Weights, build_backbone
-from spared.models.base import Batch, Predictor
-from spared.models.layers import ExemplarBank, SAGEConv, knn_edges, lattice_edges, scatter_mean, scatter_softmax
+from spared.models.base import Batch
+from spared.models.layers import (
+    ExemplarBank,
+    ExemplarPredictor,
+    SAGEConv,
+    knn_edges,
+    lattice_edges,
+    scatter_mean,
+    scatter_softmax,
+)
 
 
 class ExemplarGuidedBridging(nn.Module):
@@ -83,7 +91,7 @@ class HeteroLayer(nn.Module):
         return F.leaky_relu(window, 0.2), F.leaky_relu(example, 0.2)
 
 
-class EGGN(Predictor):
+class EGGN(ExemplarPredictor):
     """Exemplar-guided heterogeneous graph network over the spots of one slide.
 
     Parameters
@@ -166,13 +174,3 @@ class EGGN(Predictor):
         alpha = scatter_softmax((example[src] - base[dst]) * self.pool_temperature, dst, window.shape[0])
         attended = window.new_zeros(base.shape).index_add_(0, dst, example[src] * alpha)
         return base + self.pool_lam * attended
-
-    def prepare_step(self, batch: Batch) -> None:
-        """Add the batch to the exemplar bank."""
-        super().prepare_step(batch)
-        self.bank.add(batch)
-
-    def prepare_end(self) -> None:
-        """Finish the exemplar bank."""
-        super().prepare_end()
-        self.bank.finish()

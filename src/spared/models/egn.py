@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from spared.models.backbones import Weights, build_backbone
-from spared.models.base import Batch, Predictor
+from spared.models.base import Batch
 from spared.models.histogene import resize
-from spared.models.layers import Attention, ExemplarBank, PreNorm, feed_forward, gene_head
+from spared.models.layers import Attention, ExemplarBank, ExemplarPredictor, PreNorm, feed_forward, gene_head
 
 
 class Projector(nn.Module):
@@ -103,7 +103,7 @@ class CSRA(nn.Module):
         return score.mean(1) + self.lam * (score * torch.softmax(score * self.temperature, dim=1)).sum(1)
 
 
-class EGN(Predictor):
+class EGN(ExemplarPredictor):
     """Exemplar-guided ViT.
 
     Parameters
@@ -175,13 +175,3 @@ class EGN(Predictor):
                 x, q, oq = self.eb[str(i)](x, q, oq, oq_v)
             x = ff(x) + x
         return self.head(torch.cat([self.pool(x), q[:, 0]], 1))
-
-    def prepare_step(self, batch: Batch) -> None:
-        """Add the batch to the exemplar bank."""
-        super().prepare_step(batch)
-        self.bank.add(batch)
-
-    def prepare_end(self) -> None:
-        """Finish the exemplar bank."""
-        super().prepare_end()
-        self.bank.finish()

@@ -356,6 +356,22 @@ def random_dihedral(images: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ patch regressors
 
 
+class ExemplarPredictor(Predictor):
+    """A predictor whose :meth:`prepare` fills ``self.bank`` (an :class:`ExemplarBank`) from the train split."""
+
+    bank: ExemplarBank
+
+    def prepare_step(self, batch: Batch) -> None:
+        """Add the batch to the exemplar bank."""
+        super().prepare_step(batch)
+        self.bank.add(batch)
+
+    def prepare_end(self) -> None:
+        """Finish the exemplar bank."""
+        super().prepare_end()
+        self.bank.finish()
+
+
 class BackboneRegressor(Predictor):
     """A torchvision backbone and a linear expression head, trained end to end on independent patches.
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from spared.data_model import require
 from spared.graph import check_within_groups, spatial_graph
 
 if TYPE_CHECKING:
@@ -109,12 +110,8 @@ def moran_genes(
     The weights are each slide's ``n_neighs``-nearest-neighbour graph (6 hexagonal, 8 square) from
     ``obsm["spatial"]``, row-standardised.
     """
-    if layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; available layers: {sorted(adata.layers)}; run the "
-                       f"adaptive median filter first (spared.impute.median.adaptive_median_filter)")
-    if slide_key not in adata.obs:
-        raise KeyError(f"obs column {slide_key!r} with slide labels not found; available columns: "
-                       f"{list(adata.obs.columns)}")
+    require(adata, layer, slide_key,
+            hint="run the adaptive median filter first (spared.impute.median.adaptive_median_filter)")
     data = adata.layers[layer]
     dense = data.toarray() if sp.issparse(data) else np.asarray(data)
     adjacency = spatial_graph(adata, n_neighs=n_neighs, slide_key=slide_key)
