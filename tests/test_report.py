@@ -45,9 +45,9 @@ def test_report_content_is_complete_and_self_contained(results_dir, tmp_path):
     # completion and benchmark tables
     assert "spackle" in page and "completion MSE vs masking fraction" in page
     assert "MSE completed mean" in page and "Failed runs" in page and "out of memory" in page
-    # figures: 4 QC/spatial + 2 completion + 2 benchmark bars; all embedded
+    # figures: 5 QC/spatial + 2 completion + 2 benchmark bars; all embedded
     images = re.findall(r"<img [^>]*src=\"([^\"]+)\"", page)
-    assert len(images) == 8
+    assert len(images) == 9
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r"(src|href)=\"(https?:)?//", page)
     assert "<script" not in page

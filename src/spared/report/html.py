@@ -74,7 +74,8 @@ def _dataset_section(processed: dict) -> str:
     parts = [table_html(pd.DataFrame(rows), index=False)]
     for name, adata in processed.items():
         figures = []
-        for plot, caption in ((pl.genes_kept, "genes and spots after each step"),
+        for plot, caption in ((pl.counts_per_spot, "total counts per spot, by slide"),
+                              (pl.genes_kept, "genes and spots after each step"),
                               (pl.missing_fraction, "missing values per slide"),
                               (pl.moran_ranking, "Moran's I of kept genes")):
             ax = plot(adata, show=False)
