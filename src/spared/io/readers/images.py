@@ -6,6 +6,7 @@ arrays are transposed and 16-bit or float images are rescaled.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
+#: What decoding a damaged image raises (tifffile's pure-Python zlib fallback raises ``zlib.error`` when the
+#: optional imagecodecs package is absent).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, IndexError, RuntimeError, EOFError,
+                                                  zlib.error)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read a whole image file (PNG/JPG/TIFF) as ``uint8`` RGB ``(H, W, 3)``."""
     path = Path(path)
@@ -66,7 +73,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
         try:
             return to_rgb_uint8(channels_last(tifffile.imread(path, level=0)))
-        except (ValueError, OSError, IndexError, tifffile.TiffFileError) as exc:
+        except (*DECODE_ERRORS, tifffile.TiffFileError) as exc:
             raise _truncated(path, exc) from exc
     from PIL import Image
 
@@ -137,7 +144,7 @@ class FullResImage:
         try:
             region = self._array[:, y0:y1, x0:x1] if self._channel_first else self._array[y0:y1, x0:x1]
             region = np.asarray(region)
-        except (ValueError, OSError, IndexError, RuntimeError, EOFError) as exc:
+        except DECODE_ERRORS as exc:
             raise _truncated(self.path, exc) from exc
         return to_rgb_uint8(np.moveaxis(region, 0, -1) if self._channel_first else region)
 
