@@ -59,3 +59,11 @@ def test_failures_exit_nonzero_with_a_message(tmp_path):
     result = runner.invoke(app, ["simulate", str(tmp_path / "x.h5ad"), "--dropout", "1.5"])
     assert result.exit_code == 1 and "dropout" in said(result)
     assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "x.h5ad").exists()
+
+
+def test_process_by_dataset_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARED_DATA", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["process", "not_a_dataset"])
+    assert result.exit_code == 1 and "not_a_dataset" in said(result)
+    result = runner.invoke(app, ["process", str(tmp_path / "raw.h5ad")])
+    assert result.exit_code == 1 and "give the output path too" in said(result)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +66,6 @@ def test_get_local_accepts_a_raw_anndata(tmp_path, genes):
         get_local(bad, SMALL, out_dir=tmp_path / "cache", progress=False)
 
 
-def _real_download_module():
-    try:
-        from spared.io import download
-    except ImportError:
-        return None
-    return download if hasattr(download, "fetch_dataset") else None
-
-
 def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
     """A real catalogue spec; its files are placed by hand where the download step looks (no network)."""
     import tarfile
@@ -91,12 +81,6 @@ def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
             tar.add(raw / slide.path / "spatial", arcname="spatial")
     assert all((raw / f.filename).is_file() for f in spec.files)
     monkeypatch.setenv("SPARED_DATA", str(tmp_path / "data"))
-    if _real_download_module() is None:  # spared.io.download not written yet: its documented interface
-        download = types.ModuleType("spared.io.download")
-        download.data_dir = lambda: tmp_path / "data"
-        download.fetch_dataset = lambda spec, data_dir=None: raw
-        download.resolve_slides = lambda spec, folder: spec.slides
-        monkeypatch.setitem(sys.modules, "spared.io.download", download)
 
     config = {"top_moran_genes": 8, "complete_missing": False, "patch_size": 32}
     adata = get(spec.key, config, progress=False)
@@ -116,3 +100,13 @@ def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
     assert time.perf_counter() - start < 5
     assert list(again.obs_names) == list(adata.obs_names)
     np.testing.assert_array_equal(again.layers["c_d_log1p"], adata.layers["c_d_log1p"])
+
+    from typer.testing import CliRunner
+
+    from spared.cli import app
+
+    args = ["process", spec.key, "--set", "top_moran_genes=8", "--set", "complete_missing=false",
+            "--set", "patch_size=32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"loaded {spec.key}: {adata.n_obs} spots" in " ".join(result.output.split())

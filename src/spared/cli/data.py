@@ -21,6 +21,12 @@ def prepare(
     patches: Annotated[bool, typer.Option("--patches/--no-patches", help="Cut image patches.")] = True,
 ) -> None:
     """Build (or load from cache) the processed collection NAME and print where it lies."""
+    prepare_dataset(name, config_file, overrides, data_dir, force, patches)
+
+
+def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[str] | None = None,
+                    data_dir: Path | None = None, force: bool = False, patches: bool = True) -> None:
+    """The work of ``spared prepare`` (also ``spared process NAME``)."""
     from spared.catalog import load_spec
     from spared.datasets import cache_paths, get
     from spared.io.readers import ReaderError

@@ -65,16 +65,28 @@ def simulate(
 
 @app.command()
 def process(
-    input: Annotated[Path, typer.Argument(help="Raw collection (.h5ad) following docs/data_model.md.")],
-    out: Annotated[Path, typer.Argument(help="Output processed .h5ad path.")],
+    input: Annotated[str, typer.Argument(help="Raw collection (.h5ad) following docs/data_model.md, or a "
+                                              "catalogue dataset name (see `spared datasets`).")],
+    out: Annotated[Path | None, typer.Argument(help="Output processed .h5ad path (files only).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML/JSON file of parameters.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value.")] = None,
 ) -> None:
-    """Run the SpaRED processing protocol on a raw collection."""
+    """Run the SpaRED processing protocol on a raw collection file, or on a catalogue dataset by name.
+
+    ``spared process IN.h5ad OUT.h5ad`` processes a file; ``spared process NAME`` is ``spared prepare NAME``
+    (download → read → process → patches → cache).
+    """
     from spared.data_model import ValidationError
     from spared.pp import process as run_protocol
 
-    adata = read_h5ad(input)
+    if out is None:
+        if input.endswith(".h5ad") or Path(input).exists():
+            raise fail(f"{input} looks like a file: give the output path too (spared process {input} OUT.h5ad)")
+        from spared.cli.data import prepare_dataset
+
+        prepare_dataset(input, config, set_)
+        return
+    adata = read_h5ad(Path(input))
     cfg = load_config(config, set_)
     try:
         result = run_protocol(adata, cfg, progress=True)
