@@ -168,7 +168,7 @@ class RunSpec:
         """``{model}-{dataset}-{target}-s{seed}-{hash}``: readable, and equal only for equal runs."""
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":")).encode()
         digest = hashlib.sha256(blob).hexdigest()[:10]
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", _dataset_label(self.dataset)).strip("_")[:40] or "dataset"
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset_label(self.dataset)).strip("_")[:40] or "dataset"
         return f"{self.model}-{slug}-{self.target}-s{self.seed}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +226,7 @@ def canonical_dataset(text: str) -> str:
     return name + ":" + ",".join(f"{k}={json.dumps(params[k])}" for k in sorted(params))
 
 
-def _dataset_label(text: str) -> str:
+def dataset_label(text: str) -> str:
+    """A short name for a dataset: the catalogue key, or a file's name without folder and ``.h5ad``."""
     name, _ = parse_dataset(text)
     return name.rsplit("/", 1)[-1].removesuffix(".h5ad")

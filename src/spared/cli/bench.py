@@ -123,6 +123,7 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
     from rich.table import Table
 
     from spared.bench.results import aggregate, format_mean_std, load_results
+    from spared.bench.runs import dataset_label
 
     table = load_results(results_dir)
     if table.empty:
@@ -145,7 +146,7 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
     for row in summary.to_dict(orient="records"):
         cells = [format_mean_std(row[f"{m} {t} mean"], row[f"{m} {t} std"]) for m in metrics for t in targets]
         seeds = "/".join(str(row[f"n {t}"]) for t in targets) or "0"
-        view.add_row(row["model"], row["dataset"], *cells, seeds, str(row["failed"]))
+        view.add_row(row["model"], dataset_label(row["dataset"]), *cells, seeds, str(row["failed"]))
     console.print(view)
 
 
