@@ -109,12 +109,15 @@ def _completion_section(results_dir: Path) -> str:
 def _benchmark_section(results_dir: Path) -> str:
     from spared import pl
     from spared.bench.results import aggregate, load_results
+    from spared.bench.runs import dataset_label
 
     results = load_results(results_dir)
     if results.empty:
         return '<p class="note">No benchmark runs in this folder.</p>'
     done = results[results["status"] == "done"]
-    parts = [table_html(aggregate(results_dir), index=False)]
+    summary = aggregate(results_dir)
+    summary["dataset"] = summary["dataset"].map(dataset_label)
+    parts = [table_html(summary, index=False)]
     failed = results[results["status"] != "done"]
     if not failed.empty:
         columns = ["model", "dataset", "target", "seed", "error"]
