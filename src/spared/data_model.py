@@ -43,6 +43,11 @@ REQUIRED_OBS: dict[str, str] = {
 SPLITS = ("train", "val", "test")
 
 
+def dense(x) -> np.ndarray:
+    """A layer as a dense ndarray (sparse layers are densified; dense ones are returned as they are)."""
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
 class ValidationError(ValueError):
     """Raised when an AnnData breaks the spared conventions; the message lists every problem."""
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from spared.data_model import dense
+
 #: ImageNet channel statistics used to normalise patches.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -144,8 +146,7 @@ def patch_store(adata: Any, patch_size: int, patch_scale: float = 1.0, patch_dir
 
 
 def _dense(x: Any, dtype: type) -> np.ndarray:
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-    return np.ascontiguousarray(x, dtype=dtype)
+    return np.ascontiguousarray(dense(x), dtype=dtype)
 
 
 def _collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

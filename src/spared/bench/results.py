@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from spared.io.atomic import atomic_path
 
 PARQUET = "results.parquet"
 CSV = "results.csv"
@@ -66,8 +67,10 @@ class ResultsTable:
         table = table.drop_duplicates("run_id", keep="last").reset_index(drop=True)
         table = table[[c for c in KEY_COLUMNS if c in table] + [c for c in table if c not in KEY_COLUMNS]]
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic(self.parquet_path, lambda p: table.to_parquet(p, index=False, engine="pyarrow"))
-        _atomic(self.csv_path, lambda p: table.to_csv(p, index=False))
+        with atomic_path(self.parquet_path) as tmp:
+            table.to_parquet(tmp, index=False, engine="pyarrow")
+        with atomic_path(self.csv_path) as tmp:
+            table.to_csv(tmp, index=False)
         return table
 
     def finished(self) -> set[str]:
@@ -81,14 +84,6 @@ def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
     """Scalars stay; nested values (configs) become JSON text so that Parquet and CSV hold them alike."""
     return {k: json.dumps(v, sort_keys=True) if isinstance(v, Mapping | list | tuple) else v for k, v in row.items()}
 
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_results(results: str | Path | pd.DataFrame) -> pd.DataFrame:

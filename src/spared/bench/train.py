@@ -31,6 +31,7 @@ import numpy as np
 
 from spared.bench.results import METRICS, METRICS_FILE, RUNS
 from spared.bench.runs import RunSpec, canonical_dataset, parse_dataset
+from spared.io.atomic import atomic_path, write_h5ad, write_text
 
 DATA_CACHE = "_data"
 SIMULATED = "simulated"
@@ -197,12 +198,7 @@ def _simulated(params: dict[str, Any], path: Path):
     raw = make_collection(**{k: v for k, v in params.items() if k in sim_keys})
     config = ProcessingConfig(complete_missing=True).replace(**{k: v for k, v in params.items() if k in proc_keys})
     adata = process(raw, config, progress=False, dataset=SIMULATED)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_h5ad(adata, path)
     return adata
 
 
@@ -268,9 +264,7 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:
@@ -280,6 +274,5 @@ def _json_default(value: Any) -> Any:
 
 
 def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, ".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)

@@ -20,9 +20,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from spared.data_model import dense
 from spared.graph import spatial_graph
 from spared.impute.spackle.config import SpackleConfig
-from spared.impute.spackle.inputs import dense, neighbour_table, observed_layer, split_rows
+from spared.impute.spackle.inputs import neighbour_table, observed_layer, split_rows
 
 METHODS = ("spackle", "median", "mean", "knn")
 

@@ -9,9 +9,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from spared.data_model import dense
 from spared.impute.baselines import METHODS, CompletionMethod, make_method
 from spared.impute.spackle.config import SpackleConfig
-from spared.impute.spackle.inputs import dense, observed_layer, split_rows
+from spared.impute.spackle.inputs import observed_layer, split_rows
 
 EVAL_SPLITS = ("val", "test")
 PREDICTION_KEY = "completed"

@@ -26,6 +26,7 @@ from typing import Literal
 from spared.catalog import DatasetSpec, FileSpec, SlideSpec
 from spared.catalog.spec import strip_archive_suffix
 from spared.io.archive import ArchiveError, is_unpacked, unpack_archive
+from spared.io.atomic import write_text
 
 Status = Literal["absent", "downloaded", "processed"]
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -114,10 +115,7 @@ class _Checksums:
 
     def record(self, f: FileSpec, sha: str) -> None:
         self.data[f.filename] = {"url": f.url, "sha256": sha}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
 def _say(message: str) -> None:

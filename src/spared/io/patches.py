@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spared.io.atomic import atomic_path
 from spared.io.readers.common import ReaderError
 from spared.io.readers.images import FullResImage
 
@@ -152,10 +153,8 @@ def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, pat
         raise ReaderError("obsm['spatial'] contains NaN or inf; cannot centre patches")
     slides = _slide_ids(adata)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     bar = _Progress(adata.n_obs, progress)
-    try:
+    with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f, bar:
             dset = f.create_dataset(DATASET, shape=(adata.n_obs, patch_size, patch_size, 3), dtype=np.uint8,
                                     chunks=(1, patch_size, patch_size, 3), compression=compression)
@@ -166,9 +165,6 @@ def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, pat
                 idx = np.flatnonzero(slides == slide)
                 _extract_slide(adata, str(slide), idx, coords[idx], dset, patch_size, patch_scale, pad_value,
                                band_height, n_threads, bar)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     adata.uns.setdefault("spared", {})["patches"] = {"path": str(out_path.resolve()), "size": int(patch_size),
                                                      "scale": float(patch_scale)}
     return out_path

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
+
+from spared.data_model import dense
 
 #: Log layers and the name of their delta layer.
 DELTA_NAMES = {"log1p": "deltas", "d_log1p": "d_deltas", "c_log1p": "c_deltas", "c_d_log1p": "c_d_deltas",
                "c_t_log1p": "c_t_deltas"}
-
-
-def dense(x) -> np.ndarray:
-    """A dense ndarray view/copy of a layer."""
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
 def compute_mask(adata, layer: str = "tpm", key_added: str = "mask") -> None:

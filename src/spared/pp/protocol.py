@@ -67,7 +67,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     described in ``docs/data_model.md``.
     """
     from spared import __version__
-    from spared.data_model import validate
+    from spared.data_model import dense, validate
     from spared.impute.median import adaptive_median_filter
     from spared.pp.combat import combat, combat_apply
     from spared.pp.layers import compute_mask, deltas, noisy_layers
@@ -89,11 +89,10 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         if has_truth:
             truth = a.layers["true_rate" if "true_rate" in a.layers else "true_counts"]
             true_tpm = tpm_matrix(truth, a.var["gene_length"].to_numpy())
-            true_tpm = true_tpm.toarray() if sp.issparse(true_tpm) else true_tpm
-            a.layers["true_log1p"] = np.log2(true_tpm + 1.0).astype(np.float32)
+            a.layers["true_log1p"] = np.log2(dense(true_tpm) + 1.0).astype(np.float32)
 
     def median(a):
-        a.layers["log1p"] = a.layers["log1p"].toarray() if sp.issparse(a.layers["log1p"]) else a.layers["log1p"]
+        a.layers["log1p"] = dense(a.layers["log1p"])
         adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=cfg.n_neighs,
                                max_hops=cfg.median_max_hops, slide_key=cfg.slide_key)
 

@@ -9,8 +9,6 @@ import base64
 import datetime as dt
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +147,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, process
     import matplotlib
 
     from spared import __version__
+    from spared.io.atomic import write_text
 
     matplotlib.use("Agg")
     results_dir = Path(results_dir)
@@ -163,10 +162,4 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, process
             f"<h2>Benchmark</h2>{_benchmark_section(results_dir)}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>spared report</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>")
-    out = Path(out) if out is not None else results_dir / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".html.part", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.replace(tmp, out)
-    return out
+    return write_text(Path(out) if out is not None else results_dir / "report.html", page)

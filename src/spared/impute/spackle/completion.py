@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from spared.data_model import dense
 from spared.impute.spackle.data import loader, neighbourhoods
-from spared.impute.spackle.inputs import dense, gene_order
+from spared.impute.spackle.inputs import gene_order
 from spared.impute.spackle.model import SpackleModel
 
 

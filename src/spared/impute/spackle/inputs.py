@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from spared.data_model import dense
 from spared.graph import knn_indices
 
 
@@ -103,11 +103,6 @@ def split_rows(adata, split_key: str, splits: Sequence[str]) -> np.ndarray:
         raise KeyError(f"obs column {split_key!r} (train/val/test per slide) not found; available columns: "
                        f"{list(adata.obs.columns)}")
     return np.flatnonzero(adata.obs[split_key].astype(str).isin(list(splits)).to_numpy())
-
-
-def dense(x) -> np.ndarray:
-    """A dense ndarray view/copy of a layer (sparse layers are densified)."""
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
 def _names(names: Sequence[str], limit: int = 20) -> str:

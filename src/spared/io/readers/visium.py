@@ -228,18 +228,16 @@ def _gunzipped(path: Path) -> Path:
     """A decompressed copy beside a ``.gz`` file (written atomically once); other paths pass through."""
     if path.suffix != ".gz":
         return path
-    import os
     import shutil
+
+    from spared.io.atomic import atomic_path
 
     target = path.with_suffix("")
     if not target.is_file():
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+            with atomic_path(target) as tmp, gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 22)
-            os.replace(tmp, target)
         except (OSError, EOFError) as exc:
-            tmp.unlink(missing_ok=True)
             raise ReaderError(f"{path} could not be decompressed ({exc}); download it again") from exc
     return target
 
