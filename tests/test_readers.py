@@ -157,7 +157,7 @@ SLIDE = [{"id": "S1", "patient": "P1", "split": "train"}]
 
 
 def test_registry_names_every_format():
-    assert set(READERS) == {"visium_spaceranger", "visium_mtx_folders", "geo_visium", "h5ad"}
+    assert set(READERS) == {"visium_spaceranger", "visium_mtx_folders", "geo_visium", "h5ad", "st", "hest"}
     with pytest.raises(ReaderError, match=r"unknown reader format 'nope'.*visium_spaceranger"):
         read("nope", ".", SLIDE, "human")
 

@@ -57,13 +57,52 @@ def spatial_graph(
 ) -> sp.csr_matrix:
     """Directed k-nearest-neighbour adjacency (binary CSR, ``n × n``), block-diagonal over slides.
 
-    ``n_neighs=6`` is the hexagonal Visium lattice, ``8`` a square grid (legacy ST).
+    ``n_neighs=6`` is the hexagonal Visium lattice, ``8`` a square grid (legacy ST): with ``8`` and
+    ``obs['array_row']``/``['array_col']`` present the graph is :func:`square_grid_graph` (the spots of the
+    3 × 3 block around each spot), since legacy-ST pixel positions sway too much for nearest neighbours.
     """
+    if n_neighs == 8 and {"array_row", "array_col"} <= set(adata.obs.columns):
+        return square_grid_graph(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(),
+                                 adata.obs[slide_key].to_numpy())
     coords = np.asarray(adata.obsm[spatial_key])
     nn = knn_indices(coords, adata.obs[slide_key].to_numpy(), n_neighs)
     n = nn.shape[0]
     rows = np.repeat(np.arange(n), n_neighs)
     return sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, nn.ravel())), shape=(n, n))
+
+
+def square_grid_graph(rows: np.ndarray, cols: np.ndarray, groups: np.ndarray | pd.Series) -> sp.csr_matrix:
+    """Symmetric binary adjacency of a square spot grid: spots of the same group whose array positions differ
+    by at most 1 in row and column (up to 8 neighbours; fewer at the tissue edge and around gaps).
+
+    Parameters
+    ----------
+    rows, cols
+        ``(n,)`` integer array positions.
+    groups
+        ``(n,)`` slide labels; spots of different slides are never joined.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    codes = pd.factorize(np.asarray(groups))[0].astype(np.int64)
+    span = int(max(np.ptp(rows), np.ptp(cols))) + 3 if rows.size else 3
+    r, c = rows - rows.min(initial=0) + 1, cols - cols.min(initial=0) + 1
+    keys = (codes * span + r) * span + c
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    sources, targets = [], []
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr == dc == 0:
+                continue
+            wanted = keys + dr * span + dc
+            at = np.minimum(np.searchsorted(sorted_keys, wanted), keys.size - 1)
+            found = sorted_keys[at] == wanted
+            sources.append(np.flatnonzero(found))
+            targets.append(order[at[found]])
+    src, dst = np.concatenate(sources), np.concatenate(targets)
+    n = keys.size
+    return sp.csr_matrix((np.ones(src.size, dtype=np.float32), (src, dst)), shape=(n, n))
 
 
 def khop_neighborhoods(adjacency: sp.spmatrix, max_hops: int) -> list[sp.csr_matrix]:

@@ -6,29 +6,47 @@ Formats (names used by the catalogue's ``format`` field):
 - ``visium_mtx_folders``: per-slide folders with a ``matrix.mtx`` triplet and spatial files (Mendeley archives).
 - ``geo_visium``: GEO supplementary files prefixed ``GSM...`` (10x ``.h5``, triplets or dense tables).
 - ``h5ad``: AnnData files per slide or per collection.
+- ``st``: legacy Spatial Transcriptomics sections (count table + spot file + H&E image).
+- ``hest``: HEST-1k samples (``st/<id>.h5ad``, ``metadata/<id>.json``, ``wsis/<id>.tif``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from spared.io.readers.common import ReaderError, SlideInfo
 from spared.io.readers.geo import read_geo_visium
 from spared.io.readers.h5ad import read_h5ad
+from spared.io.readers.hest import read_hest, read_hest_format
+from spared.io.readers.st import read_st
 from spared.io.readers.visium import read_visium, read_visium_mtx_folders
 
-#: Reader of each format: ``reader(path, slides, organism) -> AnnData``.
-READERS: dict[str, Callable[[Path, Sequence[Any], str], Any]] = {
+#: Reader of each format: ``reader(path, slides, organism, **options) -> AnnData``.
+READERS: dict[str, Callable[..., Any]] = {
     "visium_spaceranger": read_visium,
     "visium_mtx_folders": read_visium_mtx_folders,
     "geo_visium": read_geo_visium,
     "h5ad": read_h5ad,
+    "st": read_st,
+    "hest": read_hest_format,
 }
 
+#: Technology of the slides each format reads, when the reader does not record it per slide.
+FORMAT_TECHNOLOGY: dict[str, str] = {"visium_spaceranger": "Visium", "visium_mtx_folders": "Visium",
+                                     "geo_visium": "Visium", "st": "ST"}
 
-def read(format: str, path: str | Path, slides: Sequence[Any], organism: str) -> Any:
+
+def reader_options(format: str) -> tuple[str, ...]:
+    """Keyword options the reader of ``format`` accepts beyond ``(path, slides, organism)``."""
+    params = list(inspect.signature(READERS[format]).parameters.values())[3:]
+    return tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)
+
+
+def read(format: str, path: str | Path, slides: Sequence[Any], organism: str,
+         options: Mapping[str, Any] | None = None) -> Any:
     """Read a collection with the reader of ``format``.
 
     Parameters
@@ -41,6 +59,8 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str) ->
         Slide descriptions (catalogue slide objects, mappings with ``id``/``patient``/``split``, or ids).
     organism
         ``"human"`` or ``"mouse"``.
+    options
+        Reader options (the catalogue's ``[reader]`` table), e.g. ``spot_diameter_um`` for ``st``.
 
     Returns
     -------
@@ -55,9 +75,47 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str) ->
         reader = READERS[format]
     except KeyError:
         raise ReaderError(f"unknown reader format {format!r}; known formats: {sorted(READERS)}") from None
-    adata = reader(Path(path), slides, organism)
+    unknown = sorted(set(options or {}) - set(reader_options(format)))
+    if unknown:
+        raise ReaderError(f"reader {format!r} has no option(s) {unknown}; its options: "
+                          f"{list(reader_options(format)) or 'none'}")
+    adata = reader(Path(path), slides, organism, **dict(options or {}))
     validate(adata, stage="raw")
     return adata
 
 
-__all__ = ["READERS", "ReaderError", "SlideInfo", "read"]
+def _slide_reports(adata: Any) -> dict[str, dict[str, Any]]:
+    return dict(adata.uns.get("spared", {}).get("reader", {}).get("slides", {}))
+
+
+def technology(adata: Any) -> str:
+    """The technology of a collection's slides (``"Visium"``, ``"ST"``, ``"Visium (HEST)"``, ...), from the
+    reader's provenance; ``"unknown"`` when no reader recorded it (e.g. simulated data)."""
+    names = []
+    for report in _slide_reports(adata).values():
+        name = report.get("technology") or FORMAT_TECHNOLOGY.get(str(report.get("format")), "unknown")
+        names.append(f"{name} ({report['source']})" if report.get("source") else str(name))
+    return ", ".join(dict.fromkeys(names)) or "unknown"
+
+
+def geometry(adata: Any) -> str:
+    """``"hex"`` or ``"square"``: the spot layout the reader recorded (Visium formats: hex); ``"unknown"`` when
+    slides disagree or nothing was recorded."""
+    found = {str(r.get("geometry") or ("hex" if FORMAT_TECHNOLOGY.get(str(r.get("format"))) == "Visium" else ""))
+             for r in _slide_reports(adata).values()}
+    return found.pop() if len(found) == 1 and "" not in found else "unknown"
+
+
+def geometry_label(adata: Any) -> str:
+    """``"hex (6)"`` or ``"square (8)"``: the neighbour graph a processed collection was built with (its
+    ``hex_geometry``), else the layout its reader recorded."""
+    import json
+
+    config = adata.uns.get("spared", {}).get("config")
+    hex_geometry = json.loads(config).get("hex_geometry") if isinstance(config, str) else None
+    found = geometry(adata) if hex_geometry is None else "hex" if hex_geometry else "square"
+    return {"hex": "hex (6)", "square": "square (8)"}.get(found, found)
+
+
+__all__ = ["READERS", "ReaderError", "SlideInfo", "geometry", "geometry_label", "read", "read_hest", "read_st",
+           "reader_options", "technology"]

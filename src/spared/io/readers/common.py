@@ -46,6 +46,8 @@ class SlideInfo:
         ``tissue_hires_image.png`` (or a folder holding it) relative to the dataset folder, when elsewhere.
     prefix
         Text that every file of the slide contains (GEO supplementary files); defaults to the slide id.
+    counts, spots
+        Legacy ST: the count table and the spot file relative to the dataset folder.
     """
 
     id: str
@@ -55,6 +57,8 @@ class SlideInfo:
     image: str | None = None
     hires_image: str | None = None
     prefix: str | None = None
+    counts: str | None = None
+    spots: str | None = None
 
     @classmethod
     def coerce(cls, slide: Any) -> SlideInfo:
@@ -67,7 +71,7 @@ class SlideInfo:
         slide_id = get("id") or get("slide_id")
         if not slide_id:
             raise ReaderError(f"a slide description needs an 'id'; found {slide!r}")
-        fields = {name: get(name) for name in ("path", "image", "hires_image", "prefix")}
+        fields = {name: get(name) for name in ("path", "image", "hires_image", "prefix", "counts", "spots")}
         return cls(id=str(slide_id), patient=str(get("patient") or slide_id), split=str(get("split") or "train"),
                    **{k: (str(v) if v is not None else None) for k, v in fields.items()})
 
