@@ -12,7 +12,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ProcessingConfig:
-    """Parameters of :func:`spared.pp.process`; every default is the SpaRED protocol's (SPEC §2)."""
+    """Parameters of :func:`spared.pp.process`; every default is the SpaRED protocol's (SPEC §2).
+
+    ``split_scheme`` picks the train/val/test slides: ``"catalogue"`` (as read), ``"lopo:<patient>"``
+    (leave one patient out) or ``"loso:<slide>"`` (see :mod:`spared.pp.splits`).
+    """
 
     organism: str = "human"
     cell_min_counts: float = 10
@@ -34,6 +38,7 @@ class ProcessingConfig:
     seed: int = 0
     slide_key: str = "slide_id"
     split_key: str = "split"
+    split_scheme: str = "catalogue"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -43,6 +48,9 @@ class ProcessingConfig:
             raise ValueError(f"real_data_percentage must lie in [0, 1], got {self.real_data_percentage}")
         if self.top_moran_genes < 1:
             raise ValueError(f"top_moran_genes must be >= 1, got {self.top_moran_genes}")
+        from spared.pp.splits import parse_split_scheme
+
+        parse_split_scheme(self.split_scheme)
         if self.wildcard_genes is not None and not isinstance(self.wildcard_genes, tuple):
             object.__setattr__(self, "wildcard_genes", tuple(self.wildcard_genes))
 

@@ -74,6 +74,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     from spared.pp.moran import moran_genes, select_top_moran
     from spared.pp.normalize import log1p, tpm, tpm_matrix
     from spared.pp.qc import expression_fractions, filter_genes, filter_spots
+    from spared.pp.splits import apply_split_scheme
 
     cfg = config or ProcessingConfig()
     validate(adata, stage="raw")
@@ -147,6 +148,8 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
                        f"set combat_key to one of them or to None")
     with _StepLog(progress, len(steps)) as steplog:
         out = adata.copy()
+        apply_split_scheme(out, cfg.split_scheme, slide_key=cfg.slide_key, split_key=cfg.split_key)
+        _check_geometry(out, cfg)
         for name, fn in steps:
             out = steplog.run(name, fn, out)
     out.uns["spared"] = {
@@ -160,6 +163,20 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         "missing_fraction_after_median": zero_fraction(out.layers["d_log1p"]),
     }
     return out
+
+
+def _check_geometry(adata, cfg: ProcessingConfig) -> None:
+    """Warn when the spot layout the reader recorded contradicts ``hex_geometry`` (e.g. ST read as hexagonal)."""
+    import warnings
+
+    from spared.io.readers import geometry
+
+    recorded = geometry(adata)
+    expected = "hex" if cfg.hex_geometry else "square"
+    if recorded in ("hex", "square") and recorded != expected:
+        warnings.warn(f"the slides' spots lie on a {recorded} grid ({'6' if recorded == 'hex' else '8'} "
+                      f"neighbours) but hex_geometry={cfg.hex_geometry} builds {cfg.n_neighs}-neighbour graphs; "
+                      f"set hex_geometry={recorded == 'hex'}", stacklevel=3)
 
 
 def _version(package: str) -> str:
