@@ -187,5 +187,5 @@ def test_unknown_dataset_lists_close_matches():
     message = str(info.value)
     assert "unknown dataset '10xgenomic_human_breast'" in message
     assert "'10xgenomic_human_breast_cancer'" in message
-    with pytest.raises(LookupError, match="'spared datasets' lists all 26"):
+    with pytest.raises(LookupError, match=r"'spared datasets --all' lists all 29"):
         load_spec("nothing_like_it_at_all")

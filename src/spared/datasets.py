@@ -138,7 +138,7 @@ def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data
 
     def read_raw() -> Any:
         folder = fetch_dataset(spec) if data_dir is None else fetch_dataset(spec, data_dir=Path(data_dir))
-        return read(spec.format, folder, resolve_slides(spec, folder), spec.organism)
+        return read(spec.format, folder, resolve_slides(spec, folder), spec.organism, options=spec.reader)
 
     return _build(read_raw, cfg, spec.key, h5ad, patch_file, patches, [_as_dict(f) for f in spec.files], progress)
 
@@ -157,7 +157,9 @@ def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[s
     config
         :class:`~spared.config.ProcessingConfig` or a dict of overrides of the defaults.
     format
-        Reader format of the folder (see :data:`spared.io.readers.READERS`).
+        Reader format of the folder (see :data:`spared.io.readers.READERS`). ``"st"`` and ``"hest"`` data
+        (and AnnData whose reader recorded a square grid) default to ``hex_geometry=False`` unless ``config``
+        sets it.
     slide_id, patient, split
         How to label the slide (default id: the folder name; patient: the slide id).
     organism
@@ -173,6 +175,10 @@ def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[s
     cfg = base.replace(**config) if isinstance(config, dict) else (config or base)
     if organism is not None:
         cfg = cfg.replace(organism=organism)
+    if not isinstance(config, ProcessingConfig) and "hex_geometry" not in (config or {}):
+        layout = _local_geometry(path_or_adata, format, slide_id)
+        if layout is not None:
+            cfg = cfg.replace(hex_geometry=layout == "hex")
     if out_dir is None:
         from spared.io.download import data_dir
 
@@ -205,6 +211,24 @@ def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[s
         if cached is not None:
             return cached
     return _build(read_raw, cfg, name, h5ad, patch_file, patches, [], progress)
+
+
+def _local_geometry(path_or_adata: Any, format: str, slide_id: str | None) -> str | None:
+    """The spot layout of local data when known before processing: legacy ST is a square grid; a HEST sample's
+    metadata names its technology; an AnnData carries what its reader recorded."""
+    if not isinstance(path_or_adata, str | Path):
+        from spared.io.readers import geometry
+
+        found = geometry(path_or_adata)
+        return found if found in ("hex", "square") else None
+    if format == "st":
+        return "square"
+    if format == "hest":
+        from spared.io.readers.hest import sample_geometry
+
+        folder = Path(path_or_adata).resolve()
+        return sample_geometry(folder, slide_id or folder.name)
+    return None
 
 
 def _fingerprint(adata: Any) -> str:

@@ -15,33 +15,83 @@ DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Data roo
                                                                       "user data folder).")]
 
 
-def _records(data_dir: Path | None) -> list[dict[str, Any]]:
+def _records(data_dir: Path | None, include_extras: bool = False) -> list[dict[str, Any]]:
     from spared.catalog import all_specs
     from spared.io.download import status
 
-    return [{"name": s.key, "organism": s.organism, "tissue": s.tissue, "slides": len(s.slides),
-             "patients": len(s.patients), "spots": s.approx_spots, "source": s.source, "format": s.format,
-             "status": status(s, data_dir)} for s in all_specs()]
+    return [{"name": s.key, "organism": s.organism, "tissue": s.tissue, "technology": s.technology_name,
+             "geometry": s.geometry, "slides": len(s.slides), "patients": len(s.patients), "spots": s.approx_spots,
+             "source": s.source, "format": s.format, "extra": s.extra, "status": status(s, data_dir)}
+            for s in all_specs(include_extras)]
+
+
+_GEOMETRY = {"hex": "hex (6)", "square": "square (8)"}
 
 
 @app.command()
 def datasets(
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON records.")] = False,
+    include_extras: Annotated[bool, typer.Option("--all", help="Also list the extra datasets beyond SpaRED's 26 "
+                                                              "(legacy ST collections), marked 'extra'.")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """List the catalogue: name, organism, slides, approximate spots and status (absent/downloaded/processed)."""
-    records = _records(data_dir)
+    """List the catalogue: name, organism, technology, spot geometry, slides, approximate spots and status
+    (absent/downloaded/processed)."""
+    records = _records(data_dir, include_extras)
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
-    table = Table(title=f"SpaRED datasets ({len(records)})")
-    for column, justify in (("name", "left"), ("organism", "left"), ("slides", "right"), ("spots", "right"),
-                            ("status", "left")):
+    n_extra = sum(r["extra"] for r in records)
+    title = f"SpaRED datasets ({len(records) - n_extra}" + (f" + {n_extra} extra)" if n_extra else ")")
+    table = Table(title=title)
+    table.add_column("name", overflow="fold")
+    for column, justify in (("organism", "left"), ("technology", "left"), ("geometry", "left"), ("slides", "right"),
+                            ("spots", "right"), ("status", "left")):
         table.add_column(column, justify=justify)
     colours = {"absent": "dim", "downloaded": "yellow", "processed": "green"}
     for r in records:
-        table.add_row(r["name"], r["organism"], str(r["slides"]), f"~{r['spots']:,}",
+        name = f"{r['name']} [cyan](extra)[/]" if r["extra"] else r["name"]
+        table.add_row(name, r["organism"], r["technology"], _GEOMETRY.get(r["geometry"], r["geometry"]),
+                      str(r["slides"]), f"~{r['spots']:,}" if r["spots"] else "?",
                       f"[{colours[r['status']]}]{r['status']}[/]")
+    console.print(table)
+    if not include_extras:
+        console.print("[dim]spared datasets --all also lists the extra legacy-ST collections[/]")
+
+
+@app.command()
+def folds(
+    name: Annotated[str, typer.Argument(help="Dataset key (see `spared datasets --all`).")],
+    scheme: Annotated[str, typer.Option(help="lopo (leave one patient out) or loso (leave one slide out).")] = "lopo",
+    plain: Annotated[bool, typer.Option("--plain", help="Print only the split_scheme values, one per line.")] = False,
+) -> None:
+    """List the leave-one-out folds of dataset NAME as split_scheme values for --set split_scheme=...
+
+    Each fold holds out one patient (or slide) as test and the next one as val; use it as
+    `spared prepare NAME --set split_scheme=lopo:<patient>`.
+    """
+    from spared.catalog import SpecError, UnknownDatasetError, load_spec
+    from spared.pp.splits import assign_splits
+
+    try:
+        spec = load_spec(name)
+        schemes = spec.folds(scheme)
+        rows = [(f, assign_splits([s.patient for s in spec.slides], [s.id for s in spec.slides], f))
+                for f in schemes]
+    except (UnknownDatasetError, SpecError, ValueError) as exc:
+        err_console.print("[bold red]error:[/]", end=" ")
+        err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    if plain:
+        typer.echo("\n".join(schemes))
+        return
+    table = Table(title=f"{name}: {len(schemes)} {scheme} folds")
+    for column in ("split_scheme", "test", "val", "train slides"):
+        table.add_column(column)
+    for fold, splits in rows:
+        by_split = {k: [s.id for s, v in zip(spec.slides, splits, strict=True) if v == k]
+                    for k in ("train", "val", "test")}
+        table.add_row(fold, ", ".join(by_split["test"]), ", ".join(by_split["val"]), str(len(by_split["train"])))
     console.print(table)
 
 

@@ -298,14 +298,15 @@ def _resolve(folder: Path, pattern: str, want_dir: bool, what: str) -> tuple[str
 
 
 def resolve_slides(spec: DatasetSpec, folder: str | Path) -> tuple[SlideSpec, ...]:
-    """The spec's slides with every glob pattern (``path``, ``image``, ``hires_image``) replaced by its single
-    match under ``folder`` (the dataset folder); raise :class:`LayoutError` listing each pattern that matches
-    nothing or several entries."""
+    """The spec's slides with every glob pattern (``path``, ``image``, ``hires_image``, ``counts``, ``spots``)
+    replaced by its single match under ``folder`` (the dataset folder); raise :class:`LayoutError` listing each
+    pattern that matches nothing or several entries."""
     folder = Path(folder)
     resolved, problems = [], []
     for slide in spec.slides:
         changes: dict[str, str] = {}
-        for name, want_dir in (("path", True), ("image", False), ("hires_image", False)):
+        for name, want_dir in (("path", True), ("image", False), ("hires_image", False), ("counts", False),
+                               ("spots", False)):
             pattern = getattr(slide, name)
             if pattern is None:
                 continue

@@ -50,9 +50,13 @@ def table_html(frame: pd.DataFrame, float_format: str = "{:.4g}", index: bool = 
 
 def dataset_summary(adata, name: str) -> dict:
     """Headline figures of one processed collection."""
+    from spared.io.readers import geometry_label, technology
+
     info = adata.uns.get("spared", {})
     return {
         "dataset": name,
+        "technology": technology(adata),
+        "geometry": geometry_label(adata),
         "slides": int(adata.obs["slide_id"].nunique()),
         "patients": int(adata.obs["patient"].nunique()),
         "spots": adata.n_obs,
