@@ -255,7 +255,7 @@ def test_hest_samples_go_through_the_protocol_spackle_patches_and_benchmark(hest
     from spared.io.patches import PatchStore, extract_patches
     from spared.pp import process
 
-    folder, written = hest_folder
+    folder, _ = hest_folder
     raw = read_hest(folder, ["TENX1", "TENX2", "TENX3"])
     cfg = ProcessingConfig(top_moran_genes=16, spackle_max_steps=10)
     with warnings.catch_warnings():
