@@ -2,6 +2,7 @@
 image checks, the 8-neighbour graph and patch centres, on sections written here; her2st sections when present."""
 
 import gzip
+import json
 import warnings
 from pathlib import Path
 
@@ -265,6 +266,21 @@ def test_files_are_found_by_slide_id_in_a_shared_folder_or_named_explicitly(tmp_
         read("st", tmp_path, [{**SLIDE, "counts": "nope.tsv"}], "human")
 
 
+def test_genes_a_section_did_not_detect_are_zeros_not_dropped(tmp_path):
+    write_section(tmp_path / "A", "A", image=None, n_genes=40)
+    write_section(tmp_path / "B", "B", seed=1, image=None, n_genes=30)
+    slides = [{"id": "A", "patient": "p", "split": "train"}, {"id": "B", "patient": "q", "split": "val"}]
+    adata = read("st", tmp_path, slides, "human")
+    symbols = human_symbols(40)
+    assert adata.n_vars == 40 and set(adata.var["gene_symbol"]) == set(symbols)
+    absent = adata.var["gene_symbol"].isin(symbols[30:]).to_numpy()
+    in_b = (adata.obs["slide_id"] == "B").to_numpy()
+    assert adata.X[in_b][:, absent].nnz == 0 and adata.X[~in_b][:, absent].nnz > 0
+    reports = adata.uns["spared"]["reader"]["slides"]
+    assert (reports["A"]["n_genes_absent_as_zero"], reports["B"]["n_genes_absent_as_zero"]) == (0, 10)
+    assert adata.uns["spared"]["reader"]["n_genes_dropped_intersection"] == 0
+
+
 def test_the_spot_graph_is_the_8_neighbour_square_grid(tmp_path):
     from spared.graph import spatial_graph
 
@@ -279,6 +295,22 @@ def test_the_spot_graph_is_the_8_neighbour_square_grid(tmp_path):
         expected = {j for j in range(adata.n_obs) if j != i
                     and abs(cols[j] - cols[i]) <= 1 and abs(rows[j] - rows[i]) <= 1}
         assert set(graph[i].indices) == expected
+
+
+def test_local_st_sections_default_to_the_square_grid_and_hex_is_warned(tmp_path):
+    from spared.config import ProcessingConfig
+    from spared.datasets import get_local
+    from spared.pp import process
+
+    write_section(tmp_path / "S1", image=None, n_genes=60, drop_counts=0, unselected=0)
+    settings = {"top_moran_genes": 8, "complete_missing": False, "gene_min_counts": 1, "cell_min_counts": 1}
+    out = get_local(tmp_path / "S1", settings, format="st", out_dir=tmp_path / "cache", patches=False,
+                    progress=False)
+    assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
+    raw = read_one(tmp_path)
+    with pytest.warns(UserWarning, match=r"square grid \(8 neighbours\) but hex_geometry=True.*set "
+                                         r"hex_geometry=False"):
+        process(raw, ProcessingConfig(**settings), progress=False)
 
 
 def test_patches_are_centred_on_the_spot_file_pixel_coordinates(tmp_path):

@@ -11,9 +11,10 @@ A section is three files:
 - optionally the full-resolution **H&E image** the spot file was aligned to (JPEG, PNG or TIFF).
 
 Spots are joined on their array position (x, y). Selected spots without counts and counted spots outside the
-selection are reported, not hidden. The spot diameter in pixels comes from the array itself: a least-squares
-fit of pixel against array coordinates (the spot detector's sub-spot ``new_x``, ``new_y`` when present) over
-all selected spots gives the pixel pitch, and the diameter is
+selection are reported, not hidden. A collection keeps every gene of any section: count tables leave out the
+genes a section did not detect, which are zeros there. The spot diameter in pixels comes from the array
+itself: a least-squares fit of pixel against array coordinates (the spot detector's sub-spot ``new_x``,
+``new_y`` when present) over all selected spots gives the pixel pitch, and the diameter is
 ``pitch × spot_diameter_um / spot_pitch_um`` (100 µm spots 200 µm apart on the original arrays).
 """
 
@@ -366,15 +367,21 @@ def _one(candidates: list[Path], role: str, root: Path, token: str | None, field
 
 
 def discover_st_files(root: Path, slide: SlideInfo, dataset_dir: Path) -> STFiles:
-    """Find a section's count table, spot file and image: the catalogue's ``counts``/``spots``/``image`` paths
-    (relative to the dataset folder) when given, else by name under ``root`` (files whose path contains the
-    slide id or prefix as a whole word when ``root`` holds several sections)."""
+    """Find a section's count table, spot file and image.
+
+    When the slide names its ``counts`` and ``spots`` (paths relative to the dataset folder, as the catalogue
+    does), those are used and the image is the slide's ``image`` or none. Otherwise the files not named are
+    searched by name under ``root`` (files whose path contains the slide id or prefix as a whole word when
+    ``root`` holds several sections).
+    """
     explicit = {name: dataset_dir / value for name in ("counts", "spots", "image")
                 if (value := getattr(slide, name, None))}
     for name, path in explicit.items():
         if not path.is_file():
             raise ReaderError(f"slide {slide.id!r}: the catalogue names {name} file {path}, which does not exist")
     found: dict[str, Path | None] = dict(explicit)
+    if "counts" in found and "spots" in found:
+        found.setdefault("image", None)
     missing = [name for name in ("counts", "spots", "image") if name not in found]
     if missing:
         if not root.is_dir():
@@ -507,8 +514,9 @@ def read_st(path: str | Path, slides: Sequence[Any], organism: str, spot_diamete
     Parameters
     ----------
     path
-        Dataset folder. A slide's files are the catalogue's ``counts``, ``spots`` and ``image`` paths (relative
-        to it) or are found by name under the slide's ``path`` (default: its id, else the dataset folder).
+        Dataset folder. A slide's files are its ``counts``, ``spots`` and (optional) ``image`` paths, relative
+        to it; a slide that does not name its count table and spot file has them (and its image) found by
+        name under its ``path`` (default: its id, else the dataset folder).
     slides
         Slide descriptions (id, patient, split, optional path/prefix/counts/spots/image).
     organism
@@ -536,4 +544,23 @@ def read_st(path: str | Path, slides: Sequence[Any], organism: str, spot_diamete
             root = dataset_dir
         files = discover_st_files(root, slide, dataset_dir)
         adatas.append(read_st_slide(files, slide, organism, spot_diameter_um, spot_pitch_um))
-    return concat_slides(adatas, organism)
+    return concat_slides(genes_union(adatas), organism)
+
+
+def genes_union(adatas: list) -> list:
+    """The sections with every gene of any section: ST count tables leave out the genes a section did not
+    detect, so a gene missing from a table is a measured zero there (not an unmeasured gene to drop)."""
+    import anndata as ad
+
+    var = pd.concat([a.var for a in adatas])
+    var = var[~var.index.duplicated()]
+    out = []
+    for a in adatas:
+        position = var.index.get_indexer(a.var_names)
+        place = sp.csr_matrix((np.ones(a.n_vars, dtype=np.float32), (np.arange(a.n_vars), position)),
+                              shape=(a.n_vars, len(var)))
+        widened = ad.AnnData(X=sp.csr_matrix(a.X @ place), obs=a.obs, var=var.copy(), obsm=dict(a.obsm),
+                             uns=dict(a.uns))
+        widened.uns["spared"]["reader"]["n_genes_absent_as_zero"] = int(len(var) - a.n_vars)
+        out.append(widened)
+    return out
