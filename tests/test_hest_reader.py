@@ -229,6 +229,32 @@ def test_metadata_without_sizes_or_with_unknown_technology_is_an_error(tmp_path,
         read_hest(folder, ["TENX1", "TENX2"])
 
 
+def test_without_hest_downscaled_image_the_wsi_gives_the_hires_thumbnail(tmp_path, hest_folder):
+    import anndata as ad
+    from PIL import Image
+
+    from spared.io.readers.bigimages import thumbnail
+
+    def drop_images(folder):
+        for sample in ("TENX1", "TENX2"):
+            path = folder / "st" / f"{sample}.h5ad"
+            adata = ad.read_h5ad(path)
+            adata.uns["spatial"]["ST"]["images"] = {}
+            adata.write_h5ad(path)
+
+    folder = write_broken(tmp_path, hest_folder, drop_images)
+    adata = read_hest(folder, ["TENX1", "TENX2"])
+    wsi = hest_folder[1]["TENX1"]["image"]
+    for sample in ("TENX1", "TENX2"):  # pyramidal and plain TIFF
+        entry = adata.uns["spatial"][sample]
+        hires, factor = entry["images"]["hires"], entry["scalefactors"]["tissue_hires_scalef"]
+        assert factor == 1.0 and hires.shape == hest_folder[1][sample]["image"].shape
+    small, factor = thumbnail(folder / "wsis" / "TENX1.tif", 200)
+    expected = np.asarray(Image.fromarray(wsi).resize(small.shape[1::-1], Image.Resampling.BILINEAR))
+    assert max(small.shape[:2]) == 200 and factor == pytest.approx(small.shape[1] / wsi.shape[1])
+    assert np.abs(small.astype(int) - expected).mean() < 12
+
+
 def test_wsi_smaller_than_the_coordinates_and_missing_files_are_errors(tmp_path, hest_folder):
     import tifffile
 

@@ -120,17 +120,27 @@ def thumbnail(path: str | Path, max_side: int = 2000) -> tuple[np.ndarray, float
 
 
 def _smallest_tiff_level(path: Path, min_side: int) -> np.ndarray:
-    """The smallest pyramid level of a TIFF whose longer side is ≥ ``min_side`` (level 0 when none is)."""
+    """The smallest pyramid level of a TIFF whose longer side is ≥ ``min_side`` (level 0 when none is), read
+    with a stride when it is still more than twice that size, so a plain (one-level) TIFF is never held whole."""
     import tifffile
+    import zarr
 
     from spared.io.readers.images import channels_last, to_rgb_uint8
 
     with tifffile.TiffFile(path) as tif:
         levels = tif.series[0].levels
-        chosen = levels[0]
-        for level in levels[1:]:
-            axes = level.axes
-            side = max(level.shape[axes.index("X")], level.shape[axes.index("Y")])
-            if side >= min_side:
-                chosen = level
-        return to_rgb_uint8(channels_last(chosen.asarray()))
+        chosen = 0
+        for i, level in enumerate(levels[1:], start=1):
+            if max(level.shape[level.axes.index("X")], level.shape[level.axes.index("Y")]) >= min_side:
+                chosen = i
+        level = levels[chosen]
+        side = max(level.shape[level.axes.index("X")], level.shape[level.axes.index("Y")])
+        step = max(1, side // (2 * min_side))
+        if step == 1:
+            return to_rgb_uint8(channels_last(level.asarray()))
+        array = zarr.open(tif.series[0].aszarr(level=chosen), mode="r")
+        if isinstance(array, zarr.Group):
+            array = array["0"]
+        y, x = level.axes.index("Y"), level.axes.index("X")
+        index = tuple(slice(None, None, step) if axis in (y, x) else slice(None) for axis in range(array.ndim))
+        return to_rgb_uint8(channels_last(np.asarray(array[index])))
