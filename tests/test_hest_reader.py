@@ -271,6 +271,10 @@ def test_wsi_smaller_than_the_coordinates_and_missing_files_are_errors(tmp_path,
         read("hest", hest_folder[0].parent, [{"id": "NOPE", "patient": "p", "path": hest_folder[0].name}], "human")
     with pytest.raises(ReaderError, match=r"is not a HEST folder: expected .*st holding <id>\.h5ad"):
         read_hest(tmp_path)
+    folder = write_broken(tmp_path / "b", hest_folder, lambda f: (f / "wsis" / "TENX2.tif").unlink())
+    with pytest.warns(UserWarning, match=r"wsis/TENX2\.tif is absent; patches will be cut from HEST's downscaled"):
+        adata = read_hest(folder, ["TENX2"])
+    assert "fullres_path" not in adata.uns["spatial"]["TENX2"]
 
 
 @pytest.mark.slow

@@ -408,7 +408,12 @@ def test_her2st_through_the_protocol_with_graph_and_patch_centres(realdata, tmp_
     root = realdata / "her2st"
     slides = her2st_slides(root, {"B4": ("B", "train"), "C2": ("C", "val"), "C3": ("C", "test")})
     slides[0]["image"] = "ST-imgs/B/B4/BT10737_D2_HE.jpg"
-    raw = read("st", root, slides, "human")
+    from PIL import Image
+
+    with warnings.catch_warnings():  # the 92-megapixel JPEG is above PIL's limit: no bomb warning may escape
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        raw = read("st", root, slides, "human")
+    assert Image.MAX_IMAGE_PIXELS is not None and 9272 * 9923 > Image.MAX_IMAGE_PIXELS  # the limit stays in force
     for section in ("B4", "C2", "C3"):
         assert int((raw.obs["slide_id"] == section).sum()) == expected_from_files(root, section)[1]
     cfg = load_spec("andersson_human_breast_cancer").processing_config().replace(complete_missing=False)
@@ -434,7 +439,9 @@ def test_her2st_through_the_protocol_with_graph_and_patch_centres(realdata, tmp_
     b4_out = out[out.obs["slide_id"] == "B4"].copy()
     side = 64
     b4_out.uns["spatial"]["B4"]["scalefactors"]["spot_diameter_fullres"] = float(side)
-    extract_patches(b4_out, tmp_path / "b4.h5", patch_size=side, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        extract_patches(b4_out, tmp_path / "b4.h5", patch_size=side, progress=False)
     patches = PatchStore(tmp_path / "b4.h5")[:8]
     from spared.io.readers.images import read_image
 

@@ -234,6 +234,13 @@ def read_hest_sample(folder: str | Path, slide: SlideInfo, organism: str | None 
     if paths["wsi"].is_file():
         _check_wsi(paths["wsi"], coords[keep])
         entry["fullres_path"] = str(paths["wsi"].resolve())
+    else:
+        import warnings
+
+        fallback = ("patches will be cut from HEST's downscaled image (low resolution)" if entry["images"]
+                    else "patches cannot be cut")
+        warnings.warn(f"HEST sample {slide.id!r}: {paths['wsi']} is absent; {fallback}. Download "
+                      f"wsis/{slide.id}.tif for full-resolution patches", stacklevel=2)
     adata.uns["spatial"] = {slide.id: entry}
     files = {k: str(v) for k, v in paths.items() if v.is_file()}
     report: dict[str, Any] = {
