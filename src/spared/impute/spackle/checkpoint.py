@@ -8,15 +8,13 @@ under a temporary name next to the target and renamed into place, so a half-writ
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from spared.impute.spackle.config import SpackleConfig
 from spared.impute.spackle.model import SpackleModel, SpackleNetwork
+from spared.io.atomic import atomic_dir
 
 FORMAT = "spared.spackle"
 FORMAT_VERSION = 1
@@ -32,23 +30,11 @@ def save(model: SpackleModel, path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _is_checkpoint(path))):
         raise FileExistsError(f"{path} exists and is not a SpaCKLE checkpoint folder; choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.metadata()}
         (tmp / METADATA).write_text(json.dumps(meta, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 
