@@ -79,7 +79,8 @@ def validate(adata, stage: str = "raw", layers: list[str] | None = None) -> None
         if name not in adata.layers:
             problems.append(f"layer {name!r} is missing ({LAYERS.get(name, 'required by the caller')}); "
                             f"run spared.pp.process first")
-        elif name != "mask":
+    for name in adata.layers:
+        if name != "mask":
             problems += _check_finite(adata.layers[name], f"layer {name!r}")
     if "mask" in adata.layers and adata.layers["mask"].dtype != bool:
         problems.append(f"layer 'mask' must be boolean, found dtype {adata.layers['mask'].dtype}")
@@ -147,4 +148,28 @@ def _check_counts(x, name: str) -> list[str]:
 
 def _check_finite(x, name: str) -> list[str]:
     values = x.data if sp.issparse(x) else np.asarray(x)
-    return [] if np.isfinite(values).all() else [f"{name} contains NaN or inf"]
+    if values.dtype.kind not in "fc":
+        return [] if values.dtype.kind in "biu" else [f"{name} is not numeric (dtype {values.dtype})"]
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    return [f"{name} contains NaN or inf ({bad} of {values.size} entries)"] if bad else []
+
+
+def require_finite(values: np.ndarray, what: str, real: np.ndarray | None = None) -> None:
+    """Raise ``ValueError`` when ``values`` (a completed or computed layer) holds NaN or inf.
+
+    ``real`` marks the measured entries: the message then says how many of the filled (``~real``) entries are
+    non-finite, i.e. whether the method or its input is to blame.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    bad = ~finite
+    if real is None:
+        raise ValueError(f"{what} holds {int(bad.sum())} non-finite (NaN or inf) value(s); nothing was written")
+    filled = int(bad[~real].sum())
+    if filled:
+        raise ValueError(f"{what}: the method predicted non-finite (NaN or inf) values for {filled} of "
+                         f"{int((~real).sum())} missing entries (a corrupt checkpoint or diverged training); "
+                         f"nothing was written. Retrain, or use another checkpoint or method")
+    raise ValueError(f"{what}: {int(bad.sum())} measured entries of the input layer are NaN or inf; fix the "
+                     f"input layer first (spared.validate(adata, stage='processed') lists the problems)")

@@ -13,3 +13,10 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr (unwrapped, no markup) and return the ``typer.Exit`` to raise."""
+    err_console.print("[bold red]error:[/]", end=" ")
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)

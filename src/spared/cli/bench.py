@@ -10,20 +10,15 @@ from typing import Annotated, Any
 
 import typer
 
-from spared.cli.app import app, console, err_console
+from spared.cli.app import app, console, fail
 
 EXECUTORS = ("local", "ray")
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
 
 
 def _split(text: str, name: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise _fail(f"--{name} needs at least one value (comma-separated)")
+        raise fail(f"--{name} needs at least one value (comma-separated)")
     return items
 
 
@@ -43,13 +38,13 @@ def _model_configs(path: Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     if not path.is_file():
-        raise _fail(f"model config file {path} does not exist")
+        raise fail(f"model config file {path} does not exist")
     try:
         data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise _fail(f"could not parse {path}: {exc}") from exc
+        raise fail(f"could not parse {path}: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise _fail(f"{path} must map model names to tables of settings, e.g. {{\"stnet\": {{\"augment\": false}}}}")
+        raise fail(f"{path} must map model names to tables of settings, e.g. {{\"stnet\": {{\"augment\": false}}}}")
     return data
 
 
@@ -86,7 +81,7 @@ def bench(
     from spared.bench.runs import TrainingConfig, make_specs
 
     if executor not in EXECUTORS:
-        raise _fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     settings = {"max_steps": max_steps, "batch_size": batch_size, "patch_size": patch_size, "lr": lr,
                 "val_every": val_every, "backbone_weights": backbone_weights,
                 "loggers": tuple(_split(loggers, "loggers"))}
@@ -96,7 +91,7 @@ def bench(
         specs = make_specs(_split(models, "models"), _datasets(datasets), _split(targets, "targets"), seed_values,
                            _model_configs(model_config), training)
     except (KeyError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     runner = (LocalExecutor(progress=progress) if executor == "local"
               else RayExecutor(address, num_cpus_per_run=cpus_per_run, num_gpus_per_run=gpus_per_run))
     console.print(f"{len(specs)} runs → {out} ({executor} executor)")
@@ -127,7 +122,7 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
 
     table = load_results(results_dir)
     if table.empty:
-        raise _fail(f"{results_dir} holds no benchmark runs; run `spared bench --out {results_dir}`")
+        raise fail(f"{results_dir} holds no benchmark runs; run `spared bench --out {results_dir}`")
     summary = aggregate(table, metrics)
     if as_json:
         records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
@@ -160,4 +155,4 @@ def results(
     try:
         print_results(results_dir, tuple(_split(metrics, "metrics")), as_json)
     except (FileNotFoundError, KeyError) as exc:
-        raise _fail(str(exc).strip("'\"")) from exc
+        raise fail(str(exc).strip("'\"")) from exc

@@ -39,6 +39,7 @@ def complete(
     key_added: Annotated[str, typer.Option(help="Layer to write.")] = "c_t_log1p",
 ) -> None:
     """Complete the missing entries (layers['mask'] == False) of a layer; real entries are kept as they are."""
+    from spared.data_model import dense, require_finite
     from spared.impute.baselines import SpackleMethod, make_method
 
     if method not in _METHODS:
@@ -60,6 +61,8 @@ def complete(
         with console.status(f"completing {layer!r} with {method}"):
             impl.fit(adata, layer)
             impl.complete(adata, layer, key_added)
+        require_finite(dense(adata.layers[key_added]), f"layer {key_added!r} completed by {method}",
+                       dense(adata.layers["mask"]))
         if save_checkpoint is not None:
             impl.model.save(save_checkpoint)
             console.print(f"saved the SpaCKLE checkpoint to {save_checkpoint}")

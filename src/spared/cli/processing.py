@@ -8,14 +8,8 @@ from typing import Annotated
 
 import typer
 
-from spared.cli.app import app, console, err_console
+from spared.cli.app import app, console, fail
 from spared.io.atomic import write_h5ad
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error message and return the ``typer.Exit`` to raise."""
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
 
 
 def read_h5ad(path: Path):

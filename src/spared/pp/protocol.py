@@ -159,6 +159,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         "missing_fraction_before": zero_fraction(out.layers["log1p"]),
         "missing_fraction_after_median": zero_fraction(out.layers["d_log1p"]),
     }
+    validate(out, stage="processed")  # every layer finite: a step that produced NaN/inf is named, not cached
     return out
 
 
