@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from spared.cli.app import app, console, fail
+from spared.cli.app import app, console, fail, writable_dir, writable_file
 from spared.io.atomic import write_h5ad
 
 
@@ -48,6 +48,7 @@ def simulate(
     """Simulate a Visium collection with known true expression and write it as h5ad."""
     from spared.synthetic import make_collection
 
+    writable_file(out)
     try:
         adata = make_collection(n_slides=slides, n_spots=spots, n_genes=genes, dropout=dropout, seed=seed,
                                 organism=organism)
@@ -64,6 +65,9 @@ def process(
     out: Annotated[Path | None, typer.Argument(help="Output processed .h5ad path (files only).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML/JSON file of parameters.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value.")] = None,
+    allow_non_integer: Annotated[bool, typer.Option(
+        "--allow-non-integer", help="Process an X that is not integer counts (normalised or log values) anyway, "
+                                    "with a warning recorded in the output.")] = False,
 ) -> None:
     """Run the SpaRED processing protocol on a raw collection file, or on a catalogue dataset by name.
 
@@ -80,12 +84,13 @@ def process(
 
         prepare_dataset(input, config, set_)
         return
-    adata = read_h5ad(Path(input))
+    writable_file(out)
     cfg = load_config(config, set_)
+    adata = read_h5ad(Path(input))
     try:
-        result = run_protocol(adata, cfg, progress=True)
+        result = run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
     except (ValidationError, ValueError, KeyError) as exc:
-        raise fail(str(exc)) from exc
+        raise fail(str(exc).strip("'\"")) from exc
     write_h5ad(result, out)
     print_summary(result)
     console.print(f"wrote {out}")
@@ -147,6 +152,7 @@ def demo(
     from spared.report import build_report
     from spared.synthetic import make_collection
 
+    writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     console.rule("1. simulate")

@@ -132,6 +132,56 @@ def usual_mode(path: str | Path) -> None:
                     os.chmod(entry, base & ~mask)
 
 
+class OutputPathError(ValueError):
+    """An output path that cannot be written (checked before the work starts)."""
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path.cwd()
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove a temporary file in ``folder``: the one test of writability that holds everywhere."""
+    probe = temp_sibling(folder / f"write-test-{target.name}")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as err:
+        raise OutputPathError(f"cannot write {target}: {folder} is not writable ({err.strerror}); choose another "
+                              f"location or fix its permissions") from err
+    probe.unlink(missing_ok=True)
+
+
+def check_writable_file(path: str | Path) -> Path:
+    """Check, before any work, that the file ``path`` can be written; raise :class:`OutputPathError` if not.
+
+    Refused: an existing folder at ``path``, a file where a parent folder should be, and a folder that does not
+    accept a new file. Missing parent folders are fine (they are created at the write); nothing is created here.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; give the path of a file to write, e.g. {path / 'out.h5ad'}")
+    ancestor = _existing_ancestor(path.parent)
+    if not ancestor.is_dir():
+        raise OutputPathError(f"cannot write {path}: {ancestor} is a file, not a folder")
+    _probe(ancestor, path)
+    return path
+
+
+def check_writable_dir(path: str | Path) -> Path:
+    """Check, before any work, that files can be written in the folder ``path`` (created later if missing)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{path} is a file, not a folder; give a folder for the outputs")
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise OutputPathError(f"cannot create the folder {path}: {ancestor} is a file, not a folder")
+    _probe(ancestor, path)
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (parents created); on success it replaces ``path``.

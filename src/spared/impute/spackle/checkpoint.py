@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from spared.impute.spackle.config import SpackleConfig
 from spared.impute.spackle.model import SpackleModel, SpackleNetwork
-from spared.io.atomic import atomic_dir
+from spared.io.atomic import atomic_dir, check_writable_dir
 
 FORMAT = "spared.spackle"
 FORMAT_VERSION = 1
@@ -22,14 +22,29 @@ WEIGHTS = "model.safetensors"
 METADATA = "config.json"
 
 
+def check_destination(path: str | Path, overwrite: bool = True) -> Path:
+    """Check, before training, that a checkpoint can be saved at ``path``; raise ``FileExistsError`` if not.
+
+    ``path`` may be absent or an empty folder; an existing SpaCKLE checkpoint is replaced only with
+    ``overwrite``; anything else there is never touched. Its location must be writable.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        if not (path.is_dir() and _is_checkpoint(path)):
+            raise FileExistsError(f"{path} exists and is not a SpaCKLE checkpoint folder; choose another path")
+        if not overwrite:
+            raise FileExistsError(f"the SpaCKLE checkpoint {path} exists; choose another path, or replace it "
+                                  f"(--overwrite)")
+    check_writable_dir(path)
+    return path
+
+
 def save(model: SpackleModel, path: str | Path) -> Path:
     """Write ``model`` to the folder ``path`` (replacing an existing SpaCKLE checkpoint there).
 
     Raises ``FileExistsError`` when ``path`` exists and is not an (empty or SpaCKLE checkpoint) folder.
     """
-    path = Path(path)
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _is_checkpoint(path))):
-        raise FileExistsError(f"{path} exists and is not a SpaCKLE checkpoint folder; choose another path")
+    path = check_destination(path)
     with atomic_dir(path) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
