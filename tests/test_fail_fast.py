@@ -203,12 +203,20 @@ def test_validate_empty_and_zero_spot_collections():
         validate(raw[:, :0].copy())
 
 
-def test_zero_spot_collection_cli(tmp_path):
+def test_zero_spot_collection_cli(tmp_path, processed_small):
     raw = make_collection(n_slides=2, n_spots=40, n_genes=20, seed=0)[:0].copy()
     path = tmp_path / "empty.h5ad"
     raw.write_h5ad(path)
-    result = runner.invoke(app, ["process", str(path), str(tmp_path / "out.h5ad")])
-    assert result.exit_code == 1 and "no spots" in said(result) and no_traceback(result), result.output
+    processed = tmp_path / "empty_processed.h5ad"
+    processed_small[:0].copy().write_h5ad(processed)
+    for args in (["process", str(path), str(tmp_path / "out.h5ad")],
+                 ["complete", str(processed), str(tmp_path / "out.h5ad"), "--method", "median"],
+                 ["evaluate-completion", str(processed), "--methods", "median"],
+                 ["bench", "--models", "stnet", "--datasets", str(processed), "--targets", "raw", "--out",
+                  str(tmp_path / "res")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "no spots" in said(result) and no_traceback(result), result.output
+    assert not (tmp_path / "out.h5ad").exists()
 
 
 def test_spot_filter_removing_a_held_out_slide_is_named_early(no_work_after_spot_filter):

@@ -74,8 +74,12 @@ def _file_problems(path: Path, target: str, layer: str) -> list[str]:
         with h5py.File(path, "r") as handle:
             layers = set(handle["layers"].keys()) if "layers" in handle else set()
             obs = set(handle["obs"].keys()) if "obs" in handle else set()
-    except OSError as err:
+            index = handle["obs"].attrs.get("_index") if "obs" in handle else None
+            n_spots = len(handle["obs"][index]) if index in obs else None
+    except (OSError, KeyError, TypeError) as err:
         return [f"dataset file {path} is not a readable .h5ad file ({err}); write it again"]
+    if n_spots == 0:
+        return [f"dataset file {path} holds no spots"]
     lacking = [c for c in _PROCESSED_OBS if c not in obs] + [c for c in _PROCESSED_LAYERS if c not in layers]
     if lacking:
         return [f"dataset file {path} is not a processed collection (it lacks {lacking}); process it first: "

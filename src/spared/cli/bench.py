@@ -22,6 +22,12 @@ def _split(text: str, name: str) -> list[str]:
     return items
 
 
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise fail(f"--seeds takes non-negative integers (e.g. 0,1,2), got {text!r}")
+    return int(text)
+
+
 def _datasets(text: str) -> list[str]:
     """Datasets from ``a,b:k=1,j=2,c``: a piece ``key=value`` with no ``:`` before it continues the previous one."""
     out: list[str] = []
@@ -95,7 +101,7 @@ def bench(
                 "val_every": val_every, "backbone_weights": backbone_weights,
                 "loggers": tuple(_split(loggers, "loggers"))}
     try:
-        seed_values = [int(s) for s in _split(seeds, "seeds")]
+        seed_values = [_seed(s) for s in _split(seeds, "seeds")]
         training = TrainingConfig.from_dict({k: v for k, v in settings.items() if v is not None})
         specs = make_specs(_split(models, "models"), _datasets(datasets), _split(targets, "targets"), seed_values,
                            _model_configs(model_config), training)

@@ -19,9 +19,13 @@ def read_h5ad(path: Path):
     if not path.is_file():
         raise fail(f"{path} does not exist")
     try:
-        return ad.read_h5ad(path)
+        adata = ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for a broken file
         raise fail(f"could not read {path} as h5ad ({type(exc).__name__}: {exc})") from exc
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise fail(f"{path} holds no {'spots' if adata.n_obs == 0 else 'genes'} ({adata.n_obs} × {adata.n_vars}); "
+                   f"nothing to work on")
+    return adata
 
 
 def load_config(config_file: Path | None, overrides: list[str] | None, base=None):
@@ -186,12 +190,15 @@ def demo(
         training = TrainingConfig(max_steps=bench_steps, batch_size=32, patch_size=32, val_every=25, lr=1e-2)
         specs = make_specs(list(DEMO_MODELS), [str(data_path.resolve())], ("raw", "completed"), (seed,),
                            model_config=DEMO_MODELS, training=training)
-        run_benchmark(specs, out)
-        print_results(out)
+        runs = run_benchmark(specs, out)
+        print_results(out, table=runs)
+        failed = runs[runs["status"] == "failed"]
 
     console.rule("5. report")
     report = build_report(out)
     console.print(f"report: {report}\ntotal {time.perf_counter() - start:.0f} s")
+    if bench_steps > 0 and len(failed):
+        raise fail(f"{len(failed)} of {len(runs)} benchmark runs failed: {'; '.join(failed['error'])}")
 
 
 def print_completion(table) -> None:
