@@ -86,6 +86,8 @@ def test_bench_validates_names_files_and_layers_before_any_work(tmp_path, proces
                              "--targets", "completed"],
         "augmentz": ["--models", "shufflenet", "--datasets", str(processed_file), "--targets", "raw",
                      "--model-config", "MODEL_CONFIG"],
+        "no_weights.pt": ["--models", "shufflenet", "--datasets", str(processed_file), "--targets", "raw",
+                          "--backbone-weights", str(tmp_path / "no_weights.pt")],
     }
     config = tmp_path / "models.json"
     config.write_text(json.dumps({"shufflenet": {"augmentz": True}}))

@@ -21,9 +21,10 @@ _PROCESSED_LAYERS = ("mask", "c_d_log1p")
 def check_specs(specs: Iterable[RunSpec]) -> list[str]:
     """Problems that would make runs of ``specs`` fail, found without training (empty when none).
 
-    Checked: the model exists and accepts its settings; the dataset resolves (a processed ``.h5ad`` that exists
-    and holds the target's layer, a known catalogue key, or simulated parameters that exist and are valid) and
-    can provide the target (completed targets need SpaCKLE completion).
+    Checked: the model exists and accepts its settings; a local backbone weights file exists; the dataset
+    resolves (a processed ``.h5ad`` that exists, has spots and holds the target's layer, a known catalogue key,
+    or simulated parameters that exist and are valid) and can provide the target (completed targets need SpaCKLE
+    completion).
     """
     problems: list[str] = []
     seen_models: set[str] = set()
@@ -36,6 +37,10 @@ def check_specs(specs: Iterable[RunSpec]) -> list[str]:
         if (spec.dataset, spec.target) not in seen_datasets:
             seen_datasets.add((spec.dataset, spec.target))
             problems += _dataset_problems(spec.dataset, spec.target)
+        weights = spec.training.backbone_weights
+        if weights not in (None, "imagenet") and not Path(str(weights)).expanduser().is_file():
+            problems.append(f"backbone weights file {weights} does not exist (give None, 'imagenet' or a local "
+                            f"state_dict file)")
     return list(dict.fromkeys(problems))
 
 
