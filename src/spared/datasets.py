@@ -16,7 +16,7 @@ from typing import Any
 from spared.config import ProcessingConfig
 from spared.io.atomic import write_h5ad
 
-__all__ = ["cache_paths", "get", "get_local"]
+__all__ = ["CacheError", "cache_paths", "get", "get_local"]
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -54,12 +54,21 @@ def _cache_paths(key: str, cfg: ProcessingConfig, data_dir: str | Path | None) -
     return folder / f"{stem}.h5ad", folder / f"{stem}.patches.h5"
 
 
-def _load_cached(h5ad: Path, patch_file: Path, patches: bool, cfg: ProcessingConfig) -> Any | None:
+class CacheError(OSError):
+    """A processed cache file that cannot be read (damaged); rebuilding it with ``force=True`` fixes it."""
+
+
+def _load_cached(h5ad: Path, patch_file: Path, patches: bool, cfg: ProcessingConfig,
+                 rebuild: str = "force=True") -> Any | None:
     import anndata as ad
 
     if not h5ad.is_file():
         return None
-    adata = ad.read_h5ad(h5ad)
+    try:
+        adata = ad.read_h5ad(h5ad)
+    except Exception as exc:  # h5py/anndata raise many types for a damaged file
+        raise CacheError(f"the processed cache {h5ad} cannot be read ({type(exc).__name__}: {exc}); it is damaged "
+                         f"(interrupted copy, full disk?). Rebuild it with {rebuild}") from exc
     if not patches:
         return adata
     if not patch_file.is_file():
@@ -78,10 +87,10 @@ def _add_patches(adata: Any, h5ad: Path, patch_file: Path, cfg: ProcessingConfig
 
 
 def _build(read_raw: Callable[[], Any], cfg: ProcessingConfig, dataset: str, h5ad: Path, patch_file: Path,
-           patches: bool, sources: list[dict[str, Any]], progress: bool) -> Any:
+           patches: bool, sources: list[dict[str, Any]], progress: bool, allow_non_integer: bool = False) -> Any:
     from spared.pp import process
 
-    adata = process(read_raw(), cfg, progress=progress, dataset=dataset)
+    adata = process(read_raw(), cfg, progress=progress, dataset=dataset, allow_non_integer=allow_non_integer)
     adata.uns["spared"]["sources"] = {"url": [s.get("url", "") for s in sources],
                                       "sha256": [s.get("sha256") or "" for s in sources]}
     if patches:
@@ -132,7 +141,8 @@ def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data
     cfg = _resolve_config(spec, config)
     h5ad, patch_file = _cache_paths(spec.key, cfg, data_dir)
     if not force:
-        cached = _load_cached(h5ad, patch_file, patches, cfg)
+        cached = _load_cached(h5ad, patch_file, patches, cfg,
+                              f"`spared prepare {spec.key} --force` (Python: force=True)")
         if cached is not None:
             return cached
 
@@ -140,13 +150,16 @@ def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data
         folder = fetch_dataset(spec) if data_dir is None else fetch_dataset(spec, data_dir=Path(data_dir))
         return read(spec.format, folder, resolve_slides(spec, folder), spec.organism, options=spec.reader)
 
-    return _build(read_raw, cfg, spec.key, h5ad, patch_file, patches, [_as_dict(f) for f in spec.files], progress)
+    # the catalogue's files are what they are: values that are not integer counts are processed with a warning
+    return _build(read_raw, cfg, spec.key, h5ad, patch_file, patches, [_as_dict(f) for f in spec.files], progress,
+                  allow_non_integer=True)
 
 
 def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[str, Any] | None = None, *,
               format: str = "visium_spaceranger", slide_id: str | None = None, patient: str | None = None,
               split: str = "train", organism: str | None = None, out_dir: str | Path | None = None,
-              force: bool = False, patches: bool = True, progress: bool = True) -> Any:
+              force: bool = False, patches: bool = True, progress: bool = True,
+              allow_non_integer: bool = False) -> Any:
     """Process your own Visium slide (a Space Ranger ``outs`` folder) or a raw AnnData, with caching.
 
     Parameters
@@ -168,6 +181,8 @@ def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[s
         Where to cache the result (default: ``<data_dir>/local``).
     force, patches, progress
         As in :func:`get`.
+    allow_non_integer
+        Process an ``X`` that is not integer counts anyway (with a warning); see :func:`spared.pp.process`.
     """
     from spared.io.readers import read
 
@@ -210,7 +225,7 @@ def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[s
         cached = _load_cached(h5ad, patch_file, patches, cfg)
         if cached is not None:
             return cached
-    return _build(read_raw, cfg, name, h5ad, patch_file, patches, [], progress)
+    return _build(read_raw, cfg, name, h5ad, patch_file, patches, [], progress, allow_non_integer)
 
 
 def _local_geometry(path_or_adata: Any, format: str, slide_id: str | None) -> str | None:

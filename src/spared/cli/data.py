@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spared.cli.app import app, console
+from spared.cli.app import app, console, writable_dir
 from spared.cli.processing import fail, load_config
 
 
@@ -39,6 +39,8 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
     cfg = load_config(config_file, overrides, base=base)
     h5ad, patch_file = cache_paths(name, cfg, data_dir)
     cached = h5ad.is_file() and not force
+    if not cached:
+        writable_dir(h5ad.parent)  # a read-only cache is fine to load from, not to build into
     try:
         adata = get(name, config=cfg, data_dir=data_dir, force=force, patches=patches)
     except (ReaderError, LookupError, ValueError, OSError) as exc:

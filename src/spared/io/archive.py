@@ -15,9 +15,10 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
+
+from spared.io.atomic import remove_stale_temps, temp_sibling
 
 MARKER_PREFIX = ".spared-unpacked."
 
@@ -69,7 +70,9 @@ def unpack_archive(archive: str | Path, target: str | Path) -> Path:
     if is_unpacked(archive, target):
         return target
     target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".unpacking-{archive.name}-", dir=target.parent))
+    remove_stale_temps(target.parent)  # what a killed unpacking left
+    staging = temp_sibling(target.parent / f"unpacking-{archive.name}", kind="part")
+    staging.mkdir()
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, staging)

@@ -26,10 +26,12 @@ from typing import Literal
 from spared.catalog import DatasetSpec, FileSpec, SlideSpec
 from spared.catalog.spec import strip_archive_suffix
 from spared.io.archive import ArchiveError, is_unpacked, unpack_archive
-from spared.io.atomic import write_text
+from spared.io.atomic import remove_stale_temps, usual_mode, write_text
 
 Status = Literal["absent", "downloaded", "processed"]
 _GLOB_CHARS = re.compile(r"[*?\[]")
+#: pooch downloads into ``tempfile.NamedTemporaryFile`` names beside the target (``0600``, left behind if killed).
+_POOCH_TEMP = re.compile(r"tmp[a-z0-9_]{8}")
 
 
 class DownloadError(OSError):
@@ -157,6 +159,7 @@ def _download(f: FileSpec, path: Path, expected: str, progress: bool, timeout: f
         with _quiet_pooch():
             pooch.retrieve(f.url, known_hash=expected or None, fname=path.name, path=path.parent,
                            downloader=downloader, progressbar=progress)
+        usual_mode(path)
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _FetchFailed(f"{type(exc).__name__}: {exc}", offline=True) from exc
     except (requests.RequestException, OSError) as exc:
@@ -217,6 +220,7 @@ def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progres
         An archive is corrupt or has unsafe entries.
     """
     folder = dataset_dir(spec, data_dir)
+    remove_stale_temps(folder, abandoned=(_POOCH_TEMP, 3600))  # partial downloads of killed runs
     sums = _Checksums(checksums_path(spec, data_dir))
     missing: list[_Missing] = []
     offline: str | None = None

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
-
-log = logging.getLogger(__name__)
 
 
 def tpm_matrix(counts, lengths: np.ndarray):
@@ -48,11 +46,16 @@ def tpm(adata, organism: str = "human", layer: str | None = "counts", key_added:
                          f"organism must match the data")
     out = adata[:, known].copy() if not known.all() else adata
     if not known.all():
-        log.info("dropping %d gene(s) absent from the %s annotation", (~known).sum(), organism)
+        dropped = adata.var_names[~known]
+        warnings.warn(f"{dropped.size} gene(s) of {adata.n_vars} are absent from the {organism} GENCODE annotation "
+                      f"(no gene length for TPM) and were dropped, e.g. {list(dropped[:5])}", UserWarning,
+                      stacklevel=2)
     out.uns.setdefault("spared", {})["tpm_dropped_genes"] = int((~known).sum())
     out.var["gene_length"] = lengths[known]
     totals = np.asarray(_layer(out, layer).sum(axis=1)).ravel()
     if (totals == 0).any():
+        warnings.warn(f"{int((totals == 0).sum())} spot(s) have no counts left in the annotated genes and were "
+                      f"dropped", UserWarning, stacklevel=2)
         out = out[totals > 0].copy()
     counts = _layer(out, layer)
     out.layers[key_added] = tpm_matrix(counts, out.var["gene_length"].to_numpy()).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -57,7 +58,8 @@ def zero_fraction(x) -> float:
     return 1.0 - nonzero / n if n else float("nan")
 
 
-def process(adata, config: ProcessingConfig | None = None, progress: bool = True, dataset: str | None = None):
+def process(adata, config: ProcessingConfig | None = None, progress: bool = True, dataset: str | None = None,
+            allow_non_integer: bool = False):
     """Run the SpaRED protocol on a raw collection and return the processed AnnData (a new object).
 
     Steps: spot filter → expression fractions → gene filter → TPM → log2(x+1) → adaptive median filter →
@@ -65,9 +67,15 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     noisy layers. Simulated collections carrying ``layers['true_rate']`` (expected counts; else
     ``true_counts``) also get ``true_log1p`` and ``c_true_log1p`` processed alike. Layers and columns are
     described in ``docs/data_model.md``.
+
+    Checked before any work: the data model (:func:`spared.validate`), that ``X`` holds integer counts (else a
+    :class:`~spared.data_model.ValidationError`; ``allow_non_integer=True`` processes the values anyway with a
+    warning) and, with completion, that SpaCKLE has train and held-out slides (again after the spot filter).
+    Warnings raised by the steps (genes missing from the annotation, ...) are re-emitted and kept in
+    ``uns['spared']['input_warnings']``.
     """
     from spared import __version__
-    from spared.data_model import dense, validate
+    from spared.data_model import ValidationError, check_completion_splits, count_problem, dense, validate
     from spared.impute.median import adaptive_median_filter
     from spared.pp.combat import combat, combat_apply
     from spared.pp.layers import compute_mask, deltas, noisy_layers
@@ -78,6 +86,13 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     cfg = config or ProcessingConfig()
     validate(adata, stage="raw")
+    suspicious = count_problem(adata.X)
+    if suspicious and not allow_non_integer:
+        raise ValidationError(f"{suspicious}. spared expects raw UMI counts in X (TPM and log are computed by the "
+                              f"protocol): put the raw counts in X, or pass --allow-non-integer (Python: "
+                              f"allow_non_integer=True) to process these values as if they were counts")
+    if cfg.complete_missing:
+        check_completion_splits(adata.obs, cfg.split_key, cfg.slide_key)
     raw_zero_fraction = zero_fraction(adata.X)
     has_truth = "true_rate" in adata.layers or "true_counts" in adata.layers
     combat_key = cfg.combat_key
@@ -126,8 +141,16 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
             model = spackle.fit(a, layer="c_d_log1p", config=settings)
             spackle.complete(a, model, layer="c_d_log1p", key_added="c_t_log1p")
 
+    def spot_filter(a):
+        kept = filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)
+        if cfg.complete_missing:
+            check_completion_splits((a if kept is None else kept).obs, cfg.split_key, cfg.slide_key,
+                                    f"after the spot filter (cell_min_counts={cfg.cell_min_counts:g}, "
+                                    f"cell_max_counts={cfg.cell_max_counts:g})")
+        return kept
+
     steps: list[tuple[str, Callable]] = [
-        ("spot filter", lambda a: filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)),
+        ("spot filter", spot_filter),
         ("expression fractions", lambda a: expression_fractions(a, cfg.slide_key)),
         ("gene filter", lambda a: filter_genes(
             a, cfg.gene_min_counts, cfg.gene_max_counts, cfg.min_exp_frac, cfg.min_glob_exp_frac,
@@ -146,14 +169,23 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     if combat_key is not None and combat_key not in adata.obs:
         raise KeyError(f"combat_key {combat_key!r} is not a column of obs ({list(adata.obs.columns)}); "
                        f"set combat_key to one of them or to None")
-    with _StepLog(progress, len(steps)) as steplog:
+    with _StepLog(progress, len(steps)) as steplog, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = adata.copy()
         apply_split_scheme(out, cfg.split_scheme, slide_key=cfg.slide_key, split_key=cfg.split_key)
         _check_geometry(out, cfg)
         for name, fn in steps:
             out = steplog.run(name, fn, out)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    messages = [suspicious] if suspicious else []
+    messages += list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    if suspicious:
+        warnings.warn(f"{suspicious}; processed as counts because allow_non_integer=True", UserWarning,
+                      stacklevel=2)
     out.uns["spared"] = {
         **dict(out.uns.get("spared", {})),
+        "input_warnings": messages,
         "dataset": dataset or str(out.uns.get("spared", {}).get("dataset", "")),
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
         "versions": {"spared": __version__, "anndata": _version("anndata"), "numpy": np.__version__},
@@ -162,6 +194,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         "missing_fraction_before": zero_fraction(out.layers["log1p"]),
         "missing_fraction_after_median": zero_fraction(out.layers["d_log1p"]),
     }
+    validate(out, stage="processed")  # every layer finite: a step that produced NaN/inf is named, not cached
     return out
 
 
