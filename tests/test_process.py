@@ -86,6 +86,22 @@ def test_grid_geometry_option_uses_eight_neighbours(raw_small):
     assert out.n_vars == 16
 
 
+def test_original_spatial_graphs_option_reaches_median_filter_and_moran(raw_small):
+    from spared.impute.median import adaptive_median_filter
+    from spared.pp.moran import moran_genes
+
+    with pytest.raises(ValueError, match="spatial_graphs must be 'spared'"):
+        ProcessingConfig(spatial_graphs="squidpy")
+    out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False,
+                                              spatial_graphs="original"), progress=False)
+    check = adaptive_median_filter(out, key_added="again", graphs="original", copy=True)
+    np.testing.assert_array_equal(check.layers["again"], out.layers["d_log1p"])
+    ours = adaptive_median_filter(out, key_added="again", copy=True)
+    assert (ours.layers["again"] != out.layers["d_log1p"]).any()  # the lattice's edges: different windows
+    moran_genes(check, key_added="moran_again", graphs="original")
+    np.testing.assert_allclose(check.var["moran_again"], out.var["d_log1p_moran"], rtol=1e-12)
+
+
 def test_real_visium_subset_runs_through_the_protocol(realdata, tmp_path):
     from spared.datasets import get_local
 

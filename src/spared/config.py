@@ -29,6 +29,7 @@ class ProcessingConfig:
     patch_size: int = 224
     patch_scale: float = 1.0
     median_max_hops: int = 4
+    spatial_graphs: str = "spared"
     complete_missing: bool = True
     spackle_max_steps: int = 1000
     seed: int = 0
@@ -41,6 +42,10 @@ class ProcessingConfig:
             raise ValueError(f"organism must be 'human' or 'mouse', got {self.organism!r}")
         if not 0 <= self.real_data_percentage <= 1:
             raise ValueError(f"real_data_percentage must lie in [0, 1], got {self.real_data_percentage}")
+        if self.spatial_graphs not in ("spared", "original"):
+            raise ValueError(f"spatial_graphs must be 'spared' (median windows on the symmetrised kNN graph) or "
+                             f"'original' (the original SpaRED library's directed squidpy graph), "
+                             f"got {self.spatial_graphs!r}")
         if self.top_moran_genes < 1:
             raise ValueError(f"top_moran_genes must be >= 1, got {self.top_moran_genes}")
         if self.wildcard_genes is not None and not isinstance(self.wildcard_genes, tuple):

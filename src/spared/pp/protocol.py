@@ -94,10 +94,10 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     def median(a):
         a.layers["log1p"] = dense(a.layers["log1p"])
         adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=cfg.n_neighs,
-                               max_hops=cfg.median_max_hops, slide_key=cfg.slide_key)
+                               max_hops=cfg.median_max_hops, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
 
     def moran(a):
-        moran_genes(a, layer="d_log1p", n_neighs=cfg.n_neighs, slide_key=cfg.slide_key)
+        moran_genes(a, layer="d_log1p", n_neighs=cfg.n_neighs, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
         return select_top_moran(a, cfg.top_moran_genes)
 
     def batch_correct(a):
