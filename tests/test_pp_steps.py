@@ -129,7 +129,10 @@ def test_tpm_drops_unannotated_genes_and_rejects_all_unknown():
     names = list(a.var_names)
     names[0] = "ENSG_UNKNOWN"
     a.var_names = names
-    out = tpm(a, "human", layer=None)
+    from spared.annotation import GeneMappingWarning
+
+    with pytest.warns(GeneMappingWarning, match=r"dropping 1 of 30 gene\(s\).*'ENSG_UNKNOWN'"):
+        out = tpm(a, "human", layer=None)
     assert out.n_vars == a.n_vars - 1 and out.uns["spared"]["tpm_dropped_genes"] == 1
     a.var_names = [f"NOPE{i}" for i in range(a.n_vars)]
     with pytest.raises(ValueError, match="Ensembl ids"):

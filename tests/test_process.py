@@ -36,7 +36,8 @@ def test_provenance_records_every_step(processed_small):
     info = processed_small.uns["spared"]
     assert json.loads(info["config"])["top_moran_genes"] == 32
     steps = info["steps"]
-    assert list(steps["step"])[:3] == ["spot filter", "expression fractions", "gene filter"]
+    assert list(steps["step"])[:4] == ["gene ids", "spot filter", "expression fractions", "gene filter"]
+    assert info["genes"]["fraction_mapped"] == 1.0 and info["genes"]["n_genes_read"] == 128
     assert steps["n_genes"][-1] == 32 and (np.asarray(steps["seconds"]) >= 0).all()
     assert 0.67 <= info["raw_zero_fraction"] <= 0.97
 
@@ -70,7 +71,7 @@ def test_bad_input_is_rejected_before_work(raw_small):
     with pytest.raises(KeyError, match="combat_key"):
         process(raw_small, cfg.replace(combat_key="batch"), progress=False)
     mouse = cfg.replace(organism="mouse")
-    with pytest.raises(ValueError, match="none of the"):
+    with pytest.raises(ValueError, match="is the organism 'human'"):
         process(raw_small, mouse, progress=False)
     nan = raw_small.copy()
     nan.X = nan.X.astype(np.float32)

@@ -60,16 +60,17 @@ def zero_fraction(x) -> float:
 def process(adata, config: ProcessingConfig | None = None, progress: bool = True, dataset: str | None = None):
     """Run the SpaRED protocol on a raw collection and return the processed AnnData (a new object).
 
-    Steps: spot filter → expression fractions → gene filter → TPM → log2(x+1) → adaptive median filter →
-    Moran's I and top-k genes → ComBat → mask → SpaCKLE completion (``config.complete_missing``) → deltas →
-    noisy layers. Simulated collections carrying ``layers['true_rate']`` (expected counts; else
-    ``true_counts``) also get ``true_log1p`` and ``c_true_log1p`` processed alike. Layers and columns are
-    described in ``docs/data_model.md``.
+    Steps: gene ids (symbols mapped to Ensembl ids, :func:`spared.pp.ensembl_ids`) → spot filter → expression
+    fractions → gene filter → TPM → log2(x+1) → adaptive median filter → Moran's I and top-k genes → ComBat →
+    mask → SpaCKLE completion (``config.complete_missing``) → deltas → noisy layers. Simulated collections
+    carrying ``layers['true_rate']`` (expected counts; else ``true_counts``) also get ``true_log1p`` and
+    ``c_true_log1p`` processed alike. Layers and columns are described in ``docs/data_model.md``.
     """
     from spared import __version__
     from spared.data_model import dense, validate
     from spared.impute.median import adaptive_median_filter
     from spared.pp.combat import combat, combat_apply
+    from spared.pp.genes import ensembl_ids
     from spared.pp.layers import compute_mask, deltas, noisy_layers
     from spared.pp.moran import moran_genes, select_top_moran
     from spared.pp.normalize import log1p, tpm, tpm_matrix
@@ -126,13 +127,14 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
             spackle.complete(a, model, layer="c_d_log1p", key_added="c_t_log1p")
 
     steps: list[tuple[str, Callable]] = [
+        ("gene ids", lambda a: ensembl_ids(a, cfg.organism)),
         ("spot filter", lambda a: filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)),
         ("expression fractions", lambda a: expression_fractions(a, cfg.slide_key)),
         ("gene filter", lambda a: filter_genes(
             a, cfg.gene_min_counts, cfg.gene_max_counts, cfg.min_exp_frac, cfg.min_glob_exp_frac,
             cfg.real_data_percentage, cfg.wildcard_genes, cfg.slide_key)),
         ("counts layer", counts_layer),
-        ("TPM", lambda a: tpm(a, cfg.organism, layer="counts", key_added="tpm")),
+        ("TPM", lambda a: tpm(a, cfg.organism, layer="counts", key_added="tpm", min_known_fraction=0)),
         ("log2(TPM+1)", lambda a: (log1p(a, "tpm", "log1p"), truth_log1p(a))[0]),
         ("adaptive median filter", median),
         ("Moran's I selection", moran),

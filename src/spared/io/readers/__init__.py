@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from spared.io.readers.common import ReaderError, SlideInfo
+from spared.io.readers.common import ReaderError, SlideInfo, min_mapped_fraction
 from spared.io.readers.geo import read_geo_visium
 from spared.io.readers.h5ad import read_h5ad
 from spared.io.readers.visium import read_visium, read_visium_mtx_folders
@@ -28,7 +28,7 @@ READERS: dict[str, Callable[[Path, Sequence[Any], str], Any]] = {
 }
 
 
-def read(format: str, path: str | Path, slides: Sequence[Any], organism: str) -> Any:
+def read(format: str, path: str | Path, slides: Sequence[Any], organism: str, min_mapped_fraction: float = 0.5) -> Any:
     """Read a collection with the reader of ``format``.
 
     Parameters
@@ -41,6 +41,10 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str) ->
         Slide descriptions (catalogue slide objects, mappings with ``id``/``patient``/``split``, or ids).
     organism
         ``"human"`` or ``"mouse"``.
+    min_mapped_fraction
+        Smallest fraction of each slide's genes that must map to Ensembl ids of the organism (symbols are
+        mapped with the shipped GENCODE table); below it the read fails naming the organism and examples.
+        Unmapped or ambiguous genes are reported in ``uns["spared"]["reader"]`` and by a warning.
 
     Returns
     -------
@@ -48,6 +52,7 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str) ->
         Raw counts of in-tissue spots, genes indexed by Ensembl id, ``uns["spatial"]`` per slide.
     """
     from spared.data_model import validate
+    from spared.io.readers import common
 
     if organism not in ("human", "mouse"):
         raise ValueError(f"organism must be 'human' or 'mouse', got {organism!r}")
@@ -55,9 +60,10 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str) ->
         reader = READERS[format]
     except KeyError:
         raise ReaderError(f"unknown reader format {format!r}; known formats: {sorted(READERS)}") from None
-    adata = reader(Path(path), slides, organism)
+    with common.min_mapped_fraction(min_mapped_fraction):  # the parameter shadows the context manager
+        adata = reader(Path(path), slides, organism)
     validate(adata, stage="raw")
     return adata
 
 
-__all__ = ["READERS", "ReaderError", "SlideInfo", "read"]
+__all__ = ["READERS", "ReaderError", "SlideInfo", "min_mapped_fraction", "read"]
