@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spared.io.readers.common import gene_labels
+from spared.io.readers.common import gene_labels, merge_by_id, symbols_or_gencode
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -48,7 +48,7 @@ def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: fl
     """
     from anndata import AnnData
 
-    from spared.annotation import check_gene_mapping, gene_table, resolve_gene_ids
+    from spared.annotation import check_gene_mapping, resolve_gene_ids
 
     if not 0 <= min_mapped_fraction <= 1:
         raise ValueError(f"min_mapped_fraction must lie in [0, 1], got {min_mapped_fraction!r}")
@@ -56,28 +56,22 @@ def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: fl
     final, report = resolve_gene_ids(ids, symbols, organism)
     check_gene_mapping(report, organism, min_mapped_fraction, source="the collection's genes",
                        accept=f"call spared.pp.ensembl_ids(adata, {organism!r}, min_mapped_fraction=0) first")
-    mapped = pd.notna(final)
-    codes, unique_ids = pd.factorize(final[mapped])
-    if mapped.all() and unique_ids.size == adata.n_vars and (adata.var_names == final.astype(str)).all():
+    unique_ids, first, merge = merge_by_id(final)
+    if unique_ids.size == adata.n_vars and (adata.var_names == unique_ids).all():
         adata.uns.setdefault("spared", {})["genes"] = report
         return adata
-    columns = np.flatnonzero(mapped)
-    first = pd.Series(columns).groupby(codes).first().to_numpy()
-    merge = sp.csr_matrix((np.ones(codes.size), (columns, codes)), shape=(adata.n_vars, unique_ids.size))
 
     def merged(x):
-        out = x @ merge if sp.issparse(x) else np.asarray(x) @ merge.toarray()
+        out = x @ merge if sp.issparse(x) else (merge.T @ np.asarray(x).T).T  # never a dense genes × ids matrix
         return sp.csr_matrix(out, dtype=x.dtype) if sp.issparse(x) else out.astype(x.dtype, copy=False)
 
     var = adata.var.iloc[first].copy()
-    var.index = pd.Index(unique_ids.astype(str), name=adata.var.index.name)
-    names = gene_table(organism)["gene_symbol"].reindex(var.index)
-    given = pd.Series(symbols[first], index=var.index)
-    var["gene_symbol"] = given.where(~given.str.match(r"^ENS[A-Z]*G\d{6,}"), names).fillna(given)
+    var.index = pd.Index(unique_ids, name=adata.var.index.name)
+    var["gene_symbol"] = symbols_or_gencode(unique_ids, symbols[first], organism)
     out = AnnData(X=merged(adata.X), obs=adata.obs.copy(), var=var,
                   layers={k: merged(v) for k, v in adata.layers.items()},
                   obsm=dict(adata.obsm), obsp=dict(adata.obsp), uns=dict(adata.uns),
                   varm={k: np.asarray(v)[first] for k, v in adata.varm.items()})
-    report["n_genes_merged"] = int(mapped.sum() - unique_ids.size)
+    report["n_genes_merged"] = int(pd.notna(final).sum() - unique_ids.size)
     out.uns["spared"] = {**dict(out.uns.get("spared", {})), "genes": report}
     return out

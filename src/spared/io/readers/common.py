@@ -151,7 +151,7 @@ def harmonise_genes(counts: sp.csr_matrix, ids: np.ndarray | None, symbols: np.n
     GENCODE when the source gives only ids) and the report of
     :func:`spared.annotation.resolve_gene_ids` plus ``n_genes_merged``.
     """
-    from spared.annotation import GeneMappingError, check_gene_mapping, gene_table, resolve_gene_ids
+    from spared.annotation import GeneMappingError, check_gene_mapping, resolve_gene_ids
 
     n = counts.shape[1]
     if ids is None and symbols is None:
@@ -167,19 +167,36 @@ def harmonise_genes(counts: sp.csr_matrix, ids: np.ndarray | None, symbols: np.n
                            accept="read(..., min_mapped_fraction=0) or `with min_mapped_fraction(0):`")
     except GeneMappingError as err:
         raise ReaderError(str(err)) from None
-    mapped = pd.notna(final)
-    codes, unique_ids = pd.factorize(final[mapped])
-    first = pd.Series(np.flatnonzero(mapped)).groupby(codes).first().to_numpy()
-    merge = sp.csr_matrix((np.ones(codes.size, dtype=np.float32), (np.flatnonzero(mapped), codes)),
-                          shape=(n, unique_ids.size))
+    unique_ids, first, merge = merge_by_id(final)
     out = sp.csr_matrix(counts @ merge, dtype=np.float32)
-    var = pd.DataFrame({"gene_symbol": symbols[first]}, index=pd.Index(unique_ids.astype(str), name="gene_id"))
-    no_symbol = var["gene_symbol"].str.match(ENSEMBL_ID.pattern).to_numpy()
-    if no_symbol.any():
-        known = gene_table(organism)["gene_symbol"].reindex(var.index[no_symbol])
-        var.loc[no_symbol, "gene_symbol"] = known.fillna(pd.Series(var.index[no_symbol], index=known.index)).to_numpy()
-    report["n_genes_merged"] = int(mapped.sum() - unique_ids.size)
+    var = pd.DataFrame({"gene_symbol": symbols_or_gencode(unique_ids, symbols[first], organism)},
+                       index=pd.Index(unique_ids, name="gene_id"))
+    report["n_genes_merged"] = int(pd.notna(final).sum() - unique_ids.size)
     return out, var, report
+
+
+def merge_by_id(final: np.ndarray) -> tuple[pd.Index, np.ndarray, sp.csr_matrix]:
+    """How to turn per-gene ids (``None``: drop the gene) into one column per id.
+
+    Returns the distinct ids in order of first appearance, the position of each one's first gene, and the
+    ``(n_genes, n_ids)`` 0/1 matrix whose product with a matrix of genes as columns sums the columns of an id.
+    """
+    mapped = pd.notna(final)
+    columns = np.flatnonzero(mapped)
+    codes, unique_ids = pd.factorize(final[mapped])
+    first = pd.Series(columns).groupby(codes).first().to_numpy()
+    merge = sp.csr_matrix((np.ones(codes.size, dtype=np.float32), (columns, codes)),
+                          shape=(final.size, unique_ids.size))
+    return pd.Index(unique_ids.astype(str)), first, merge
+
+
+def symbols_or_gencode(ids: pd.Index, symbols: np.ndarray, organism: str) -> np.ndarray:
+    """The given symbols, except where a source gave an Ensembl id as symbol: GENCODE's symbol for it, if any."""
+    from spared.annotation import gene_table
+
+    given = pd.Series(np.asarray(symbols, dtype=object).astype(str), index=ids)
+    known = gene_table(organism)["gene_symbol"].reindex(ids)
+    return given.where(~given.str.match(ENSEMBL_ID.pattern), known).fillna(given).to_numpy(dtype=object)
 
 
 def concat_slides(adatas: list, organism: str) -> Any:
