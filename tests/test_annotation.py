@@ -231,9 +231,11 @@ def test_symbols_to_ensembl_ambiguous_rule(organism: str) -> None:
     counts = table["gene_symbol"].value_counts()
     ambiguous = list(counts[counts > 1].index)
     got = ann.symbols_to_ensembl(ambiguous, organism)
-    for symbol in ambiguous:
-        rows = table[table["gene_symbol"] == symbol].itertuples()
-        best = min(rows, key=lambda r: (r.readthrough, r.gene_type != "protein_coding", r.level, r.gene_id))
+    def rank(r):
+        return r.readthrough, r.gene_type != "protein_coding", r.level, r.gene_id
+
+    for symbol, rows in table[table["gene_symbol"].isin(ambiguous)].groupby("gene_symbol"):
+        best = min(rows.itertuples(), key=rank)
         assert got[symbol] == best.gene_id
     human = ann.symbols_to_ensembl(["MATR3", "TBCE", "HERC3", "TMSB15B"], "human")
     assert human.tolist() == ["ENSG00000015479", "ENSG00000284770", "ENSG00000138641", "ENSG00000158427"]
