@@ -45,6 +45,7 @@ class ProcessingConfig:
     patch_size: int = 224
     patch_scale: float = 1.0
     median_max_hops: int = 4
+    spatial_graphs: str = "spared"
     complete_missing: bool = True
     spackle_max_steps: int = 1000
     seed: int = 0
@@ -283,6 +284,9 @@ def _field_problems(cfg: ProcessingConfig) -> list[str]:
         *(f"{name} must be a non-empty column name" for name in ("slide_key", "split_key")
           if not getattr(cfg, name).strip()),
         "combat_key must be a column name or None" if cfg.combat_key is not None and not cfg.combat_key.strip() else "",
+        "" if cfg.spatial_graphs in ("spared", "original") else
+        f"spatial_graphs must be 'spared' (median windows on the symmetrised kNN graph) or 'original' (the "
+        f"original SpaRED library's directed squidpy graph), got {cfg.spatial_graphs!r}",
         _split_scheme_problem(cfg.split_scheme),
     ]
 

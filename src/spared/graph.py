@@ -7,6 +7,9 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+#: Recipes for the spatial graphs (median windows, Moran weights): ours, or the original SpaRED library's.
+GRAPH_RECIPES = ("spared", "original")
+
 
 def knn_indices(coords: np.ndarray, groups: np.ndarray | pd.Series, k: int) -> np.ndarray:
     """Global indices of each spot's ``k`` nearest spots of the same group (itself excluded).
@@ -105,13 +108,14 @@ def square_grid_graph(rows: np.ndarray, cols: np.ndarray, groups: np.ndarray | p
     return sp.csr_matrix((np.ones(src.size, dtype=np.float32), (src, dst)), shape=(n, n))
 
 
-def khop_neighborhoods(adjacency: sp.spmatrix, max_hops: int) -> list[sp.csr_matrix]:
-    """Boolean reachability matrices ``R_1..R_max_hops`` on the symmetrised graph, each including self.
+def khop_neighborhoods(adjacency: sp.spmatrix, max_hops: int, directed: bool = False) -> list[sp.csr_matrix]:
+    """Boolean reachability matrices ``R_1..R_max_hops``, each including self.
 
-    ``R_h[i, j]`` is True when spot ``j`` lies within ``h`` hops of spot ``i`` (``j == i`` included).
+    ``R_h[i, j]`` is True when spot ``j`` lies within ``h`` hops of spot ``i`` (``j == i`` included): on the
+    symmetrised graph by default, or along the edges' direction (``i → j``) when ``directed`` is True.
     """
     a = adjacency.astype(bool)
-    a = (a + a.T).tocsr()
+    a = (a if directed else a + a.T).tocsr()
     eye = sp.identity(a.shape[0], dtype=bool, format="csr")
     reach = (eye + a).tocsr()
     out = [reach]
@@ -135,3 +139,59 @@ def check_within_groups(adjacency: sp.spmatrix, groups: np.ndarray | pd.Series) 
     if crossing:
         raise ValueError(f"{crossing} edge(s) of the spatial graph join spots of different slides; build "
                          f"the graph per slide with spared.graph.spatial_graph")
+
+
+def original_spatial_graph(
+    adata, hex_geometry: bool = True, slide_key: str = "slide_id", spatial_key: str = "spatial"
+) -> sp.csr_matrix:
+    """The directed neighbour graph the original SpaRED library builds (with squidpy), per slide.
+
+    Each spot points to its 6 nearest spots of the same slide (``hex_geometry``), or, on a square grid, to
+    those of its 8 nearest spots closer than 1.3 × the slide's median neighbour distance. Neighbours are
+    found by scikit-learn's ``NearestNeighbors(...).kneighbors()`` on each slide's coordinates in obs order,
+    as squidpy does, so ties among equidistant spots are broken exactly as in the published SpaRED layers
+    (:func:`spatial_graph` breaks them in SciPy's k-d tree order instead).
+
+    Returns
+    -------
+    Binary CSR ``n × n`` adjacency, block-diagonal over slides, not symmetric.
+    """
+    try:
+        from sklearn.neighbors import NearestNeighbors
+    except ImportError as err:  # pragma: no cover - scikit-learn is a dependency
+        raise ImportError("the original SpaRED graphs need scikit-learn: pip install 'scikit-learn>=1.4'") from err
+
+    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    labels = adata.obs[slide_key].to_numpy()
+    if not np.isfinite(coords).all():
+        raise ValueError("spot coordinates contain NaN or inf; fix obsm['spatial'] before building a graph")
+    k = 6 if hex_geometry else 8
+    rows, cols = [], []
+    for label in pd.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        if idx.size <= k:
+            raise ValueError(f"slide {label!r} has {idx.size} spot(s) but the original graph links each spot "
+                             f"to {k} neighbours; drop the slide")
+        dist, nn = NearestNeighbors(n_neighbors=k, metric="euclidean").fit(coords[idx]).kneighbors()
+        keep = np.ones(nn.shape, dtype=bool) if hex_geometry else dist < np.median(dist) * 1.3
+        rows.append(np.repeat(idx, k)[keep.ravel()])
+        cols.append(idx[nn[keep]])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    n = labels.shape[0]
+    return sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n, n))
+
+
+def recipe_graph(adata, graphs: str, n_neighs: int, slide_key: str) -> sp.csr_matrix:
+    """Each slide's ``n_neighs``-nearest-neighbour graph by recipe.
+
+    ``"spared"``: :func:`spatial_graph`; ``"original"``: :func:`original_spatial_graph` (``n_neighs`` 6 for a
+    hexagonal array, 8 for a square grid), the graph the original SpaRED library builds with squidpy.
+    """
+    if graphs == "spared":
+        return spatial_graph(adata, n_neighs=n_neighs, slide_key=slide_key)
+    if graphs != "original":
+        raise ValueError(f"graphs must be one of {GRAPH_RECIPES}, got {graphs!r}")
+    if n_neighs not in (6, 8):
+        raise ValueError(f"the original SpaRED graphs link 6 (hexagonal array) or 8 (square grid) neighbours "
+                         f"per spot, got n_neighs={n_neighs}")
+    return original_spatial_graph(adata, hex_geometry=n_neighs == 6, slide_key=slide_key)

@@ -62,11 +62,11 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
             allow_non_integer: bool = False):
     """Run the SpaRED protocol on a raw collection and return the processed AnnData (a new object).
 
-    Steps: spot filter → expression fractions → gene filter → TPM → log2(x+1) → adaptive median filter →
-    Moran's I and top-k genes → ComBat → mask → SpaCKLE completion (``config.complete_missing``) → deltas →
-    noisy layers. Simulated collections carrying ``layers['true_rate']`` (expected counts; else
-    ``true_counts``) also get ``true_log1p`` and ``c_true_log1p`` processed alike. Layers and columns are
-    described in ``docs/data_model.md``.
+    Steps: gene ids (symbols mapped to Ensembl ids, :func:`spared.pp.ensembl_ids`) → spot filter → expression
+    fractions → gene filter → TPM → log2(x+1) → adaptive median filter → Moran's I and top-k genes → ComBat →
+    mask → SpaCKLE completion (``config.complete_missing``) → deltas → noisy layers. Simulated collections
+    carrying ``layers['true_rate']`` (expected counts; else ``true_counts``) also get ``true_log1p`` and
+    ``c_true_log1p`` processed alike. Layers and columns are described in ``docs/data_model.md``.
 
     Checked before any work: the data model (:func:`spared.validate`), that ``X`` holds integer counts (else a
     :class:`~spared.data_model.ValidationError`; ``allow_non_integer=True`` processes the values anyway with a
@@ -78,6 +78,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     from spared.data_model import ValidationError, check_completion_splits, count_problem, dense, validate
     from spared.impute.median import adaptive_median_filter
     from spared.pp.combat import combat, combat_apply
+    from spared.pp.genes import ensembl_ids
     from spared.pp.layers import compute_mask, deltas, noisy_layers
     from spared.pp.moran import moran_genes, select_top_moran
     from spared.pp.normalize import log1p, tpm, tpm_matrix
@@ -110,10 +111,10 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     def median(a):
         a.layers["log1p"] = dense(a.layers["log1p"])
         adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=cfg.n_neighs,
-                               max_hops=cfg.median_max_hops, slide_key=cfg.slide_key)
+                               max_hops=cfg.median_max_hops, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
 
     def moran(a):
-        moran_genes(a, layer="d_log1p", n_neighs=cfg.n_neighs, slide_key=cfg.slide_key)
+        moran_genes(a, layer="d_log1p", n_neighs=cfg.n_neighs, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
         return select_top_moran(a, cfg.top_moran_genes)
 
     def batch_correct(a):
@@ -150,13 +151,14 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         return kept
 
     steps: list[tuple[str, Callable]] = [
+        ("gene ids", lambda a: ensembl_ids(a, cfg.organism)),
         ("spot filter", spot_filter),
         ("expression fractions", lambda a: expression_fractions(a, cfg.slide_key)),
         ("gene filter", lambda a: filter_genes(
             a, cfg.gene_min_counts, cfg.gene_max_counts, cfg.min_exp_frac, cfg.min_glob_exp_frac,
             cfg.real_data_percentage, cfg.wildcard_genes, cfg.slide_key)),
         ("counts layer", counts_layer),
-        ("TPM", lambda a: tpm(a, cfg.organism, layer="counts", key_added="tpm")),
+        ("TPM", lambda a: tpm(a, cfg.organism, layer="counts", key_added="tpm", min_known_fraction=0)),
         ("log2(TPM+1)", lambda a: (log1p(a, "tpm", "log1p"), truth_log1p(a))[0]),
         ("adaptive median filter", median),
         ("Moran's I selection", moran),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spared.io.readers.common import ReaderError, SlideInfo
+from spared.io.readers.common import ReaderError, SlideInfo, min_mapped_fraction
 from spared.io.readers.geo import read_geo_visium
 from spared.io.readers.h5ad import read_h5ad
 from spared.io.readers.hest import read_hest, read_hest_format
@@ -46,7 +46,7 @@ def reader_options(format: str) -> tuple[str, ...]:
 
 
 def read(format: str, path: str | Path, slides: Sequence[Any], organism: str,
-         options: Mapping[str, Any] | None = None) -> Any:
+         options: Mapping[str, Any] | None = None, min_mapped_fraction: float = 0.5) -> Any:
     """Read a collection with the reader of ``format``.
 
     Parameters
@@ -61,6 +61,10 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str,
         ``"human"`` or ``"mouse"``.
     options
         Reader options (the catalogue's ``[reader]`` table), e.g. ``spot_diameter_um`` for ``st``.
+    min_mapped_fraction
+        Smallest fraction of each slide's genes that must map to Ensembl ids of the organism (symbols are
+        mapped with the shipped GENCODE table); below it the read fails naming the organism and examples.
+        Unmapped or ambiguous genes are reported in ``uns["spared"]["reader"]`` and by a warning.
 
     Returns
     -------
@@ -68,6 +72,7 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str,
         Raw counts of in-tissue spots, genes indexed by Ensembl id, ``uns["spatial"]`` per slide.
     """
     from spared.data_model import validate
+    from spared.io.readers import common
 
     if organism not in ("human", "mouse"):
         raise ValueError(f"organism must be 'human' or 'mouse', got {organism!r}")
@@ -79,7 +84,8 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str,
     if unknown:
         raise ReaderError(f"reader {format!r} has no option(s) {unknown}; its options: "
                           f"{list(reader_options(format)) or 'none'}")
-    adata = reader(Path(path), slides, organism, **dict(options or {}))
+    with common.min_mapped_fraction(min_mapped_fraction):  # the parameter shadows the context manager
+        adata = reader(Path(path), slides, organism, **dict(options or {}))
     validate(adata, stage="raw")
     return adata
 
@@ -117,5 +123,5 @@ def geometry_label(adata: Any) -> str:
     return {"hex": "hex (6)", "square": "square (8)"}.get(found, found)
 
 
-__all__ = ["READERS", "ReaderError", "SlideInfo", "geometry", "geometry_label", "read", "read_hest", "read_st",
-           "reader_options", "technology"]
+__all__ = ["READERS", "ReaderError", "SlideInfo", "geometry", "geometry_label", "min_mapped_fraction", "read",
+           "read_hest", "read_st", "reader_options", "technology"]
