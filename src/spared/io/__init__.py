@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("archive", "atomic", "download", "patches", "readers")
+_SUBMODULES = ("archive", "atomic", "download", "patches", "provenance", "readers", "scan", "sniff")
 
 
 def __getattr__(name: str) -> ModuleType:

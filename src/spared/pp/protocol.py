@@ -69,6 +69,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     from spared import __version__
     from spared.data_model import dense, validate
     from spared.impute.median import adaptive_median_filter
+    from spared.io.provenance import record_warning
     from spared.pp.combat import combat, combat_apply
     from spared.pp.layers import compute_mask, deltas, noisy_layers
     from spared.pp.moran import moran_genes, select_top_moran
@@ -77,6 +78,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     cfg = config or ProcessingConfig()
     validate(adata, stage="raw")
+    geometry, n_neighs, geometry_warning = _graph_geometry(adata, cfg)
     raw_zero_fraction = zero_fraction(adata.X)
     has_truth = "true_rate" in adata.layers or "true_counts" in adata.layers
     combat_key = cfg.combat_key
@@ -93,11 +95,11 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     def median(a):
         a.layers["log1p"] = dense(a.layers["log1p"])
-        adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=cfg.n_neighs,
+        adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=n_neighs,
                                max_hops=cfg.median_max_hops, slide_key=cfg.slide_key)
 
     def moran(a):
-        moran_genes(a, layer="d_log1p", n_neighs=cfg.n_neighs, slide_key=cfg.slide_key)
+        moran_genes(a, layer="d_log1p", n_neighs=n_neighs, slide_key=cfg.slide_key)
         return select_top_moran(a, cfg.top_moran_genes)
 
     def batch_correct(a):
@@ -158,8 +160,29 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         "raw_zero_fraction": raw_zero_fraction,
         "missing_fraction_before": zero_fraction(out.layers["log1p"]),
         "missing_fraction_after_median": zero_fraction(out.layers["d_log1p"]),
+        "geometry": geometry,
     }
+    if geometry_warning:
+        record_warning(out, geometry_warning, issue=False)
     return out
+
+
+def _graph_geometry(adata, cfg: ProcessingConfig) -> tuple[str, int, str | None]:
+    """The spot lattice used for the spatial graphs: the one detected from the coordinates (else the configured
+    ``hex_geometry``), its neighbour count, and a warning when detection contradicts the configuration."""
+    import warnings
+
+    from spared.graph import detect_geometry
+
+    configured = "hexagonal" if cfg.hex_geometry else "square"
+    detected = detect_geometry(adata.obsm["spatial"], adata.obs[cfg.slide_key].to_numpy())
+    if detected is None or detected == configured:
+        return configured, cfg.n_neighs, None
+    n_neighs = 6 if detected == "hexagonal" else 8
+    message = (f"the spot coordinates form a {detected} lattice but hex_geometry={cfg.hex_geometry}; the spatial "
+               f"graphs (median filter, Moran's I) use {n_neighs} neighbours, as on a {detected} array")
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return detected, n_neighs, message
 
 
 def _version(package: str) -> str:
