@@ -58,7 +58,7 @@ def _positions_table(path: Path) -> pd.DataFrame:
             table = pd.read_csv(path, header=None, dtype=str, compression="infer")
         except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
             raise ReaderError(f"{path} could not be parsed as a CSV of spot positions ({exc})") from exc
-        header = str(table.iat[0, 0]).strip().lower() == "barcode"
+        header = bool({str(v).strip().lower() for v in table.iloc[0]} & set(POSITION_COLUMNS))
         if header:
             table.columns = [str(c).strip() for c in table.iloc[0]]
             table = table.iloc[1:]
