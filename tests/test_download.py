@@ -452,3 +452,22 @@ def test_cli_download_rejects_a_wrong_file_for_a_pinned_hash_and_keeps_it(tmp_pa
     message = " ".join(result.stderr.split())
     assert spec.files[0].sha256 in message and "catalogue pins this hash" in message
     assert h5.is_file() and not checksums_path(spec, tmp_path).exists()
+
+
+def test_macos_debris_never_matches_a_slide_or_nested_pattern(tmp_path):
+    """Researcher-made zips carry __MACOSX/ and ._* twins of every entry; patterns must not see them."""
+    inner = _tar_bytes({"S1/filtered_feature_bc_matrix.h5": b"h5"})
+    spec = _spec(FileSpec(url="https://e.org/b.zip", filename="bundle.zip", unpack=True),
+                 slides=(SlideSpec("S1", "p", "train", "bundle/*/out/S1", image="bundle/*/images/*S1*.jpg"),
+                         SlideSpec("S2", "p", "val", "bundle/*/out/S1")),
+                 nested=("bundle/*/out.tar.gz",))
+    folder = dataset_dir(spec, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "bundle.zip").write_bytes(_zip_bytes({
+        "Supp/out.tar.gz": inner, "__MACOSX/Supp/._out.tar.gz": b"\x00\x05\x16\x07",
+        "Supp/images/S1.jpg": b"\xff\xd8\xff", "Supp/images/._S1.jpg": b"\x00\x05\x16\x07",
+        "__MACOSX/Supp/images/._S1.jpg": b"\x00\x05\x16\x07"}))
+    fetch_dataset(spec, tmp_path, progress=False)
+    slides, notes = resolve_layout(spec, folder)
+    assert notes == [] and slides[0].path == "bundle/Supp/out/S1" and slides[0].image == "bundle/Supp/images/S1.jpg"
+    assert not (folder / "bundle/__MACOSX/Supp/out").exists()  # the AppleDouble twin was not unpacked
