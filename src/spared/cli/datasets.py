@@ -66,10 +66,15 @@ def download(
 ) -> None:
     """Download (and unpack) dataset NAME, or take it from a local folder (--from), and check its files.
 
-    Every file is checked to be what its name says (HDF5, gzip, zip, TIFF, ...) and against its sha256: the
-    catalogue's where one is published, else the one recorded when the file was first seen (trust on first
-    use). A file you placed is never deleted. Without network, print each URL and the path where to place the
-    file by hand (exit 1); exit 2 when the unpacked layout differs from the catalogue's.
+    Each file must be what its name says (HDF5, gzip, zip, TIFF, ...) and match its sha256.
+
+    The hash is the catalogue's where one is published, else the one recorded when the file was first seen.
+
+    A file you placed is never deleted; --recheck records the hashes of the files present again.
+
+    Without network, print each URL and the path where to place the file by hand (exit 1).
+
+    Exit 2 when the unpacked layout differs from the catalogue's.
     """
     from spared.catalog import SpecError, UnknownDatasetError, load_spec
     from spared.io.archive import ArchiveError
