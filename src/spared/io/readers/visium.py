@@ -156,10 +156,11 @@ def _single(candidates: list[Path], role: str, root: Path, prefer: tuple[str, ..
     return candidates[0] if candidates else None
 
 
-def _matrix_rank(path: Path) -> int:
-    """0 for a filtered matrix (or one named neither filtered nor raw), 1 for a raw one (all barcodes)."""
-    text = str(path).lower()
-    return 1 if "raw_feature" in text or "raw_gene" in text or ("raw" in _key(path) and "filtered" not in text) else 0
+def _matrix_rank(path: Path, root: Path) -> int:
+    """0 for a filtered matrix (or one named neither filtered nor raw), 1 for a raw one (every barcode); judged
+    on the path below the slide folder."""
+    text = path.relative_to(root).as_posix().lower()
+    return 1 if "raw" in text and "filtered" not in text else 0
 
 
 def _triplets(files: list[Path]) -> list[dict[str, Path]]:
@@ -180,10 +181,10 @@ def _find_counts(files: list[Path], root: Path) -> Path | dict[str, Path] | None
     h5 = [p for p, k in keys.items() if k.endswith(".h5") and not any(w in k for w in _NOT_COUNTS)]
     triplets = _triplets(files)
     for rank in (0, 1):
-        best_h5 = [p for p in h5 if _matrix_rank(p) == rank]
+        best_h5 = [p for p in h5 if _matrix_rank(p, root) == rank]
         if best_h5:
             return _single(best_h5, "count-matrix .h5", root)
-        best_mtx = [g for g in triplets if _matrix_rank(g["matrix"]) == rank]
+        best_mtx = [g for g in triplets if _matrix_rank(g["matrix"], root) == rank]
         if len(best_mtx) > 1:
             raise ReaderError(f"{root}: several candidate matrix.mtx folders ({examples(g['matrix'] for g in best_mtx)}"
                               f"); keep one (move the others out of the slide folder), or give the slide a more "
@@ -235,7 +236,7 @@ def discover_slide_files(root: Path, prefix: str | None = None, image: Path | No
     found.lowres = _single([p for p, k in keys.items() if k.endswith("tissue_lowres_image.png")], "lowres", root)
     found.counts = _find_counts(files, root)
     if found.counts is not None and _matrix_rank(found.counts["matrix"] if isinstance(found.counts, dict)
-                                                 else found.counts):
+                                                 else found.counts, root):
         found.notes.append("no filtered matrix: read the raw matrix (every barcode) and kept the in-tissue spots")
     if found.counts is None and allow_tables:
         tables = [p for p, k in keys.items() if k.endswith((".tsv", ".csv", ".txt"))
