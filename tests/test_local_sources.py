@@ -93,7 +93,11 @@ def test_local_source_layouts_give_the_downloaded_dataset(tmp_path, layout, caps
         assert "trust on first use" in capsys.readouterr().err
 
 
-def test_missing_images_archive_is_a_warning_and_an_empty_source_an_error(tmp_path, capsys):
+def no_network_expected(*args, **kwargs):
+    raise AssertionError("no download should be attempted")
+
+
+def test_missing_images_archive_is_a_warning_and_an_empty_source_an_error(tmp_path, capsys, monkeypatch):
     spec = toy_spec()
     source = tmp_path / "mine"
     write_tree(source, DATA)
@@ -103,6 +107,9 @@ def test_missing_images_archive_is_a_warning_and_an_empty_source_an_error(tmp_pa
     assert status(spec, tmp_path / "data") == "downloaded"
     slides, notes = resolve_layout(spec, folder)
     assert [s.image for s in slides] == [None, None] and "no full-resolution image" in notes[0]
+    monkeypatch.setattr("spared.io.download._download", no_network_expected)
+    assert fetch_dataset(spec, tmp_path / "data", progress=False, images=False) == folder
+    assert capsys.readouterr().err == ""  # no network, no repeated warning
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DownloadError, match=r"holds none of the files of dataset 'toy'.*toy_data.tar.gz.*"
@@ -138,6 +145,7 @@ def test_prepare_gives_the_authors_spot_counts(realdata, tmp_path, monkeypatch):
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "1 of 2 file(s) ready" in result.stdout and "local folder" in result.stdout
+    monkeypatch.setattr("spared.io.download._download", no_network_expected)  # later builds stay offline
     for key, spots in (("villacampa_lung_organoid", 1832), ("villacampa_kidney_organoid", 1355)):
         start = time.perf_counter()
         result = runner.invoke(app, ["prepare", key, "--set", "complete_missing=false", "--set", "patch_size=32"])

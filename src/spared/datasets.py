@@ -178,7 +178,7 @@ def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data
         ``<data_dir>/<key>/processed/<hash>.h5ad`` with its patch store ``<hash>.patches.h5`` beside it.
     """
     from spared.catalog import load_spec
-    from spared.io.download import fetch_dataset, file_records, resolve_layout
+    from spared.io.download import fetch_dataset, file_records, resolve_layout, status
     from spared.io.readers import read
 
     spec = load_spec(name)
@@ -192,7 +192,9 @@ def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data
     records: list[dict[str, Any]] = []  # filled once the files are fetched (how each file was checked)
 
     def read_raw() -> Any:
-        folder = fetch_dataset(spec, data_dir=data_dir, progress=progress, source=source)
+        # image-only files missing from a dataset already downloaded were tried then: no network for them now
+        first = source is not None or status(spec, data_dir) == "absent"
+        folder = fetch_dataset(spec, data_dir=data_dir, progress=progress, source=source, images=first)
         records.extend(file_records(spec, data_dir))
         slides, notes = resolve_layout(spec, folder)
         raw = read(spec.format, folder, slides, spec.organism)

@@ -282,7 +282,8 @@ def _warn_missing_images(spec: DatasetSpec, missing: list[_Missing]) -> None:
 
 
 def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progress: bool = True,
-                  timeout: float = 60.0, *, source: str | Path | None = None, recheck: bool = False) -> Path:
+                  timeout: float = 60.0, *, source: str | Path | None = None, recheck: bool = False,
+                  images: bool = True) -> Path:
     """Make every file of ``spec`` available (download, or link from ``source``), check it, unpack archives.
 
     Parameters
@@ -301,6 +302,9 @@ def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progres
     recheck
         Re-hash every file present and record trust-on-first-use hashes again (files the catalogue pins must
         still match); archives whose hash changed are unpacked again.
+    images
+        Try to fetch missing files that hold only full-resolution images; ``False`` uses what is there (no
+        network for them, no warning: patches then come from the hires image).
 
     Returns
     -------
@@ -333,6 +337,8 @@ def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progres
         if path.is_file():
             hashes[f.filename] = _verify_present(spec, f, path, sums, recheck)
         elif f.unpack and provided_locally(f, folder):
+            continue
+        elif not images and f.filename in optional:
             continue
         elif local is not None:
             missing.append(_Missing(f, path, f"not found in {local}"))
