@@ -110,8 +110,9 @@ def _open_source(entry: dict[str, Any], slide: str) -> tuple[Any, dict[str, Any]
         return image, {"image": kind, "path": str(image.path), "scale_x": fx, "scale_y": fy}, note
     scale = float(entry["scalefactors"][f"tissue_{kind}_scalef"])
     side = float(entry["scalefactors"].get("spot_diameter_fullres", float("nan"))) * scale
-    note = (f"slide {slide!r}: no full-resolution image; patches cut from the {kind} image (scale {scale:.4g}: "
-            f"a spot spans {side:.1f} px there, resampled to the patch size)")
+    note = None if scale == 1 else (f"slide {slide!r}: no full-resolution image; patches cut from the {kind} image "
+                                    f"(scale {scale:.4g}: a spot spans {side:.1f} px there, resampled to the patch "
+                                    f"size)")
     return _ArrayImage(np.asarray(entry["images"][kind])), {"image": kind, "path": "", "scale_x": scale,
                                                               "scale_y": scale}, note
 
