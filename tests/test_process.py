@@ -80,10 +80,12 @@ def test_bad_input_is_rejected_before_work(raw_small):
         process(nan, cfg, progress=False)
 
 
-def test_grid_geometry_option_uses_eight_neighbours(raw_small):
-    out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False, hex_geometry=False),
-                  progress=False)
+def test_grid_geometry_option_yields_to_the_detected_lattice_with_a_warning(raw_small):
+    with pytest.warns(UserWarning, match="hexagonal lattice but hex_geometry=False"):
+        out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False, hex_geometry=False),
+                      progress=False)
     assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
+    assert out.uns["spared"]["geometry"] == "hexagonal" and "6 neighbours" in out.uns["spared"]["warnings"][-1]
     assert out.n_vars == 16
 
 

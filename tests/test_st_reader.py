@@ -308,9 +308,9 @@ def test_local_st_sections_default_to_the_square_grid_and_hex_is_warned(tmp_path
                     progress=False)
     assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
     raw = read_one(tmp_path)
-    with pytest.warns(UserWarning, match=r"square grid \(8 neighbours\) but hex_geometry=True.*set "
-                                         r"hex_geometry=False"):
-        process(raw, ProcessingConfig(**settings), progress=False)
+    with pytest.warns(UserWarning, match=r"reader records a square lattice but hex_geometry=True.*use 8 neighbours"):
+        hexed = process(raw, ProcessingConfig(**settings), progress=False)
+    assert hexed.uns["spared"]["geometry"] == "square"
 
 
 def test_patches_are_centred_on_the_spot_file_pixel_coordinates(tmp_path):

@@ -195,3 +195,33 @@ def recipe_graph(adata, graphs: str, n_neighs: int, slide_key: str) -> sp.csr_ma
         raise ValueError(f"the original SpaRED graphs link 6 (hexagonal array) or 8 (square grid) neighbours "
                          f"per spot, got n_neighs={n_neighs}")
     return original_spatial_graph(adata, hex_geometry=n_neighs == 6, slide_key=slide_key)
+
+
+#: Neighbours within 1.2 lattice spacings of an interior spot: 6 on a hexagonal array, 4 on a square grid.
+_LATTICE_NEIGHBOURS = {"hexagonal": 6, "square": 4}
+
+
+def detect_geometry(coords: np.ndarray, groups: np.ndarray | pd.Series, min_spots: int = 20) -> str | None:
+    """The spot lattice of a collection from its coordinates: ``"hexagonal"`` (Visium), ``"square"`` (legacy ST,
+    Slide-seq-like grids) or ``None`` when it cannot be told (too few spots, no regular lattice, slides disagree).
+
+    Per slide, the lattice spacing is the median nearest-neighbour distance ``s``; each spot counts its
+    neighbours closer than ``1.2 s``. Interior spots of a hexagonal array have 6 such neighbours, of a square
+    grid 4 (the diagonals lie at ``1.41 s``); the 90th percentile of the counts decides.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    labels = np.asarray(groups)
+    found = set()
+    for label in pd.unique(labels):
+        xy = coords[labels == label]
+        if xy.shape[0] < min_spots or not np.isfinite(xy).all():
+            continue
+        tree = cKDTree(xy)
+        dist, _ = tree.query(xy, k=2)
+        spacing = float(np.median(dist[:, 1]))
+        if spacing <= 0:
+            continue
+        counts = np.array([len(n) - 1 for n in tree.query_ball_point(xy, r=1.2 * spacing)])
+        top = int(np.percentile(counts, 90))
+        found.add("hexagonal" if top in (5, 6) else "square" if top in (3, 4) else None)
+    return found.pop() if len(found) == 1 else None

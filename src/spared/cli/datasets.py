@@ -15,13 +15,22 @@ DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Data roo
                                                                       "user data folder).")]
 
 
+FromOption = Annotated[Path | None, typer.Option(
+    "--from", help="Local folder holding the dataset's archives, their unpacked folders or one archive's contents: "
+                   "used in place (linked, not copied), no network.")]
+CHECKSUM_NOTE = ("checksums: 'pinned' = sha256 published for every file and checked; 'first use' = no published "
+                 "hash, the first copy seen is recorded and later copies are checked against it (trust on first "
+                 "use: it guards against change, not against a wrong first download)")
+
+
 def _records(data_dir: Path | None, include_extras: bool = False) -> list[dict[str, Any]]:
     from spared.catalog import all_specs
-    from spared.io.download import status
+    from spared.io.download import checksum_label, status
 
     return [{"name": s.key, "organism": s.organism, "tissue": s.tissue, "technology": s.technology_name,
              "geometry": s.geometry, "slides": len(s.slides), "patients": len(s.patients), "spots": s.approx_spots,
-             "source": s.source, "format": s.format, "extra": s.extra, "status": status(s, data_dir)}
+             "source": s.source, "format": s.format, "extra": s.extra, "status": status(s, data_dir),
+             "checksums": checksum_label(s)}
             for s in all_specs(include_extras)]
 
 
@@ -46,15 +55,16 @@ def datasets(
     table = Table(title=title)
     table.add_column("name", overflow="fold")
     for column, justify in (("organism", "left"), ("technology", "left"), ("geometry", "left"), ("slides", "right"),
-                            ("spots", "right"), ("status", "left")):
+                            ("spots", "right"), ("checksums", "left"), ("status", "left")):
         table.add_column(column, justify=justify)
     colours = {"absent": "dim", "downloaded": "yellow", "processed": "green"}
     for r in records:
         name = f"{r['name']} [cyan](extra)[/]" if r["extra"] else r["name"]
         table.add_row(name, r["organism"], r["technology"], _GEOMETRY.get(r["geometry"], r["geometry"]),
-                      str(r["slides"]), f"~{r['spots']:,}" if r["spots"] else "?",
+                      str(r["slides"]), f"~{r['spots']:,}" if r["spots"] else "?", r["checksums"],
                       f"[{colours[r['status']]}]{r['status']}[/]")
     console.print(table)
+    console.print(CHECKSUM_NOTE, style="dim", soft_wrap=True)
     if not include_extras:
         console.print("[dim]spared datasets --all also lists the extra legacy-ST collections[/]")
 
@@ -99,29 +109,66 @@ def folds(
 def download(
     name: Annotated[str, typer.Argument(help="Dataset key (see `spared datasets`).")],
     data_dir: DataDirOption = None,
+    source: FromOption = None,
+    recheck: Annotated[bool, typer.Option("--recheck", help="Re-hash every file, record trust-on-first-use hashes "
+                                                           "again and re-unpack archives that changed.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a server before giving up.")] = 60.0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Download (and unpack) dataset NAME and check its slides' files are where the catalogue says.
+    """Download (and unpack) dataset NAME, or take it from a local folder (--from), and check its files.
 
-    Without network, print each URL and the path where to place the file by hand (exit 1); exit 2 when the
-    unpacked layout differs from the catalogue's.
+    Each file must be what its name says (HDF5, gzip, zip, TIFF, ...) and match its sha256.
+
+    The hash is the catalogue's where one is published, else the one recorded when the file was first seen.
+
+    A file you placed is never deleted; --recheck records the hashes of the files present again.
+
+    Without network, print each URL and the path where to place the file by hand (exit 1).
+
+    Exit 2 when the unpacked layout differs from the catalogue's.
     """
     from spared.catalog import SpecError, UnknownDatasetError, load_spec
     from spared.io.archive import ArchiveError
-    from spared.io.download import ChecksumError, DownloadError, LayoutError, fetch_dataset, resolve_slides
+    from spared.io.download import (
+        ChecksumError,
+        DownloadError,
+        FormatError,
+        LayoutError,
+        fetch_dataset,
+        file_records,
+        resolve_layout,
+    )
 
     try:
         spec = load_spec(name)
-        folder = fetch_dataset(spec, data_dir=data_dir, progress=progress, timeout=timeout)
-    except (UnknownDatasetError, SpecError, DownloadError, ChecksumError, ArchiveError) as exc:
-        err_console.print("[bold red]error:[/]", end=" ")
-        err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        folder = fetch_dataset(spec, data_dir=data_dir, progress=progress, timeout=timeout, source=source,
+                               recheck=recheck)
+    except (UnknownDatasetError, SpecError, DownloadError, ChecksumError, FormatError, ArchiveError) as exc:
+        _error(str(exc))
         raise typer.Exit(1) from exc
-    console.print(f"{name}: {len(spec.files)} file(s) ready in {folder}", soft_wrap=True)
+    records = file_records(spec, data_dir)
+    ready = [r for r in records if r["state"] != "missing"]
+    console.print(f"{name}: {len(ready)} of {len(records)} file(s) ready in {folder}", soft_wrap=True)
+    for state, meaning in (("pinned", "sha256 checked against the catalogue's published value"),
+                           ("first use", "trust on first use: no published hash, sha256 recorded when first seen "
+                                         "(not verified against the source)"),
+                           ("local folder", "unpacked content used in place from a local folder (not hashed)"),
+                           ("missing", "missing (full-resolution images only: patches will come from hires)")):
+        files = [r["filename"] for r in records if r["state"] == state]
+        if files:
+            console.print(f"  {len(files)} {meaning}: {', '.join(files)}", soft_wrap=True, markup=False,
+                          highlight=False)
     try:
-        resolve_slides(spec, folder)
+        _, notes = resolve_layout(spec, folder)
     except LayoutError as exc:
         err_console.print("[bold yellow]warning:[/] the download is complete but", end=" ")
         err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
+    for note in notes:
+        err_console.print("[bold yellow]warning:[/]", end=" ")
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    err_console.print("[bold red]error:[/]", end=" ")
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)

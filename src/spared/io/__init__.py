@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = ("archive", "atomic", "download", "patches", "readers")
+_SUBMODULES = ("archive", "atomic", "download", "patches", "provenance", "readers", "scan", "sniff")
 _READERS = {"read_hest": "spared.io.readers.hest", "read_st": "spared.io.readers.st"}
 
 

@@ -77,6 +77,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     from spared import __version__
     from spared.data_model import ValidationError, check_completion_splits, count_problem, dense, validate
     from spared.impute.median import adaptive_median_filter
+    from spared.io.provenance import record_warning
     from spared.pp.combat import combat, combat_apply
     from spared.pp.genes import ensembl_ids
     from spared.pp.layers import compute_mask, deltas, noisy_layers
@@ -94,6 +95,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
                               f"allow_non_integer=True) to process these values as if they were counts")
     if cfg.complete_missing:
         check_completion_splits(adata.obs, cfg.split_key, cfg.slide_key)
+    geometry, n_neighs, geometry_warning = _graph_geometry(adata, cfg)
     raw_zero_fraction = zero_fraction(adata.X)
     has_truth = "true_rate" in adata.layers or "true_counts" in adata.layers
     combat_key = cfg.combat_key
@@ -110,11 +112,11 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     def median(a):
         a.layers["log1p"] = dense(a.layers["log1p"])
-        adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=cfg.n_neighs,
+        adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=n_neighs,
                                max_hops=cfg.median_max_hops, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
 
     def moran(a):
-        moran_genes(a, layer="d_log1p", n_neighs=cfg.n_neighs, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
+        moran_genes(a, layer="d_log1p", n_neighs=n_neighs, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
         return select_top_moran(a, cfg.top_moran_genes)
 
     def batch_correct(a):
@@ -175,7 +177,6 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         warnings.simplefilter("always")
         out = adata.copy()
         apply_split_scheme(out, cfg.split_scheme, slide_key=cfg.slide_key, split_key=cfg.split_key)
-        _check_geometry(out, cfg)
         for name, fn in steps:
             out = steplog.run(name, fn, out)
     for w in caught:
@@ -195,23 +196,37 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         "raw_zero_fraction": raw_zero_fraction,
         "missing_fraction_before": zero_fraction(out.layers["log1p"]),
         "missing_fraction_after_median": zero_fraction(out.layers["d_log1p"]),
+        "geometry": geometry,
     }
+    if geometry_warning:
+        record_warning(out, geometry_warning, issue=False)
     validate(out, stage="processed")  # every layer finite: a step that produced NaN/inf is named, not cached
     return out
 
 
-def _check_geometry(adata, cfg: ProcessingConfig) -> None:
-    """Warn when the spot layout the reader recorded contradicts ``hex_geometry`` (e.g. ST read as hexagonal)."""
+def _graph_geometry(adata, cfg: ProcessingConfig) -> tuple[str, int, str | None]:
+    """The spot lattice used for the spatial graphs, its neighbour count, and a warning when it contradicts the
+    configured ``hex_geometry``.
+
+    The lattice is the one the reader recorded (ST and HEST readers know it), else the one detected from the
+    coordinates (:func:`spared.graph.detect_geometry`), else the configured ``hex_geometry``.
+    """
     import warnings
 
+    from spared.graph import detect_geometry
     from spared.io.readers import geometry
 
-    recorded = geometry(adata)
-    expected = "hex" if cfg.hex_geometry else "square"
-    if recorded in ("hex", "square") and recorded != expected:
-        warnings.warn(f"the slides' spots lie on a {recorded} grid ({'6' if recorded == 'hex' else '8'} "
-                      f"neighbours) but hex_geometry={cfg.hex_geometry} builds {cfg.n_neighs}-neighbour graphs; "
-                      f"set hex_geometry={recorded == 'hex'}", stacklevel=3)
+    configured = "hexagonal" if cfg.hex_geometry else "square"
+    recorded = {"hex": "hexagonal", "square": "square"}.get(geometry(adata, by_format=False))
+    found = recorded or detect_geometry(adata.obsm["spatial"], adata.obs[cfg.slide_key].to_numpy())
+    if found is None or found == configured:
+        return configured, cfg.n_neighs, None
+    n_neighs = 6 if found == "hexagonal" else 8
+    how = "reader records" if recorded else "spot coordinates form"
+    message = (f"the {how} a {found} lattice but hex_geometry={cfg.hex_geometry}; the spatial graphs (median "
+               f"filter, Moran's I) use {n_neighs} neighbours, as on a {found} array")
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return found, n_neighs, message
 
 
 def _version(package: str) -> str:

@@ -104,11 +104,11 @@ def technology(adata: Any) -> str:
     return ", ".join(dict.fromkeys(names)) or "unknown"
 
 
-def geometry(adata: Any) -> str:
-    """``"hex"`` or ``"square"``: the spot layout the reader recorded (Visium formats: hex); ``"unknown"`` when
-    slides disagree or nothing was recorded."""
-    found = {str(r.get("geometry") or ("hex" if FORMAT_TECHNOLOGY.get(str(r.get("format"))) == "Visium" else ""))
-             for r in _slide_reports(adata).values()}
+def geometry(adata: Any, by_format: bool = True) -> str:
+    """``"hex"`` or ``"square"``: the spot layout the reader recorded (with ``by_format``, Visium formats count as
+    hex); ``"unknown"`` when slides disagree or nothing was recorded."""
+    found = {str(r.get("geometry") or ("hex" if by_format and FORMAT_TECHNOLOGY.get(str(r.get("format"))) == "Visium"
+                                        else "")) for r in _slide_reports(adata).values()}
     return found.pop() if len(found) == 1 and "" not in found else "unknown"
 
 
