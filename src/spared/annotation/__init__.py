@@ -244,13 +244,13 @@ def resolve_gene_ids(ids: Iterable[str] | None, symbols: Iterable[str] | None, o
 
 
 def check_gene_mapping(report: dict, organism: str, min_fraction: float = 0.5, source: str = "the data",
-                       accept: str = "lower min_mapped_fraction") -> None:
+                       accept: str = "lower min_mapped_fraction", warn: bool = True) -> None:
     """Warn about unresolved genes of a :func:`resolve_gene_ids` report; fail when too few genes resolved.
 
     Raises :class:`GeneMappingError` when ``report["fraction_mapped"] < min_fraction`` (the message names the
     organism, the annotation, examples, the other organism when its annotation fits better, and ``accept``:
     how the caller opts in to the loss); otherwise emits one :class:`GeneMappingWarning` when any gene was
-    unmapped, ambiguous or unknown.
+    unmapped, ambiguous or unknown (unless ``warn`` is False: the caller reported them already).
     """
     import warnings
 
@@ -268,7 +268,7 @@ def check_gene_mapping(report: dict, organism: str, min_fraction: float = 0.5, s
             f"{organism} annotation ({report['annotation']}); the minimum is {min_fraction:.0%}. Unresolved "
             f"genes, e.g. {examples}.{hint} Check the organism, give Ensembl ids (e.g. a 'gene_ids' column in "
             f"var), or accept the loss: {accept}")
-    if lost or report["n_genes_ambiguous"]:
+    if warn and (lost or report["n_genes_ambiguous"]):
         parts = []
         if report["n_genes_unmapped"]:
             parts.append(f"{report['n_genes_unmapped']} symbol(s) unknown to {report['annotation']} dropped "

@@ -29,7 +29,8 @@ def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: fl
     by the rule of :func:`spared.annotation.symbols_to_ensembl`. Unknown symbols are dropped; genes that end up
     with the same id are summed (``X`` and every layer). The report of
     :func:`spared.annotation.resolve_gene_ids` goes to ``uns["spared"]["genes"]`` and unmapped, ambiguous or
-    unknown genes raise a :class:`spared.annotation.GeneMappingWarning`.
+    unknown genes raise a :class:`spared.annotation.GeneMappingWarning` (unless a spared reader built the
+    collection: it warned about them already).
 
     Parameters
     ----------
@@ -55,7 +56,8 @@ def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: fl
     ids, symbols = gene_labels(adata.var)
     final, report = resolve_gene_ids(ids, symbols, organism)
     check_gene_mapping(report, organism, min_mapped_fraction, source="the collection's genes",
-                       accept=f"call spared.pp.ensembl_ids(adata, {organism!r}, min_mapped_fraction=0) first")
+                       accept=f"call spared.pp.ensembl_ids(adata, {organism!r}, min_mapped_fraction=0) first",
+                       warn="reader" not in adata.uns.get("spared", {}))  # a spared reader warned already
     unique_ids, first, merge = merge_by_id(final)
     if unique_ids.size == adata.n_vars and (adata.var_names == unique_ids).all():
         adata.uns.setdefault("spared", {})["genes"] = report
