@@ -112,7 +112,7 @@ def test_missing_images_archive_is_a_warning_and_an_empty_source_an_error(tmp_pa
     assert capsys.readouterr().err == ""  # no network, no repeated warning
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DownloadError, match=r"holds none of the files of dataset 'toy'.*toy_data.tar.gz.*"
+    with pytest.raises(DownloadError, match=r"holds none of the 2 files of dataset 'toy'.*toy_data.tar.gz.*"
                                             r"data/organ/A"):
         fetch_dataset(spec, tmp_path / "other", progress=False, source=empty)
 
@@ -132,6 +132,21 @@ def test_real_organoid_folders_from_the_shared_copy(realdata, tmp_path):
     assert raw.n_obs == 413 + 475 + 469 and raw.n_vars == 33538  # every in-tissue spot of the filtered matrices
     linked = [p for p in (folder / "xjtv62ncwr_data").rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert len(linked) == 41 and all(p.is_symlink() for p in linked)  # used in place, nothing copied
+
+
+def test_local_files_found_below_a_folder_of_the_catalogue_layout(realdata, tmp_path):
+    """her2st's shared copy is the repository's ``data/`` folder: the catalogue's ``data/ST-cnts/A1.tsv.gz`` is
+    found as ``ST-cnts/A1.tsv.gz`` under it; files the folder lacks (most H&E images) are reported, not fatal."""
+    from spared.catalog import load_spec
+    from spared.datasets import download
+    from spared.io.download import file_records
+
+    with pytest.warns(UserWarning, match="no full-resolution image"):
+        download("andersson_human_breast_cancer", source=realdata / "her2st", data_dir=tmp_path, progress=False)
+    records = file_records(load_spec("andersson_human_breast_cancer"), tmp_path)
+    linked = {r["filename"] for r in records if r.get("source", "").startswith(str(realdata / "her2st"))}
+    assert "data/ST-cnts/A1.tsv.gz" in linked and "data/ST-spotfiles/H3_selection.tsv" in linked
+    assert len(linked) == 36 * 2 + len(list((realdata / "her2st" / "ST-imgs").rglob("*.jpg")))
 
 
 @pytest.mark.slow

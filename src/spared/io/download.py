@@ -416,8 +416,12 @@ def provided_locally(f: FileSpec, folder: Path) -> bool:
 
 
 def _candidates(f: FileSpec, source: Path) -> list[Path]:
-    """Where a file may lie in a local folder: its catalogue path, its name, the URL's last component."""
-    names = [f.filename, PurePosixPath(f.filename).name, PurePosixPath(f.url.split("?", 1)[0]).name]
+    """Where a file may lie in a local folder: its catalogue path or any trailing part of it (``a/b/c.tsv``,
+    ``b/c.tsv``, ``c.tsv``: the user may point at a folder inside the catalogue's layout), the URL's last
+    component."""
+    parts = PurePosixPath(f.filename).parts
+    names = [str(PurePosixPath(*parts[i:])) for i in range(len(parts))]
+    names.append(PurePosixPath(f.url.split("?", 1)[0]).name)
     return [source / n for n in dict.fromkeys(names) if n and (source / n).is_file()]
 
 
@@ -524,10 +528,15 @@ def link_local_source(spec: DatasetSpec, folder: Path, source: Path) -> list[str
                                                            "entries": entries, "linked_files": n}, indent=1))
         found.append(f"{f.filename}: unpacked content linked from {where} ({n} files)")
     if not found:
-        names = ", ".join(PurePosixPath(f.filename).name for f in spec.files)
+        from spared.io.readers.common import examples
+
+        names = examples(PurePosixPath(f.filename).name for f in spec.files)
+        folders = examples(sorted({f.target for f in spec.files if f.unpack}))
         example = next((rest for f in spec.files for _, rest in _patterns_under(spec, f.target)), "")
-        raise DownloadError(f"{source} holds none of the files of dataset {spec.key!r}. Expected the archives "
-                            f"({names}), their unpacked folders ({', '.join(sorted({f.target for f in spec.files}))})"
+        layout = examples(f.filename for f in spec.files)
+        raise DownloadError(f"{source} holds none of the {len(spec.files)} files of dataset {spec.key!r}. Expected "
+                            f"the files ({names}) in the catalogue's layout ({layout}) or flat"
+                            + (f", the archives' unpacked folders ({folders})" if folders else "")
                             + (f", or an archive's contents (e.g. {example})" if example else "") + ".")
     for line in found:
         _say(f"{spec.key}: {line}")
@@ -631,7 +640,8 @@ def resolve_layout(spec: DatasetSpec, folder: str | Path) -> tuple[tuple[SlideSp
             if note:
                 notes.append(note)
             if problem and name == "image":
-                notes.append(f"{problem}: no full-resolution image, patches will be cut from the hires image")
+                notes.append(f"{problem}: no full-resolution image, patches will come from the hires or lowres "
+                             f"image if there is one, else be skipped")
                 changes[name] = None
             elif problem:
                 problems.append(problem)
