@@ -13,7 +13,9 @@ Formats (names used by the catalogue's ``format`` field):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +86,31 @@ def read(format: str, path: str | Path, slides: Sequence[Any], organism: str,
     if unknown:
         raise ReaderError(f"reader {format!r} has no option(s) {unknown}; its options: "
                           f"{list(reader_options(format)) or 'none'}")
-    with common.min_mapped_fraction(min_mapped_fraction):  # the parameter shadows the context manager
+    with common.min_mapped_fraction(min_mapped_fraction), _one_gene_warning():  # the parameter shadows the function
         adata = reader(Path(path), slides, organism, **dict(options or {}))
     validate(adata, stage="raw")
     return adata
+
+
+@contextmanager
+def _one_gene_warning() -> Iterator[None]:
+    """Collect the per-slide gene-mapping warnings of a read and issue them once: a 36-section collection gets one
+    line (the first slide's, and how many more slides lost genes), not 36. The per-slide figures stay in
+    ``uns["spared"]["reader"]["slides"]``."""
+    from spared.annotation import GeneMappingWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    genes = [w for w in caught if issubclass(w.category, GeneMappingWarning)]
+    for w in caught:
+        if w not in genes:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if genes:
+        more = len(genes) - 1
+        tail = (f" (and {more} more slide(s) alike; per-slide figures in uns['spared']['reader']['slides'])"
+                if more else "")
+        warnings.warn(f"{genes[0].message}{tail}", GeneMappingWarning, stacklevel=3)
 
 
 def _slide_reports(adata: Any) -> dict[str, dict[str, Any]]:
