@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +39,7 @@ def test_get_local_builds_then_loads_from_cache(tmp_path, genes):
     assert not list(cache.glob(".*"))  # no temporary files left behind
     stamp = h5ad[0].stat().st_mtime_ns
 
-    start = time.perf_counter()
     again = get_local(outs, SMALL, out_dir=cache, progress=False)
-    assert time.perf_counter() - start < 5
     assert h5ad[0].stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again.layers["c_d_log1p"], adata.layers["c_d_log1p"])
     assert again.uns["spared"]["reader"]["slides"]["my_slide"]["n_spots"] > 0
@@ -100,9 +97,7 @@ def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
     assert len(store) == adata.n_obs and Path(store.path).parent == processed
 
     monkeypatch.setattr("spared.pp.process", None)  # a cached call must neither fetch, read nor process
-    start = time.perf_counter()
     again = get(spec.key, config, progress=False)
-    assert time.perf_counter() - start < 5
     assert list(again.obs_names) == list(adata.obs_names)
     np.testing.assert_array_equal(again.layers["c_d_log1p"], adata.layers["c_d_log1p"])
 

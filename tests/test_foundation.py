@@ -15,12 +15,10 @@ from spared.data_model import ValidationError, validate
 from spared.graph import khop_neighborhoods, knn_indices, spatial_graph
 
 
-def test_import_is_fast_and_does_not_load_torch():
-    code = ("import time, sys; t = time.perf_counter(); import spared; "
-            "print(time.perf_counter() - t, 'torch' in sys.modules)")
+def test_import_does_not_load_torch():
+    code = "import sys, spared; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[1] == "False"
-    assert float(out[0]) < 1.0
+    assert out == ["False"]
 
 
 def test_lazy_attributes():
