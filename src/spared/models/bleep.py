@@ -1,15 +1,18 @@
 """BLEEP (Xie et al., *Spatially Resolved Gene Expression Prediction from H&E Histology Images via Bi-modal
 Contrastive Learning*, NeurIPS 2023; github.com/bowang-lab/BLEEP).
 
-Faithful: a ResNet-50 image encoder (ImageNet-pretrained when asked, trainable) and the spot's expression
+Faithful: a ResNet-50 image encoder (ImageNet V1 weights by default, trainable) and the spot's expression
 vector each go through a projection head (``Linear → GELU → Linear → Dropout``, residual, LayerNorm; 256-d,
 dropout 0.1); training minimises BLEEP's CLIP-style loss with soft targets
 ``softmax((S_img + S_spot) / 2 / τ)`` (``τ = 1``), averaged over both directions. Prediction is by
 retrieval: the query image embedding is compared with the embeddings of every training expression (the
 bank, projected with the current spot head) by cosine similarity, and the prediction is the plain average
 of the ``top_k`` (50) most similar training expressions.
+Recipe (``recipes/bleep.toml``): AdamW 1e-3, weight decay 1e-3, batch 256, random flips and 90° rotations.
 Simplified: the bank stores training expressions and re-projects them at prediction time (always in sync
 with the trained head); the loss ignores ``mask`` (the contrastive objective uses whole expression vectors).
+Deviations: torchvision's ResNet-50 V1 weights instead of timm's default ``resnet50`` weights (the repository
+pins no timm version, and timm's default changed between releases).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class BLEEP(Predictor):
     ----------
     n_genes
         Genes predicted.
-    backbone, backbone_weights, backbone_kwargs
+    backbone, backbone_weights, weights_dir, backbone_kwargs
         Image encoder (ResNet-50 in the paper).
     projection_dim, dropout
         Shared embedding size and projection-head dropout.
@@ -43,11 +46,11 @@ class BLEEP(Predictor):
     input_kind = "retrieval"
     _resizable = ("gene_mean", "bank")
 
-    def __init__(self, n_genes: int, backbone: str = "resnet50", backbone_weights: Weights = None,
-                 backbone_kwargs: dict | None = None, projection_dim: int = 256, dropout: float = 0.1,
-                 temperature: float = 1.0, top_k: int = 50) -> None:
+    def __init__(self, n_genes: int, backbone: str = "resnet50", backbone_weights: Weights = "imagenet",
+                 weights_dir: str | None = None, backbone_kwargs: dict | None = None, projection_dim: int = 256,
+                 dropout: float = 0.1, temperature: float = 1.0, top_k: int = 50) -> None:
         super().__init__(n_genes)
-        self.encoder = build_backbone(backbone, backbone_weights, **(backbone_kwargs or {}))
+        self.encoder = build_backbone(backbone, backbone_weights, weights_dir, **(backbone_kwargs or {}))
         self.image_projection = ProjectionHead(self.encoder.out_dim, projection_dim, dropout)
         self.spot_projection = ProjectionHead(n_genes, projection_dim, dropout)
         self.temperature = temperature
