@@ -225,3 +225,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def recipe_table(models: list[str] | tuple[str, ...]) -> Any:
+    """One row per model: its recipe's key settings and its documented deviations (for reports).
+
+    Returns a ``pandas.DataFrame``; models without a recipe are skipped.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in models:
+        try:
+            rec = recipe(name)
+        except KeyError:
+            continue
+        if isinstance(rec, TrainRecipe):
+            schedule = ", ".join(f"{k}={v}" for k, v in rec.schedule.items())
+            training = (f"{rec.optimizer} lr {rec.lr:g}, weight decay {rec.weight_decay:g}, {schedule}; "
+                        f"{rec.epochs} epochs of batch {rec.batch_size}; augment {rec.augment}, tta {rec.tta}; "
+                        f"loss {', '.join(f'{k} {v:g}' for k, v in rec.loss.items())}; head {rec.head_init}; "
+                        f"weights {rec.backbone_weights}" + (f"; stage 1 {rec.stage1}" if rec.stage1 else ""))
+        else:
+            training = (f"frozen {rec.encoder['arch']} ({rec.encoder['pool']}); standardise, PCA "
+                        f"{rec.pca_components}, ridge alpha {rec.ridge_alpha}, intercept {rec.fit_intercept}")
+        deviations = "; ".join(f"{d.what} ({d.why})" for d in rec.deviations) or "none"
+        rows.append({"model": name, "training (recipe)": training, "deviations from the authors": deviations})
+    return pd.DataFrame(rows, columns=["model", "training (recipe)", "deviations from the authors"])

@@ -127,6 +127,11 @@ def _benchmark_section(results_dir: Path) -> str:
     if not done.empty and done["dataset"].nunique() > 1:
         ax = pl.benchmark_heatmap(done, metric="MSE", show=False)
         parts.append(figure_html(ax.figure, "MSE, models × datasets"))
+    from spared.models.recipe import recipe_table
+
+    recipes = recipe_table(sorted(set(results["model"])))
+    if not recipes.empty:
+        parts.append("<h3>How each model was trained</h3>" + table_html(recipes, index=False))
     return "".join(parts)
 
 
