@@ -303,7 +303,10 @@ def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> 
     rec = recipe(spec.model)
     table = load_table(spec.dataset, spec.layer, data_dir, tc.patch_size, tc.patch_scale)
     run_dir = _fresh_run_dir(spec, out_dir, {"recipe": rec.to_dict()})
-    encoder = build_encoder(spec.model, weights_dir=tc.weights_dir, **spec.model_config)
+    config = dict(spec.model_config)
+    if "weights" not in config and tc.backbone_weights != "imagenet":
+        config["weights"] = tc.backbone_weights  # "none" (random encoder) or a weights file
+    encoder = build_encoder(spec.model, weights_dir=tc.weights_dir, **config)
     device = "cuda" if torch.cuda.is_available() and tc.accelerator != "cpu" else "cpu"
     embeddings = collection_embeddings(table, encoder, data_dir / "embeddings", device=device, progress=progress)
     train = table.indices("train")
@@ -472,6 +475,7 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*custom batch sampler.*")  # ours covers every spot
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen encoders
             yield
     finally:
         logger.setLevel(level)

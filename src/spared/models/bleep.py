@@ -12,7 +12,11 @@ Recipe (``recipes/bleep.toml``): AdamW 1e-3, weight decay 1e-3, batch 256, rando
 Simplified: the bank stores training expressions and re-projects them at prediction time (always in sync
 with the trained head); the loss ignores ``mask`` (the contrastive objective uses whole expression vectors).
 Deviations: torchvision's ResNet-50 V1 weights instead of timm's default ``resnet50`` weights (the repository
-pins no timm version, and timm's default changed between releases).
+pins no timm version, and timm's default changed between releases); expression vectors enter the spot
+projection centred on the train-split gene means. Centring only re-parametrises the projection's first linear
+layer (``W(x − μ) + b`` spans the same functions as ``Wx + b``) but conditions it: SpaRED's log2(TPM+1) targets
+carry a common offset many times their spread, which made every spot embedding nearly the same, whereas the
+authors' input (log-normalised HVG counts, mostly zeros) has none.
 """
 
 from __future__ import annotations
@@ -62,10 +66,14 @@ class BLEEP(Predictor):
         """Projected image embeddings ``(B, projection_dim)``."""
         return self.image_projection(self.encoder(images))
 
+    def spot_embedding(self, expression: torch.Tensor) -> torch.Tensor:
+        """Projected expression embeddings ``(B, projection_dim)`` of expressions centred on the train means."""
+        return self.spot_projection(torch.nan_to_num(expression.float()) - self.gene_mean)
+
     def loss(self, batch: Batch) -> torch.Tensor:
         """BLEEP's symmetric contrastive loss with soft targets."""
         img = self.image_embedding(batch["image"])
-        spot = self.spot_projection(torch.nan_to_num(batch["target"].float()))
+        spot = self.spot_embedding(batch["target"])
         logits = spot @ img.T / self.temperature
         targets = F.softmax((img @ img.T + spot @ spot.T) / 2 / self.temperature, dim=-1)
         spots_loss = -(targets * F.log_softmax(logits, dim=-1)).sum(-1)
@@ -76,7 +84,7 @@ class BLEEP(Predictor):
         """Bank rows ``(B, top_k)`` of the training expressions most similar to each query image."""
         self.check_prepared()
         query = F.normalize(self.image_embedding(batch["image"]), dim=-1)
-        keys = F.normalize(self.spot_projection(self.bank), dim=-1)
+        keys = F.normalize(self.spot_embedding(self.bank), dim=-1)
         return (query @ keys.T).topk(min(self.top_k, self.bank.shape[0]), dim=-1).indices
 
     def forward(self, batch: Batch) -> torch.Tensor:
