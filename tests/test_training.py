@@ -131,6 +131,37 @@ def test_malformed_recipes_are_rejected() -> None:
         recipe("no_such_model")
 
 
+def test_cli_models_lists_every_model_with_its_recipe() -> None:
+    from typer.testing import CliRunner
+
+    from spared.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "--json"])
+    assert listed.exit_code == 0, listed.output
+    records = {r["model"]: r for r in json.loads(listed.output)}
+    assert set(records) == set(MODEL_NAMES)
+    stnet = records["stnet"]["recipe"]
+    assert stnet["lr"]["value"] == 1e-6 and "bryanhe/ST-Net" in stnet["lr"]["source"]
+    assert records["uni_probe"]["recipe"]["encoder"]["value"]["arch"] == "vit_large_patch16_224"
+    table = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
+    assert table.exit_code == 0 and "cosine_warm_restarts" in table.output and "hoptimus0_probe" in table.output
+    one = runner.invoke(app, ["models", "histogene"], env={"COLUMNS": "250"})
+    assert one.exit_code == 0 and "tutorial.ipynb:113" in one.output and "deviation:" in one.output
+    unknown = runner.invoke(app, ["models", "stnett"])
+    assert unknown.exit_code == 1 and "unknown model" in unknown.output
+
+
+def test_recipe_table_states_the_deviations() -> None:
+    from spared.models.recipe import recipe_table
+
+    table = recipe_table(["histogene", "uni_probe", "not_a_model"]).set_index("model")
+    assert list(table.index) == ["histogene", "uni_probe"]
+    assert "512 spots" in table.loc["histogene", "deviations from the authors"]
+    assert "adam lr 1e-05" in table.loc["histogene", "training (recipe)"]
+    assert "intercept" in table.loc["uni_probe", "deviations from the authors"]
+
+
 def test_training_plan_is_the_recipe_unless_overridden() -> None:
     plan = training_plan("egn", TrainingConfig())
     rec = recipe("egn")
@@ -434,26 +465,33 @@ def test_probe_run_caches_embeddings_per_dataset_and_encoder(table, data_dir, tm
 
 # ---------------------------------------------------------------------------------------------- does it learn?
 
-#: The simulated collection of the smoke run (images carry the tissue domains that drive expression).
-SMOKE_DATA = "simulated:n_slides=3,n_spots=300,n_genes=64,top_moran_genes=16,complete_missing=false"
-#: Tiny networks for 32-px patches (model sizes scaled down with the budget).
+#: The simulated collection of the smoke run: 4 slides (2 train, 1 val, 1 test) of 150 spots whose images carry the
+#: tissue domains that drive expression.
+SMOKE_DATA = "simulated:n_slides=4,n_spots=150,n_genes=64,top_moran_genes=16,complete_missing=false"
+SMOKE_SHUFFLE = {"stages_repeats": [1, 1, 1], "stages_out_channels": [16, 32, 64, 128, 256]}
+SMOKE_VIT = {"image_size": 32, "patch_size": 8, "num_layers": 1, "num_heads": 2, "hidden_dim": 64, "mlp_dim": 128}
+#: Small networks for 32-px patches (model sizes scaled down with the budget).
 SMOKE_MODELS = {
-    "shufflenet": {"backbone_kwargs": SHUFFLE},
+    "shufflenet": {"backbone_kwargs": SMOKE_SHUFFLE},
     "stnet": {"backbone_kwargs": {"growth_rate": 8, "block_config": [2, 2], "num_init_features": 16}},
-    "vit_b": {"backbone_kwargs": VIT},
-    "vit_b_delta": {"backbone_kwargs": VIT},
-    "histogene": CASES["histogene"][0],
-    "hist2st": CASES["hist2st"][0],
-    "egn": {**CASES["egn"][0], "retrieval_backbone": "shufflenet_v2_x0_5", "backbone_kwargs": SHUFFLE},
-    "eggn": {**CASES["eggn"][0], "retrieval_backbone": "shufflenet_v2_x0_5", "backbone_kwargs": SHUFFLE},
-    "sepal": CASES["sepal"][0],
-    "bleep": {"backbone": "shufflenet_v2_x0_5", "backbone_kwargs": SHUFFLE, "projection_dim": 16},
+    "vit_b": {"backbone_kwargs": SMOKE_VIT},
+    "vit_b_delta": {"backbone_kwargs": SMOKE_VIT},
+    "histogene": {"patch_px": 16, "dim": 64, "depth": 1, "heads": 2, "dim_head": 16},
+    "hist2st": {"fig_size": 32, "patch_size": 4, "channel": 16, "kernel_size": 3, "depth1": 1, "depth2": 1,
+                "depth3": 2, "heads": 2, "dim_head": 16, "bake": 1},
+    "egn": {"image_size": 32, "patch_size": 8, "dim": 64, "depth": 2, "heads": 2, "dim_head": 16, "mlp_dim": 128,
+            "bhead": 2, "bdim": 8, "numk": 3, "retrieval_backbone": "shufflenet_v2_x0_5",
+            "backbone_kwargs": SMOKE_SHUFFLE},
+    "eggn": {"hidden": 64, "num_layers": 2, "numk": 3, "score_dim": 32, "retrieval_backbone": "shufflenet_v2_x0_5",
+             "backbone_kwargs": SMOKE_SHUFFLE},
+    "sepal": {"stage1": {"backbone_kwargs": SMOKE_VIT}, "preprocess_dims": [64], "graph_dims": [32, 32]},
+    "bleep": {"backbone": "shufflenet_v2_x0_5", "backbone_kwargs": SMOKE_SHUFFLE, "projection_dim": 32},
 }
 #: Smoke scaling of a recipe: its optimiser, schedule (in epochs of the smoke data), augmentation, TTA, loss terms,
 #: head initialisation and batch kind are kept; the budget becomes SMOKE_STEPS optimiser steps (the recipes ask
 #: for 50-350 epochs of a 10,000-40,000-spot collection), and to travel a comparable distance in so few steps the
 #: learning rate is multiplied by SMOKE_SPEEDUP, capped at SMOKE_LR_CAP.
-SMOKE_STEPS, SMOKE_SPEEDUP, SMOKE_LR_CAP = 150, 300, 1e-2
+SMOKE_STEPS, SMOKE_SPEEDUP, SMOKE_LR_CAP = 200, 300, 1e-2
 
 
 def smoke_training(name: str) -> TrainingConfig:
@@ -469,6 +507,7 @@ def test_every_model_beats_the_train_mean_in_a_smoke_run(tmp_path) -> None:
     with its recipe scaled to a smoke run, predicts the held-out slide better than the train-split means."""
     specs = [RunSpec(name, SMOKE_DATA, "raw", 0, SMOKE_MODELS[name], smoke_training(name)) for name in TRAINED_MODELS]
     frame = run_benchmark(specs, tmp_path).set_index("model")
+    print(frame[["MSE", "baseline_MSE", "PCC-Gene", "seconds"]].to_string())  # the numbers of the report
     assert (frame["status"] == "done").all(), frame["error"].to_dict()
     for name in TRAINED_MODELS:
         row = frame.loc[name]
