@@ -170,7 +170,10 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
     config = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir, **spec.model_config}
     stage1_config = config.pop("stage1", None)
     if recipe_stage1(spec.model):
-        embedding, deltas = stage1_values(spec, out_dir, data_dir, table, progress, stage1_config or {})
+        # the image backbone belongs to stage 1: a per-model weights setting is meant for it
+        inherited = {k: spec.model_config[k] for k in ("backbone_weights", "weights_dir") if k in spec.model_config}
+        embedding, deltas = stage1_values(spec, out_dir, data_dir, table, progress,
+                                          {**inherited, **(stage1_config or {})})
         table.attach_stage1(embedding, deltas)
         config.setdefault("embedding_dim", int(embedding.shape[1]))
     L.seed_everything(spec.seed, workers=True, verbose=False)
