@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from spared.cli.app import app, console, err_console
+from spared.cli.app import app, console, fail
 
 
 def _records() -> list[dict[str, Any]]:
@@ -40,8 +40,7 @@ def models(
     if model is not None:
         records = [r for r in records if r["model"] == model]
         if not records:
-            err_console.print(f"[bold red]error:[/] unknown model {model!r}; see `spared models`")
-            raise typer.Exit(1)
+            raise fail(f"unknown model {model!r}; see `spared models`")
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
