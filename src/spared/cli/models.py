@@ -25,7 +25,8 @@ def _value(entry: dict[str, Any] | None) -> str:
         return "–"
     value = entry["value"]
     if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
+        params = ", ".join(f"{k}={v}" for k, v in value.items() if k != "name")
+        return f"{value['name']}({params})" if "name" in value and params else value.get("name", params)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
