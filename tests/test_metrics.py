@@ -71,14 +71,14 @@ def test_no_mask_scores_everything() -> None:
     assert got["n_genes_scored"] == y_true.shape[1] and got["n_spots_scored"] == y_true.shape[0]
 
 
-def test_global_definition_and_bounds() -> None:
+def test_global_is_the_authors_sum() -> None:
+    """SpaRED's get_metrics: Global = PCC-Gene + PCC-Patch + R2-Gene + R2-Patch − MSE − MAE."""
     y_true, y_pred, mask = _data(seed=2)
     got = metrics.compute(y_true, y_pred, mask)
-    pooled = 1 - np.mean((y_true[mask] - y_pred[mask]) ** 2) / np.var(y_true[mask])
-    parts = [got["PCC-Gene"], got["PCC-Patch"], got["R2-Gene"], got["R2-Patch"], pooled]
-    assert got["Global"] == pytest.approx(np.mean(parts), rel=1e-12)
-    assert got["Global"] < 1
-    assert metrics.global_score(y_true, y_true, mask) == pytest.approx(1.0)
+    ref = _reference(y_true, y_pred, mask)
+    expected = ref["PCC-Gene"] + ref["PCC-Patch"] + ref["R2-Gene"] + ref["R2-Patch"] - ref["MSE"] - ref["MAE"]
+    assert got["Global"] == pytest.approx(expected, rel=1e-10)
+    assert metrics.global_score(y_true, y_true, mask) == pytest.approx(4.0)
     assert metrics.global_score(y_true, -y_true, mask) < metrics.global_score(y_true, y_pred, mask)
 
 

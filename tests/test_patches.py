@@ -235,6 +235,9 @@ def test_store_indexing_and_pickling(tmp_path, png):
     np.testing.assert_array_equal(store[5], store[4 + 5 - 4])
     np.testing.assert_array_equal(store[5][15, 15, :2], INNER[-1])
     np.testing.assert_array_equal(store[[4, 1, 4]], np.stack([store[4], store[1], store[4]]))
+    mixed = [7, 2, 3, 4, 9, -2, 0, 3]  # runs of consecutive spots, gaps, repeats, a negative index: read by runs
+    np.testing.assert_array_equal(store[mixed], np.stack([store[i] for i in mixed]))
+    assert store[np.array([], dtype=int)].shape == (0, 31, 31, 3)
     np.testing.assert_array_equal(store[np.arange(10) % 2 == 0], store[0:10:2])
     np.testing.assert_array_equal(store[-1], store[9])
     with pytest.raises(IndexError):

@@ -83,6 +83,12 @@ def test_report_benchmark_mean_matches_results(report):
     stnet = table[table["Model"] == "STNet"].iloc[0]
     assert stnet["MSE ↓, completed"] == "1.500 ± 0.707" and stnet["MSE ↓, raw"] == "2.500 ± 0.707"
     assert stnet["Seeds"] == "2/2" and stnet["Failed runs"] == 0
+    # how each benchmarked model was trained: its recipe and its deviations from the authors
+    recipes = pd.read_html(io.StringIO(page), match="deviations from the authors")[0].set_index("model")
+    assert sorted(recipes.index) == ["bleep", "sepal", "stnet"]
+    assert "sgd lr 1e-06" in recipes.loc["stnet", "training (recipe)"]
+    assert "stage 1 vit_b_delta" in recipes.loc["sepal", "training (recipe)"]
+    assert "lattice neighbours" in recipes.loc["sepal", "deviations from the authors"]
 
 
 def test_spatial_figure_names_genes_by_symbol(processed_small, report):

@@ -16,10 +16,10 @@ Definitions (``M`` = mask, sums over masked entries only):
   Unscored ones are excluded from the averages and counted (``n_genes_scored``, ``n_spots_scored``). A
   scored gene (spot) whose masked prediction is constant has no defined correlation and is left out of the
   PCC average only.
-- ``Global`` (our definition of the combined score): the mean of five scores that are each at most 1,
-  ``PCC-Gene``, ``PCC-Patch``, ``R2-Gene``, ``R2-Patch`` and the pooled ``1 - MSE / Var(Y[M])``, where
-  ``Var(Y[M])`` is the (population) variance of all masked truth values. It is therefore bounded above by 1,
-  equals 1 only for a perfect prediction and rewards both correlation and calibration.
+- ``Global``: the SpaRED authors' combined score, as their metrics code computes it
+  (``spared/metrics/metrics.py``, ``get_metrics``): ``PCC-Gene + PCC-Patch + R2-Gene + R2-Patch − MSE − MAE``.
+  Higher is better; it is at most 4 (a perfect prediction) and unbounded below, and its error terms carry the
+  units of the target, so it compares models on one dataset and target layer only.
 """
 
 from __future__ import annotations
@@ -153,13 +153,12 @@ def r2_patch(y_true: Any, y_pred: Any, mask: Any = None) -> float:
 
 
 def global_score(y_true: Any, y_pred: Any, mask: Any = None) -> float:
-    """Combined score (at most 1): see the module docstring for its definition."""
+    """The authors' combined score ``PCC-Gene + PCC-Patch + R2-Gene + R2-Patch − MSE − MAE`` (higher is better)."""
     return compute(y_true, y_pred, mask)["Global"]
 
 
-def _combine(pcc_g: float, pcc_p: float, r2_g: float, r2_p: float, mse_value: float, var_true: float) -> float:
-    pooled_r2 = 1.0 - mse_value / var_true if var_true > 0 else float("nan")
-    return float(np.mean([pcc_g, pcc_p, r2_g, r2_p, pooled_r2]))
+def _combine(pcc_g: float, pcc_p: float, r2_g: float, r2_p: float, mse_value: float, mae_value: float) -> float:
+    return float(pcc_g + pcc_p + r2_g + r2_p - mse_value - mae_value)
 
 
 def compute(y_true: Any, y_pred: Any, mask: Any = None) -> dict[str, float]:
@@ -192,7 +191,7 @@ def compute(y_true: Any, y_pred: Any, mask: Any = None) -> dict[str, float]:
         "R2-Patch": _nanmean(spots.r2),
     }
     out["Global"] = _combine(out["PCC-Gene"], out["PCC-Patch"], out["R2-Gene"], out["R2-Patch"], out["MSE"],
-                             float(np.var(yt[m])))
+                             out["MAE"])
     out["n_genes_scored"] = float(genes.scored.sum())
     out["n_spots_scored"] = float(spots.scored.sum())
     out["n_genes_excluded"] = float(yt.shape[1] - genes.scored.sum())

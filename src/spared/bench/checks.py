@@ -37,10 +37,10 @@ def check_specs(specs: Iterable[RunSpec]) -> list[str]:
         if (spec.dataset, spec.target) not in seen_datasets:
             seen_datasets.add((spec.dataset, spec.target))
             problems += _dataset_problems(spec.dataset, spec.target)
-        weights = spec.training.backbone_weights
-        if weights not in (None, "imagenet") and not Path(str(weights)).expanduser().is_file():
-            problems.append(f"backbone weights file {weights} does not exist (give None, 'imagenet' or a local "
-                            f"state_dict file)")
+        for weights in (spec.training.backbone_weights, spec.model_config.get("backbone_weights")):
+            if weights not in (None, "none", "imagenet") and not Path(str(weights)).expanduser().is_file():
+                problems.append(f"backbone weights file {weights} does not exist (give 'none', 'imagenet' or a local "
+                                f"state_dict file)")
     return list(dict.fromkeys(problems))
 
 

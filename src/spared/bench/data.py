@@ -1,9 +1,11 @@
 """Batches for the prediction models (the contract of :mod:`spared.models.base`) from a processed AnnData.
 
 A :class:`SpotDataset` holds one split's spots: patches come from a :class:`~spared.io.patches.PatchStore` and are
-normalised with the ImageNet mean/std; targets, masks, array positions and slide codes come from the AnnData.
-Patch-level models get batches of independent spots; slide-level models get batches drawn from one slide at a
-time (:class:`SlideBatchSampler`). :class:`SpotDataModule` wires the splits into Lightning.
+normalised with the ImageNet mean/std (training patches optionally under a random flip/90° rotation); targets,
+masks, raw counts, array positions and slide codes come from the AnnData. Patch-level models get batches of
+independent spots; slide-level models get batches drawn from one slide at a time (:class:`SlideBatchSampler`);
+graph models (SEPAL's second stage) get independent centre spots with their local graphs of cached stage-1
+embeddings (:meth:`SpotTable.attach_stage1`). :class:`SpotDataModule` wires the splits into Lightning.
 """
 
 from __future__ import annotations
@@ -86,6 +88,37 @@ class SpotTable:
             raise ValueError(f"patch store {self.store.path} holds {len(self.store)} patches for {adata.n_obs} spots; "
                              f"it was cut for another collection")
         self.image_size = patch_size
+        self.counts = _dense(adata.layers["counts"], np.float32) if "counts" in adata.layers else None
+        self.size_factor = None if self.counts is None else _size_factors(self.counts, self.slide)
+        self.embedding: np.ndarray | None = None
+        self.stage1: np.ndarray | None = None
+        self._graphs: dict[tuple, Any] = {}
+
+    def attach_stage1(self, embedding: np.ndarray, deltas: np.ndarray) -> None:
+        """Per-spot stage-1 embeddings ``(n_obs, D)`` and deltas ``(n_obs, G)`` that graph batches carry."""
+        embedding, deltas = np.asarray(embedding, np.float32), np.asarray(deltas, np.float32)
+        n = self.target.shape[0]
+        if embedding.ndim != 2 or embedding.shape[0] != n or deltas.shape != (n, self.n_genes):
+            raise ValueError(f"stage-1 values must be ({n}, D) embeddings and ({n}, {self.n_genes}) deltas; got "
+                             f"{embedding.shape} and {deltas.shape}")
+        if not (np.isfinite(embedding).all() and np.isfinite(deltas).all()):
+            raise ValueError("stage-1 embeddings or deltas contain NaN/inf; the stage-1 model diverged")
+        self.embedding, self.stage1 = embedding, deltas
+
+    def local_graphs(self, n_hops: int, neighbor_radius: float = 2.01, hex_geometry: bool = True):
+        """:class:`~spared.models.layers.LocalGraphs` of every spot, built per slide (computed once per setting)."""
+        from spared.models.layers import lattice_edges, local_subgraphs
+
+        key = (n_hops, neighbor_radius, hex_geometry)
+        if key not in self._graphs:
+            parts = []
+            for code in np.unique(self.slide):
+                idx = np.flatnonzero(self.slide == code)
+                local = lattice_edges(torch.from_numpy(self.coords[idx]), neighbor_radius, hex_geometry).numpy()
+                parts.append(idx[local])
+            edges = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), np.int64)
+            self._graphs[key] = local_subgraphs(edges, self.target.shape[0], n_hops)
+        return self._graphs[key]
 
     @property
     def n_genes(self) -> int:
@@ -97,20 +130,40 @@ class SpotTable:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         return np.flatnonzero(self.split == split)
 
-    def batch(self, idx: np.ndarray, full_loss_mask: bool = False) -> dict[str, torch.Tensor]:
-        """The batch of obs positions ``idx`` (any order) following the batch contract."""
+    def batch(self, idx: np.ndarray, full_loss_mask: bool = False, graph: dict[str, Any] | None = None
+              ) -> dict[str, torch.Tensor]:
+        """The batch of obs positions ``idx`` (any order) following the batch contract.
+
+        ``graph`` (``n_hops``, ``neighbor_radius``, ``hex_geometry``) gives a graph batch: each spot's local graph
+        of stage-1 embeddings (:meth:`attach_stage1`) instead of its image.
+        """
         idx = np.asarray(idx, dtype=np.int64)
         out = {
-            "image": normalise_images(self.store[idx], self.image_size),
             "target": torch.from_numpy(self.target[idx]),
             "mask": torch.from_numpy(self.mask[idx]),
             "coords": torch.from_numpy(self.coords[idx]),
             "slide": torch.from_numpy(self.slide[idx]),
             "index": torch.from_numpy(idx),
         }
+        if graph is None:
+            out["image"] = normalise_images(self.store[idx], self.image_size)
+        else:
+            out.update(self._graph_batch(idx, graph))
+        if self.counts is not None:
+            out["counts"] = torch.from_numpy(self.counts[idx])
+            out["size_factor"] = torch.from_numpy(self.size_factor[idx])
         if full_loss_mask:
             out["loss_mask"] = torch.ones_like(out["mask"])
         return out
+
+    def _graph_batch(self, idx: np.ndarray, graph: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.embedding is None or self.stage1 is None:
+            raise RuntimeError("graph batches need the stage-1 embeddings and deltas: call attach_stage1 first")
+        spots, owner, edges, _ = self.local_graphs(**graph).select(idx)
+        return {"embedding": torch.from_numpy(self.embedding[spots]),
+                "offset": torch.from_numpy(self.coords[spots] - self.coords[idx][owner]),
+                "graph": torch.from_numpy(owner), "edges": torch.from_numpy(edges),
+                "stage1": torch.from_numpy(self.stage1[idx])}
 
 
 def patch_store(adata: Any, patch_size: int, patch_scale: float = 1.0, patch_dir: str | Path | None = None):
@@ -149,6 +202,18 @@ def _dense(x: Any, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(dense(x), dtype=dtype)
 
 
+def _size_factors(counts: np.ndarray, slide: np.ndarray) -> np.ndarray:
+    """Each spot's total count divided by the median total of its slide (1 where that median is 0)."""
+    total = counts.sum(axis=1, dtype=np.float64)
+    out = np.ones_like(total)
+    for code in np.unique(slide):
+        sel = slide == code
+        median = float(np.median(total[sel]))
+        if median > 0:
+            out[sel] = total[sel] / median
+    return out.astype(np.float32)
+
+
 def _collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Batches are built whole by :meth:`SpotDataset.__getitems__`; nothing is left to collate."""
     return batch
@@ -165,13 +230,22 @@ class SpotDataset(Dataset):
         ``"train"``, ``"val"`` or ``"test"``.
     full_loss_mask
         Add an all-``True`` ``"loss_mask"`` (completed targets: every entry is trusted).
+    augment
+        ``"dihedral"``: each image under an independent random flip/90° rotation (training); ``"none"``.
+    graph
+        Local-graph settings for graph batches (see :meth:`SpotTable.batch`), or ``None`` for images.
     """
 
-    def __init__(self, table: SpotTable, split: str, full_loss_mask: bool = False) -> None:
+    def __init__(self, table: SpotTable, split: str, full_loss_mask: bool = False, augment: str = "none",
+                 graph: dict[str, Any] | None = None) -> None:
+        if augment not in ("none", "dihedral"):
+            raise ValueError(f"augment must be 'none' or 'dihedral', got {augment!r}")
         self.table = table
         self.split = split
         self.idx = table.indices(split)
         self.full_loss_mask = full_loss_mask
+        self.augment = augment
+        self.graph = graph
 
     def __len__(self) -> int:
         return int(self.idx.size)
@@ -180,7 +254,12 @@ class SpotDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
     def __getitems__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        return self.table.batch(self.idx[np.asarray(items, dtype=np.int64)], self.full_loss_mask)
+        out = self.table.batch(self.idx[np.asarray(items, dtype=np.int64)], self.full_loss_mask, self.graph)
+        if self.augment == "dihedral" and "image" in out:
+            from spared.models.layers import random_dihedral
+
+            out["image"] = random_dihedral(out["image"])
+        return out
 
     def slide_groups(self) -> list[np.ndarray]:
         """Dataset positions grouped by slide."""
@@ -259,9 +338,10 @@ class SpotDataModule(L.LightningDataModule):
     table
         The collection's :class:`SpotTable`.
     input_kind
-        The model's ``input_kind``: ``"slide"`` batches by slide, every other kind by independent spots.
+        The model's ``input_kind``: ``"slide"`` batches by slide, every other kind by independent spots
+        (``"graph"``: with their local graphs, see ``graph``).
     batch_size
-        Spots per batch of patch-level models.
+        Spots per batch of patch-level (and graph) models.
     slide_spots
         Most spots per batch of slide-level models.
     full_loss_mask
@@ -270,10 +350,16 @@ class SpotDataModule(L.LightningDataModule):
         Seed of the training batch order.
     num_workers
         DataLoader worker processes.
+    augment
+        Augmentation of the training images (``"none"`` or ``"dihedral"``); validation, test and ``prepare``
+        batches are never augmented.
+    graph
+        Local-graph settings of graph models (``Predictor.graph_spec()``); required for ``"graph"``.
     """
 
     def __init__(self, table: SpotTable, input_kind: str, batch_size: int = 64, slide_spots: int = 512,
-                 full_loss_mask: bool = False, seed: int = 0, num_workers: int = 0) -> None:
+                 full_loss_mask: bool = False, seed: int = 0, num_workers: int = 0, augment: str = "none",
+                 graph: dict[str, Any] | None = None) -> None:
         super().__init__()
         from spared.models.base import INPUT_KINDS
 
@@ -285,7 +371,11 @@ class SpotDataModule(L.LightningDataModule):
         self.slide_spots = slide_spots
         self.seed = seed
         self.num_workers = num_workers
-        self.datasets = {s: SpotDataset(table, s, full_loss_mask) for s in SPLITS}
+        if input_kind == "graph" and graph is None:
+            raise ValueError("graph models need their local-graph settings (graph=model.graph_spec())")
+        graph = graph if input_kind == "graph" else None
+        self.datasets = {s: SpotDataset(table, s, full_loss_mask, graph=graph) for s in SPLITS}
+        self.train_dataset = SpotDataset(table, "train", full_loss_mask, augment, graph)
         for split in ("train", "val"):
             if len(self.datasets[split]) == 0:
                 raise ValueError(f"the collection has no {split} spots; training selects on val and fits on train")
@@ -296,8 +386,8 @@ class SpotDataModule(L.LightningDataModule):
         return "test" if len(self.datasets["test"]) else "val"
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        """Loader over ``split``; ``shuffle`` gives training batches (random order, full batches only)."""
-        dataset = self.datasets[split]
+        """Loader over ``split``; ``shuffle`` gives training batches (random order, full batches only, augmented)."""
+        dataset = self.train_dataset if shuffle and split == "train" else self.datasets[split]
         if len(dataset) == 0:
             raise ValueError(f"the collection has no {split} spots")
         workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}

@@ -19,33 +19,41 @@ TARGET_LAYERS: dict[str, str] = {"raw": "c_d_log1p", "completed": "c_t_log1p"}
 #: Loggers a run can write to (each but ``csv`` needs its package installed).
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 #: Training fields that change how a run executes but not what it computes (left out of the run id).
-_EXECUTION_ONLY = frozenset({"num_workers", "num_threads", "loggers"})
+_EXECUTION_ONLY = frozenset({"num_workers", "num_threads", "loggers", "weights_dir"})
 #: The dataset name of simulated collections (``simulated[:key=value,...]``).
 SIMULATED = "simulated"
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """How a model is trained and evaluated.
+    """How a model is trained and evaluated: its recipe (``spared.models.recipe``) unless overridden here.
 
     Attributes
     ----------
     max_steps
-        Optimiser steps.
+        Optimiser steps; ``None`` = the budget in epochs (``epochs`` or the recipe's). Set it for smoke runs.
+    epochs
+        Training epochs; ``None`` = the recipe's.
     batch_size
-        Spots per batch for patch-level models (exemplar and retrieval models too).
+        Spots per batch for patch-level models (exemplar, retrieval and graph models too); ``None`` = the recipe's.
     slide_spots
-        Most spots in one batch of a slide-level model (a spatially contiguous subset when the slide is bigger).
+        Most spots in one batch of a slide-level model (a spatially contiguous subset when the slide is bigger);
+        ``None`` = the recipe's.
     lr
-        Learning rate; ``None`` = the model's default (``MODEL_INFO``), else the Lightning module's default.
+        Learning rate; ``None`` = the recipe's.
     weight_decay
-        Weight decay of the optimiser.
+        Weight decay of the optimiser; ``None`` = the recipe's.
     val_every
-        Validate every this many training steps; the checkpoint with the lowest validation MSE is kept.
+        Validate every this many training steps (``None``: once per epoch); the checkpoint with the lowest
+        validation MSE is kept.
     patch_size, patch_scale
         Side of the patches in pixels and the crop side in spot diameters.
     backbone_weights
-        ``None`` (random initialisation), ``"imagenet"`` or a local weights file.
+        ``"imagenet"`` (the ImageNet V1 weights the authors used), ``"none"`` (random initialisation) or a local
+        weights file.
+    weights_dir
+        Folder searched first for weight files (ImageNet files by their torchvision name; foundation encoders in
+        a subfolder named after the model).
     accelerator
         Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
     precision
@@ -61,15 +69,17 @@ class TrainingConfig:
         Any of :data:`LOGGERS`; CSV is the default.
     """
 
-    max_steps: int = 500
-    batch_size: int = 64
-    slide_spots: int = 512
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    slide_spots: int | None = None
     lr: float | None = None
-    weight_decay: float = 0.0
-    val_every: int = 50
+    weight_decay: float | None = None
+    val_every: int | None = None
     patch_size: int = 224
     patch_scale: float = 1.0
-    backbone_weights: str | None = None
+    backbone_weights: str = "imagenet"
+    weights_dir: str | None = None
     accelerator: str = "auto"
     precision: str = "32-true"
     deterministic: bool = True
@@ -78,12 +88,18 @@ class TrainingConfig:
     loggers: tuple[str, ...] = ("csv",)
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "slide_spots", "val_every", "patch_size"):
+        for name in ("max_steps", "epochs", "batch_size", "slide_spots", "val_every", "patch_size"):
             value = getattr(self, name)
+            if value is None and name != "patch_size":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"training.{name} must be a positive integer, got {value!r}")
         if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"training.lr must be > 0 (or None for the model default), got {self.lr}")
+            raise ValueError(f"training.lr must be > 0 (or None for the recipe's), got {self.lr}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"training.weight_decay must be >= 0 (or None for the recipe's), got {self.weight_decay}")
+        if self.backbone_weights is None:
+            object.__setattr__(self, "backbone_weights", "none")
         if not self.patch_scale > 0:
             raise ValueError(f"training.patch_scale must be > 0, got {self.patch_scale}")
         if self.num_workers < 0:

@@ -1,5 +1,12 @@
 """Run one benchmark run: load the dataset, train with Lightning, select on val, score the held-out split.
 
+Each model trains as its authors trained it: its recipe (:mod:`spared.models.recipe`) gives the optimiser,
+learning rate, schedule, budget in epochs, batch size, augmentation, test-time augmentation, loss terms and head
+initialisation, and :class:`~spared.bench.runs.TrainingConfig` overrides any of them (``max_steps`` replaces the
+epoch budget for smoke runs); :func:`training_plan` resolves the two. Backbones start from the ImageNet V1
+weights by default. SEPAL trains on the frozen outputs of its stage-1 run (:func:`stage1_values`). Linear-probe
+models embed every patch once with a frozen foundation encoder (cached) and fit the HEST probe (no Lightning).
+
 The run folder ``{out_dir}/runs/{run_id}/`` holds ``config.json``, ``checkpoints/best.ckpt``, the logs
 (``logs/version_0/metrics.csv`` with the default CSV logger), ``predictions.npz`` and, written last,
 ``metrics.json``: a folder without ``metrics.json`` is an unfinished run and is started again from scratch.
@@ -14,6 +21,7 @@ computed on the real entries (``layers["mask"]``) of the evaluation split (test,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import inspect
@@ -24,13 +32,15 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spared.bench.results import METRICS, METRICS_FILE, RUNS
-from spared.bench.runs import RunSpec, canonical_dataset, parse_dataset
+from spared.bench.runs import RunSpec, TrainingConfig, canonical_dataset, parse_dataset
 from spared.io.atomic import atomic_path, write_h5ad, write_text
 
 DATA_CACHE = "_data"
@@ -70,51 +80,268 @@ def run_one(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a trained run applies: its model's recipe with the :class:`TrainingConfig` overrides.
+
+    The budget is ``epochs`` (from the recipe or ``training.epochs``) unless ``training.max_steps`` is set, which
+    replaces it (smoke runs). ``batch_size`` is spots per batch: the patch batch of patch/exemplar/retrieval/graph
+    models, the window of slide models (``training.slide_spots`` overrides it there, ``training.batch_size``
+    elsewhere).
+    """
+
+    model: str
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: dict[str, Any]
+    epochs: int | None
+    max_steps: int | None
+    batch_size: int
+    augment: str
+    tta: str
+    loss: dict[str, float]
+    head_init: str
+    backbone_weights: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def training_plan(model: str, training: TrainingConfig) -> TrainingPlan:
+    """The :class:`TrainingPlan` of ``model`` under ``training``."""
+    from spared.models import MODEL_INFO
+    from spared.models.recipe import recipe
+
+    rec = recipe(model)
+    if rec.kind != "trained":
+        raise ValueError(f"{model} is a linear probe; it has no training plan")
+    override = training.slide_spots if MODEL_INFO[model].input_kind == "slide" else training.batch_size
+    return TrainingPlan(
+        model=model, optimizer=rec.optimizer, lr=training.lr if training.lr is not None else rec.lr,
+        momentum=rec.momentum,
+        weight_decay=training.weight_decay if training.weight_decay is not None else rec.weight_decay,
+        schedule=dict(rec.schedule), epochs=None if training.max_steps else (training.epochs or rec.epochs),
+        max_steps=training.max_steps, batch_size=override or rec.batch_size, augment=rec.augment, tta=rec.tta,
+        loss=dict(rec.loss), head_init=rec.head_init, backbone_weights=training.backbone_weights)
+
+
 def _run(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
+    from spared.models import MODEL_INFO, MODEL_NAMES
+    from spared.models.recipe import recipe
+
+    if spec.model not in MODEL_INFO:
+        raise ValueError(f"unknown model {spec.model!r}; valid models: {', '.join(MODEL_NAMES)}")
+    if recipe(spec.model).kind == "probe":
+        return _run_probe(spec, out_dir, data_dir, progress)
+    return _run_trained(spec, out_dir, data_dir, progress)
+
+
+@dataclass
+class RunParts:
+    """Everything a trained run fits: its plan, table, model (prepared), data module and Lightning module."""
+
+    plan: TrainingPlan
+    table: Any
+    model: Any
+    data: Any
+    module: Any
+    steps_per_epoch: int
+    total_steps: int
+    val_every: int
+
+
+def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = None,
+                progress: bool = False) -> RunParts:
+    """Assemble a trained run: resolve its plan, load the table (and stage-1 values), build and prepare the model,
+    the data module and the Lightning module with the plan's optimiser, schedule and test-time augmentation."""
     import lightning as L
-    import torch
 
     from spared.bench.data import SpotDataModule
-    from spared.metrics import compute
     from spared.models import build_model
     from spared.models.lightning import PredictorModule
 
-    start = time.perf_counter()
-    run_dir = out_dir / RUNS / spec.run_id
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    out_dir = Path(out_dir)
+    data_dir = Path(data_dir) if data_dir else out_dir / DATA_CACHE
     tc = spec.training
-    _write_json(run_dir / "config.json", {**spec.to_dict(), "layer": spec.layer, "versions": _versions()})
-
+    plan = training_plan(spec.model, tc)
     table = load_table(spec.dataset, spec.layer, data_dir, tc.patch_size, tc.patch_scale)
+    config = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir, **spec.model_config}
+    stage1_config = config.pop("stage1", None)
+    if recipe_stage1(spec.model):
+        # the image backbone belongs to stage 1: a per-model weights setting is meant for it
+        inherited = {k: spec.model_config[k] for k in ("backbone_weights", "weights_dir") if k in spec.model_config}
+        embedding, deltas = stage1_values(spec, out_dir, data_dir, table, progress,
+                                          {**inherited, **(stage1_config or {})})
+        table.attach_stage1(embedding, deltas)
+        config.setdefault("embedding_dim", int(embedding.shape[1]))
     L.seed_everything(spec.seed, workers=True, verbose=False)
-    model = build_model(spec.model, table.n_genes, backbone_weights=tc.backbone_weights, **spec.model_config)
-    data = SpotDataModule(table, model.input_kind, batch_size=tc.batch_size, slide_spots=tc.slide_spots,
-                          full_loss_mask=spec.target == "completed", seed=spec.seed, num_workers=tc.num_workers)
+    model = build_model(spec.model, table.n_genes, **config)
+    if model.needs_counts and table.counts is None:
+        raise ValueError(f"{spec.model} needs raw counts (its ZINB loss term) but the collection has no "
+                         f"layers['counts']; reprocess it with spared, or set zinb=0 in its model config")
+    data = SpotDataModule(table, model.input_kind, batch_size=plan.batch_size, slide_spots=plan.batch_size,
+                          full_loss_mask=spec.target == "completed", seed=spec.seed, num_workers=tc.num_workers,
+                          augment=plan.augment,
+                          graph=model.graph_spec() if model.input_kind == "graph" else None)
     model.prepare(data.prepare_batches())  # every model sees the training split (banks, gene means)
-    module = PredictorModule(model, **({} if tc.lr is None else {"lr": tc.lr}), weight_decay=tc.weight_decay)
+    steps_per_epoch = len(data.train_dataloader())
+    total = plan.max_steps or plan.epochs * steps_per_epoch
+    module = PredictorModule(model, lr=plan.lr, weight_decay=plan.weight_decay, optimizer=plan.optimizer,
+                             momentum=plan.momentum, schedule=plan.schedule, steps_per_epoch=steps_per_epoch,
+                             tta=plan.tta)
+    return RunParts(plan, table, model, data, module, steps_per_epoch, total,
+                    min(tc.val_every or steps_per_epoch, total))
+
+
+def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
+    import lightning as L
+
+    start = time.perf_counter()
+    tc = spec.training
+    parts = prepare_run(spec, out_dir, data_dir, progress)
+    plan, table, data, module, total = parts.plan, parts.table, parts.data, parts.module, parts.total_steps
+    run_dir = _fresh_run_dir(spec, out_dir, {"plan": plan.to_dict()})
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                                      monitor="val_MSE", mode="min", save_top_k=1)
     with _quiet_lightning():
         trainer = L.Trainer(
-            max_steps=tc.max_steps, max_epochs=-1, val_check_interval=min(tc.val_every, tc.max_steps),
-            check_val_every_n_epoch=None, num_sanity_val_steps=0, callbacks=[checkpoint],
+            max_steps=total, max_epochs=-1, val_check_interval=parts.val_every, check_val_every_n_epoch=None,
+            num_sanity_val_steps=0, callbacks=[checkpoint],
             logger=make_loggers(tc.loggers, run_dir, spec.run_id, out_dir), default_root_dir=run_dir,
             accelerator=tc.accelerator, devices=1, precision=tc.precision,
-            deterministic="warn" if tc.deterministic else False, log_every_n_steps=min(10, tc.max_steps),
+            deterministic="warn" if tc.deterministic else False, log_every_n_steps=min(10, total),
             enable_progress_bar=progress, enable_model_summary=False,
         )
         trainer.fit(module, datamodule=data)
         if not checkpoint.best_model_path:
-            raise RuntimeError(f"no checkpoint was selected: validation never ran in {tc.max_steps} steps")
+            raise RuntimeError(f"no checkpoint was selected: validation never ran in {total} steps")
         outputs = trainer.predict(module, datamodule=data, ckpt_path=checkpoint.best_model_path)
     train_seconds = time.perf_counter() - start
 
     index = torch.cat([o["index"] for o in outputs]).numpy()
     order = np.argsort(index, kind="stable")
-    index = index[order]
     pred = torch.cat([o["prediction"] for o in outputs]).float().numpy()[order]
+    extra = {
+        "best_val_MSE": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else np.nan,
+        "eval_split": data.eval_split, "n_train": len(data.datasets["train"]), "n_val": len(data.datasets["val"]),
+        "steps": int(trainer.global_step), "epochs": float(trainer.global_step / max(parts.steps_per_epoch, 1)),
+        "train_seconds": train_seconds, "device": str(trainer.strategy.root_device),
+        "recipe": json.dumps(plan.to_dict(), sort_keys=True),
+    }
+    return _finish(spec, run_dir, table, index[order], pred, start, extra)
+
+
+def recipe_stage1(model: str) -> str | None:
+    """The model whose frozen outputs ``model`` trains on (SEPAL: ``vit_b_delta``), or ``None``."""
+    from spared.models.recipe import recipe
+
+    return getattr(recipe(model), "stage1", None)
+
+
+def stage1_values(spec: RunSpec, out_dir: Path, data_dir: Path, table: Any, progress: bool = False,
+                  model_config: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-spot embeddings and deltas of the stage-1 model of ``spec`` (SEPAL's frozen ViT-B+Δ).
+
+    Stage 1 is an ordinary benchmark run of ``recipe_stage1(spec.model)`` with the same dataset, target, seed
+    and training settings (``model_config`` for its model): its finished run folder is reused, otherwise it is
+    run first (and then serves as that model's own benchmark run too). Its best checkpoint is applied once to
+    every spot; the values are cached in ``stage1.npz`` of its folder, keyed by the checkpoint's sha256.
+    """
+    from filelock import FileLock
+
+    from spared.models.backbones import sha256_of
+
+    stage1 = RunSpec(recipe_stage1(spec.model), spec.dataset, spec.target, spec.seed, model_config or {},
+                     spec.training)
+    run_dir = out_dir / RUNS / stage1.run_id
+    (out_dir / ".locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir / ".locks" / f"{stage1.run_id}.lock")):
+        if not (run_dir / METRICS_FILE).is_file():
+            run_one(stage1, out_dir, data_dir, progress)
+        ckpt = run_dir / "checkpoints" / "best.ckpt"
+        key = sha256_of(ckpt)
+        cache = run_dir / "stage1.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as stored:
+                if str(stored["checkpoint_sha256"]) == key and np.array_equal(stored["obs_names"], table.obs_names):
+                    return stored["embedding"], stored["deltas"]
+        embedding, deltas = _apply_stage1(stage1, ckpt, table)
+        _atomic_npz(cache, embedding=embedding, deltas=deltas, obs_names=table.obs_names,
+                    checkpoint_sha256=np.array(key))
+    return embedding, deltas
+
+
+def _apply_stage1(stage1: RunSpec, ckpt: Path, table: Any, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (encoder output) and deltas (head output) of a trained delta model for every spot."""
+    from spared.models import build_model
+
+    config = {**stage1.model_config, "backbone_weights": "none"}  # every weight comes from the checkpoint
+    model = build_model(stage1.model, table.n_genes, **config)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    if not (model.predicts_deltas and hasattr(model, "encoder") and hasattr(model, "head")):
+        raise ValueError(f"stage 1 ({stage1.model}) must be an image encoder with a linear head predicting deltas")
+    device = torch.device("cuda" if torch.cuda.is_available() and stage1.training.accelerator != "cpu" else "cpu")
+    model = model.to(device).eval()
+    embeddings, deltas = [], []
+    with torch.no_grad():
+        for begin in range(0, table.target.shape[0], chunk):
+            batch = table.batch(np.arange(begin, min(begin + chunk, table.target.shape[0])))
+            emb = model.encoder(batch["image"].to(device))
+            embeddings.append(emb.float().cpu().numpy())
+            deltas.append(model.head(emb).float().cpu().numpy())
+    return np.concatenate(embeddings), np.concatenate(deltas)
+
+
+def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
+    """A frozen foundation encoder's cached embeddings + the HEST linear probe, fitted on train, scored on eval."""
+    from spared.models.foundation import build_encoder, collection_embeddings
+    from spared.models.probe import LinearProbe
+    from spared.models.recipe import recipe
+
+    start = time.perf_counter()
+    tc = spec.training
+    rec = recipe(spec.model)
+    table = load_table(spec.dataset, spec.layer, data_dir, tc.patch_size, tc.patch_scale)
+    run_dir = _fresh_run_dir(spec, out_dir, {"recipe": rec.to_dict()})
+    config = dict(spec.model_config)
+    if "weights" not in config and tc.backbone_weights != "imagenet":
+        config["weights"] = tc.backbone_weights  # "none" (random encoder) or a weights file
+    encoder = build_encoder(spec.model, weights_dir=tc.weights_dir, **config)
+    device = "cuda" if torch.cuda.is_available() and tc.accelerator != "cpu" else "cpu"
+    embeddings = collection_embeddings(table, encoder, data_dir / "embeddings", device=device, progress=progress)
+    train = table.indices("train")
+    eval_split = "test" if table.indices("test").size else "val"
+    index = table.indices(eval_split)
+    mask = np.ones_like(table.mask[train]) if spec.target == "completed" else table.mask[train]
+    probe = LinearProbe(n_components=rec.pca_components, alpha=rec.ridge_alpha, standardize=rec.standardize,
+                        fit_intercept=rec.fit_intercept).fit(embeddings[train], table.target[train], mask)
+    probe.save(run_dir / "probe.npz")
+    pred = probe.predict(embeddings[index]).astype(np.float32)
+    extra = {"best_val_MSE": np.nan, "eval_split": eval_split, "n_train": int(train.size),
+             "n_val": int(table.indices("val").size), "steps": 0, "epochs": 0.0,
+             "train_seconds": time.perf_counter() - start, "device": device,
+             "recipe": json.dumps({**rec.settings(), "encoder_weights": encoder.weights_source}, sort_keys=True)}
+    return _finish(spec, run_dir, table, index, pred, start, extra)
+
+
+def _fresh_run_dir(spec: RunSpec, out_dir: Path, extra: dict[str, Any]) -> Path:
+    """The run's folder, emptied, with its ``config.json``."""
+    run_dir = out_dir / RUNS / spec.run_id
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    _write_json(run_dir / "config.json", {**spec.to_dict(), "layer": spec.layer, "versions": _versions(), **extra})
+    return run_dir
+
+
+def _finish(spec: RunSpec, run_dir: Path, table: Any, index: np.ndarray, pred: np.ndarray, start: float,
+            extra: dict[str, Any]) -> dict[str, Any]:
+    """Score the predictions of the spots ``index``, write ``predictions.npz`` then ``metrics.json``, return the row."""
+    from spared.metrics import compute
+
     target, mask = table.target[index], table.mask[index]
     metrics = compute(target, pred, mask)
     train_mean = table.target[table.indices("train")].mean(axis=0)
@@ -126,12 +353,11 @@ def _run(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[s
         "target": spec.target, "seed": spec.seed, "status": "done", "error": "",
         **{m: float(metrics[m]) for m in METRICS},
         "n_genes_scored": float(metrics["n_genes_scored"]), "n_spots_scored": float(metrics["n_spots_scored"]),
-        "baseline_MSE": float(baseline),
-        "best_val_MSE": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else np.nan,
-        "layer": spec.layer, "eval_split": data.eval_split, "n_genes": table.n_genes,
-        "n_train": len(data.datasets["train"]), "n_val": len(data.datasets["val"]), "n_eval": int(index.size),
-        "steps": int(trainer.global_step), "seconds": time.perf_counter() - start, "train_seconds": train_seconds,
-        "device": str(trainer.strategy.root_device), "run_dir": str(run_dir.resolve()),
+        "baseline_MSE": float(baseline), "best_val_MSE": extra.pop("best_val_MSE"),
+        "layer": spec.layer, "eval_split": extra.pop("eval_split"), "n_genes": table.n_genes,
+        "n_train": extra.pop("n_train"), "n_val": extra.pop("n_val"), "n_eval": int(index.size),
+        "steps": extra.pop("steps"), "seconds": time.perf_counter() - start, **extra,
+        "run_dir": str(run_dir.resolve()),
         "model_config": json.dumps(dict(spec.model_config), sort_keys=True),
         "training": json.dumps(spec.training.to_dict(), sort_keys=True),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -252,6 +478,7 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*custom batch sampler.*")  # ours covers every spot
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen encoders
             yield
     finally:
         logger.setLevel(level)

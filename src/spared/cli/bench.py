@@ -50,7 +50,8 @@ def _model_configs(path: Path | None) -> dict[str, dict[str, Any]]:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise fail(f"could not parse {path}: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise fail(f"{path} must map model names to tables of settings, e.g. {{\"stnet\": {{\"augment\": false}}}}")
+        raise fail(f"{path} must map model names to tables of settings, e.g. {{\"stnet\": {{\"head_init\": "
+                    f"\"default\"}}}}")
     return data
 
 
@@ -67,12 +68,23 @@ def bench(
     = None,
     cpus_per_run: Annotated[float, typer.Option(help="CPUs requested by each Ray task.")] = 1.0,
     gpus_per_run: Annotated[float, typer.Option(help="GPUs requested by each Ray task.")] = 0.0,
-    max_steps: Annotated[int | None, typer.Option(help="Training steps per run.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Spots per batch (patch-level models).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Training steps per run, replacing the recipe's epoch "
+                                                        "budget (smoke runs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: each model's recipe; "
+                                                     "`spared models`).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Spots per batch of patch-level models (default: the "
+                                                         "recipe's).")] = None,
+    slide_spots: Annotated[int | None, typer.Option(help="Spots per window of slide-level models (default: the "
+                                                          "recipe's).")] = None,
     patch_size: Annotated[int | None, typer.Option(help="Patch side in pixels.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the model's).")] = None,
-    val_every: Annotated[int | None, typer.Option(help="Validate every this many steps.")] = None,
-    backbone_weights: Annotated[str | None, typer.Option(help="None, 'imagenet' or a local weights file.")]
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the recipe's).")] = None,
+    val_every: Annotated[int | None, typer.Option(help="Validate every this many steps (default: every epoch).")]
+    = None,
+    backbone_weights: Annotated[str | None, typer.Option(help="'imagenet' (default: the ImageNet V1 weights the "
+                                                              "authors used), 'none' (random) or a weights file.")]
+    = None,
+    weights_dir: Annotated[Path | None, typer.Option(help="Folder searched first for weight files (ImageNet "
+                                                           "files by name; foundation encoders in DIR/<encoder>/).")]
     = None,
     model_config: Annotated[Path | None, typer.Option(help="JSON/TOML file: {model: {setting: value}}.")] = None,
     loggers: Annotated[str, typer.Option(help="Loggers: csv, tensorboard, mlflow, wandb (comma-separated).")]
@@ -97,8 +109,9 @@ def bench(
     writable_dir(out)
     if data_dir is not None:
         writable_dir(data_dir)
-    settings = {"max_steps": max_steps, "batch_size": batch_size, "patch_size": patch_size, "lr": lr,
-                "val_every": val_every, "backbone_weights": backbone_weights,
+    settings = {"max_steps": max_steps, "epochs": epochs, "batch_size": batch_size, "slide_spots": slide_spots,
+                "patch_size": patch_size, "lr": lr, "val_every": val_every, "backbone_weights": backbone_weights,
+                "weights_dir": str(weights_dir) if weights_dir else None,
                 "loggers": tuple(_split(loggers, "loggers"))}
     try:
         seed_values = [_seed(s) for s in _split(seeds, "seeds")]

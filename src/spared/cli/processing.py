@@ -187,7 +187,8 @@ def demo(
         from spared.bench.runs import TrainingConfig, make_specs
         from spared.cli.bench import print_results
 
-        training = TrainingConfig(max_steps=bench_steps, batch_size=32, patch_size=32, val_every=25, lr=1e-2)
+        training = TrainingConfig(max_steps=bench_steps, batch_size=32, patch_size=32, val_every=25, lr=1e-2,
+                                  backbone_weights="none")  # random init: the demo runs offline
         specs = make_specs(list(DEMO_MODELS), [str(data_path.resolve())], ("raw", "completed"), (seed,),
                            model_config=DEMO_MODELS, training=training)
         runs = run_benchmark(specs, out)

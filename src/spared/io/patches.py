@@ -361,7 +361,10 @@ class PatchStore:
         unique, inverse = np.unique(idx, return_inverse=True)
         if unique.size == 0:
             return np.empty((0, *dset.shape[1:]), dtype=np.uint8)
-        return dset[unique][inverse.reshape(-1)]
+        # one slice read per run of consecutive indices: h5py's point selection is 10-20x slower
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        runs = zip(np.r_[unique[:1], unique[breaks]], np.r_[unique[breaks - 1], unique[-1:]] + 1, strict=True)
+        return np.concatenate([dset[int(a):int(b)] for a, b in runs])[inverse.reshape(-1)]
 
     def close(self) -> None:
         """Close the file handle (it reopens on the next access)."""

@@ -23,6 +23,9 @@ A batch is a ``dict[str, torch.Tensor]`` with ``B`` spots and ``G`` genes:
 ``"index"``
     ``int64 (B,)`` spot index in the collection (obs position); exemplar models use it to keep a spot out of
     its own exemplars.
+``"counts"``, ``"size_factor"`` (when the collection has ``layers["counts"]``)
+    ``float32 (B, G)`` raw UMI counts of the genes and ``float32 (B,)`` each spot's total count over the genes
+    divided by the median total of its slide (Hist2ST's ZINB term).
 
 How the runner batches a model depends on :attr:`Predictor.input_kind`:
 
@@ -34,6 +37,12 @@ How the runner batches a model depends on :attr:`Predictor.input_kind`:
 ``"exemplar"`` / ``"retrieval"``
     batches of independent spots, like ``"patch"``, and :meth:`Predictor.prepare` must see the training split
     first (exemplar bank / retrieval bank).
+``"graph"`` (SEPAL's second stage)
+    batches of independent centre spots without ``"image"``: each brings the local graph of the spots within
+    ``n_hops`` of it on its slide, as one disjoint union of ``M`` nodes: ``"embedding"`` ``float32 (M, D)`` and
+    ``"offset"`` ``int64 (M, 2)`` (array position minus its centre's) of every node, ``"graph"`` ``int64 (M,)``
+    (row of the node's centre in the batch), ``"edges"`` ``int64 (2, E)`` and the centres' stage-1 deltas
+    ``"stage1"`` ``float32 (B, G)``; the other keys describe the centres.
 
 Whenever :attr:`Predictor.requires_prepare` is true (exemplar and retrieval models, delta models, EGGN) the
 runner calls ``model.prepare(batches)`` once before training with an iterable over the *training split* in
@@ -51,7 +60,7 @@ from torch import nn
 
 Batch = Mapping[str, torch.Tensor]
 
-INPUT_KINDS = ("patch", "slide", "exemplar", "retrieval")
+INPUT_KINDS = ("patch", "slide", "exemplar", "retrieval", "graph")
 
 
 def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
@@ -103,6 +112,8 @@ class Predictor(ResizableBuffers):
     name: ClassVar[str] = ""
     input_kind: ClassVar[str] = "patch"
     predicts_deltas: ClassVar[bool] = False
+    #: Whether batches must carry ``"counts"`` and ``"size_factor"``.
+    needs_counts: bool = False
     _resizable = ("gene_mean",)
 
     def __init__(self, n_genes: int) -> None:

@@ -1,7 +1,8 @@
 """EGGN (Yang et al., *Spatial Transcriptomics Analysis of Gene Expression Prediction using Exemplar Guided
 Graph Neural Network*, Pattern Recognition 2024; github.com/Yan98/EGN, version 2).
 
-Faithful: spots are described by a frozen ImageNet ResNet-50 (2048-d; nothing image-side is trained). Per
+Faithful: spots are described by a frozen ResNet-18 with ImageNet V1 weights (512-d, the authors'
+``build_exemplar.py`` and ``--mdim 512``; nothing image-side is trained). Per
 slide, a heterogeneous graph has *window* nodes (the slide's spots, joined to their spatial lattice
 neighbours) and *example* nodes (the union of every spot's ``numk`` nearest training exemplars from other
 training slides, carrying ``[feature, expression]``, joined to their 3 nearest exemplars), with
@@ -11,9 +12,12 @@ Exemplar-Guided Bridging block on refer edges in both directions (sigmoid gates 
 two ends' attention projections scale ``[exemplar feature, exemplar expression, window]`` messages, mean
 aggregated), relation outputs averaged per node type, LeakyReLU; a CSRA-style pooling adds to each window
 the per-channel softmax-attended sum of its exemplars (learned λ, T=0.1); a linear layer gives the genes.
-Simplified: the window graph is built in the batch from array coordinates (a slide batch may be a
-contiguous subset of the slide); exemplar expressions enter the bridging block through their own
-projection of the raw expressions; masked MSE (SpaRED protocol); a spot is never its own exemplar.
+Loss: ``MSE + pcc_weight · (1 − mean per-gene Pearson correlation)`` (0.5). Recipe (``recipes/eggn.toml``):
+AdamW 5e-4, weight decay 1e-4, no schedule, 300 epochs.
+Deviations: a batch is one contiguous window of at most 512 spots of a slide instead of the whole slide, and
+the window graph is built in the batch from array coordinates; exemplar expressions enter the bridging block
+through their own projection of the raw expressions; masked MSE and correlation (SpaRED protocol); a spot is
+never its own exemplar.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from spared.models.backbones import Weights, build_backbone
-from spared.models.base import Batch
+from spared.models.base import Batch, masked_mse
 from spared.models.layers import (
     ExemplarBank,
     ExemplarPredictor,
     SAGEConv,
+    exemplar_loss_weight,
     knn_edges,
     lattice_edges,
+    masked_pcc_loss,
     scatter_mean,
     scatter_softmax,
 )
@@ -110,8 +116,10 @@ class EGGN(ExemplarPredictor):
         Width of the bridging block's gate scores (128; ``3·hidden`` must be a multiple of it).
     neighbor_radius, hex_geometry
         Window graph: see :func:`~spared.models.layers.lattice_edges`.
-    retrieval_backbone, backbone_weights, backbone_kwargs
-        Frozen feature extractor (ResNet-50 in the paper).
+    retrieval_backbone, backbone_weights, weights_dir, backbone_kwargs
+        Frozen feature extractor (ResNet-18 with ImageNet V1 weights in the authors' code).
+    pcc_weight
+        Weight of the correlation term of the loss (``None``: the recipe's).
     """
 
     name = "eggn"
@@ -119,13 +127,15 @@ class EGGN(ExemplarPredictor):
 
     def __init__(self, n_genes: int, hidden: int = 512, num_layers: int = 4, numk: int = 6,
                  example_knn: int = 3, neighbor_radius: float = 2.01, hex_geometry: bool = True,
-                 score_dim: int = 128, retrieval_backbone: str = "resnet50", backbone_weights: Weights = None,
-                 backbone_kwargs: dict | None = None) -> None:
+                 score_dim: int = 128, retrieval_backbone: str = "resnet18", backbone_weights: Weights = "imagenet",
+                 weights_dir: str | None = None, backbone_kwargs: dict | None = None,
+                 pcc_weight: float | None = None) -> None:
         super().__init__(n_genes)
+        self.pcc_weight = exemplar_loss_weight(self.name, pcc_weight)
         self.numk, self.example_knn = numk, example_knn
         self.neighbor_radius, self.hex_geometry = neighbor_radius, hex_geometry
-        self.bank = ExemplarBank(build_backbone(retrieval_backbone, backbone_weights, **(backbone_kwargs or {})),
-                                 n_genes)
+        self.bank = ExemplarBank(build_backbone(retrieval_backbone, backbone_weights, weights_dir,
+                                                **(backbone_kwargs or {})), n_genes)
         mdim = self.bank.encoder.out_dim
         self.pre_window = nn.Linear(mdim, hidden, bias=False)
         self.pre_example = nn.Linear(mdim + n_genes, hidden, bias=False)
@@ -166,6 +176,11 @@ class EGGN(ExemplarPredictor):
         for layer in self.layers:
             window, example = layer(window, example, example_y, edges)
         return self.head(self.pool(window, example, edges["refer"]))
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Masked MSE plus ``pcc_weight`` × (1 − mean per-gene Pearson correlation)."""
+        pred = self(batch)
+        return masked_mse(pred, batch) + self.pcc_weight * masked_pcc_loss(pred, batch)
 
     def pool(self, window: torch.Tensor, example: torch.Tensor, refer: torch.Tensor) -> torch.Tensor:
         """CSRA-style pooling: ``head(w_i) + λ Σ_j softmax_j(T (e_j − head(w_i))) e_j`` over i's exemplars."""

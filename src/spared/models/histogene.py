@@ -3,11 +3,14 @@ gene expression from histology images in tumors*, bioRxiv 2021; github.com/maxpm
 
 Faithful: every spot of a slide is one token: its patch (112 px) flattened and linearly embedded to
 ``dim=1024``, plus learned embeddings of its two array coordinates; a ViT encoder (depth 8, 16 heads of 64,
-MLP ``2·dim``, dropout 0.1, pre-norm blocks) attends over all spots of the slide at once; a LayerNorm + linear
-head predicts the ``G`` genes of each token; MSE loss; one slide per batch.
-Simplified: patches of other sizes are resized to ``patch_px`` (SpaRED patches are 224 px; HisToGene cropped
-112 px); the position tables have ``n_pos=128`` entries (Visium array indices reach 127; ST used 64);
-the loss is masked to real entries (SpaRED protocol).
+MLP ``2·dim``, dropout 0.1, pre-norm blocks) attends over all spots of the batch at once; a LayerNorm + linear
+head predicts the ``G`` genes of each token; MSE loss. Recipe (``recipes/histogene.toml``): Adam 1e-5, 100
+epochs, no augmentation, PyTorch's initialisation.
+Deviations: a batch is one contiguous window of at most 512 spots of a slide instead of the whole slide
+(attention over every spot of a 4,000-spot Visium slide does not fit the benchmark's memory budget); patches of
+other sizes are resized to ``patch_px`` (SpaRED patches are 224 px; HisToGene cropped 112 px) and
+ImageNet-normalised; the position tables have ``n_pos=128`` entries (Visium array indices reach 127; ST used
+64); the loss is masked to real entries (SpaRED protocol).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spared.models.backbones import Weights, check_no_backbone
 from spared.models.base import Batch, Predictor
 from spared.models.layers import gene_head, transformer
 
@@ -51,18 +55,19 @@ class HisToGene(Predictor):
         Embedding/attention/MLP dropout.
     n_pos
         Size of each coordinate embedding table.
-    backbone_weights
-        Must be ``None``: HisToGene has no pretrained image backbone.
+    backbone_weights, weights_dir
+        HisToGene has no pretrained image backbone: ``"none"``/``"imagenet"`` are accepted (nothing to load), a
+        weights file is an error.
     """
 
     name = "histogene"
     input_kind = "slide"
 
     def __init__(self, n_genes: int, patch_px: int = 112, dim: int = 1024, depth: int = 8, heads: int = 16,
-                 dim_head: int = 64, dropout: float = 0.1, n_pos: int = 128, backbone_weights: None = None) -> None:
+                 dim_head: int = 64, dropout: float = 0.1, n_pos: int = 128, backbone_weights: Weights = "none",
+                 weights_dir: str | None = None) -> None:
         super().__init__(n_genes)
-        if backbone_weights is not None:
-            raise ValueError("histogene has no pretrained image backbone; use backbone_weights=None")
+        check_no_backbone(self.name, backbone_weights)
         self.patch_px = patch_px
         self.n_pos = n_pos
         self.patch_embedding = nn.Linear(3 * patch_px * patch_px, dim)

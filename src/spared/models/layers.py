@@ -1,5 +1,5 @@
 """Building blocks shared by the models: transformer blocks, MLP heads, spot graphs, graph convolutions, the
-frozen-encoder exemplar bank, image augmentations and the backbone + linear-head regressor.
+frozen-encoder exemplar bank, dihedral symmetries, the correlation loss and the backbone + linear-head regressor.
 
 Pure PyTorch (no torch_geometric, einops or timm).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,7 +18,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from spared.models.backbones import ImageEncoder, Weights, build_backbone
-from spared.models.base import Batch, Predictor, ResizableBuffers, masked_mse
+from spared.models.base import Batch, Predictor, ResizableBuffers, loss_mask
 
 # ----------------------------------------------------------------------------------------------- transformers
 
@@ -221,50 +222,76 @@ def sincos_2d(offsets: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)[:, :dim]
 
 
-def local_subgraphs(edges: torch.Tensor, n: int, n_hops: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each spot's ``n_hops`` neighbourhood as its own graph, all graphs as one disjoint union (SEPAL).
+@dataclass(frozen=True)
+class LocalGraphs:
+    """Every spot's ``n_hops`` neighbourhood as its own small graph (SEPAL), for a whole collection.
 
-    Parameters
-    ----------
-    edges
-        ``(2, E)`` spot graph of the batch (treated as undirected).
-    n
-        Number of spots.
-    n_hops
-        Neighbourhood radius in hops.
-
-    Returns
-    -------
-    ``graph_of`` ``(M,)`` graph (= centre spot) of every node; ``spot_of`` ``(M,)`` spot a node copies;
-    ``local_edges`` ``(2, E')`` edges of the induced subgraphs in node numbering; ``centre`` ``(n,)`` node
-    index of each graph's centre. Nodes are grouped by graph, the centre first.
+    Graph ``g`` is the neighbourhood of spot ``g``: its nodes are ``spot_of[graph_ptr[g]:graph_ptr[g + 1]]`` (the
+    centre first, then the other spots within ``n_hops`` in index order) and its edges are
+    ``edges[:, edge_ptr[g]:edge_ptr[g + 1]]`` in node numbering, joining every two of its nodes that lie within
+    ``n_hops`` of each other (both directions), as the authors' ``A + A² + …`` neighbourhood matrix does.
     """
+
+    spot_of: np.ndarray
+    graph_ptr: np.ndarray
+    edges: np.ndarray
+    edge_ptr: np.ndarray
+
+    @property
+    def n_graphs(self) -> int:
+        return int(self.graph_ptr.size - 1)
+
+    def select(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The graphs of ``centres`` as one disjoint union renumbered from 0.
+
+        Returns
+        -------
+        ``spots`` ``(M,)`` spot of each node; ``graph`` ``(M,)`` position in ``centres`` of its graph; ``edges``
+        ``(2, E)`` in the new node numbering; ``centre`` ``(len(centres),)`` node index of each centre.
+        """
+        centres = np.asarray(centres, dtype=np.int64)
+        nodes, graph, first = _ranges(self.graph_ptr[centres], self.graph_ptr[centres + 1])
+        edge_ids, edge_graph, _ = _ranges(self.edge_ptr[centres], self.edge_ptr[centres + 1])
+        shift = first - self.graph_ptr[centres]
+        edges = self.edges[:, edge_ids] + shift[edge_graph]
+        return self.spot_of[nodes], graph, edges, first
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenated ``arange(start, end)`` ranges, the range each item belongs to and each range's offset."""
+    sizes = ends - starts
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    owner = np.repeat(np.arange(sizes.size), sizes)
+    return starts[owner] + np.arange(int(sizes.sum())) - first[owner], owner, first
+
+
+def local_subgraphs(edges: np.ndarray | torch.Tensor, n: int, n_hops: int) -> LocalGraphs:
+    """The :class:`LocalGraphs` of ``n`` spots joined by ``edges`` (``(2, E)``, treated as undirected)."""
     from spared.graph import khop_neighborhoods
 
-    e = edges.detach().cpu().numpy()
+    e = edges.detach().cpu().numpy() if isinstance(edges, torch.Tensor) else np.asarray(edges)
     adj = sp.csr_matrix((np.ones(e.shape[1], dtype=bool), (e[0], e[1])), shape=(n, n))
-    adj = (adj + adj.T).tocsr()
-    reach = khop_neighborhoods(adj, n_hops)[-1].tocoo()
-    g, u = reach.row.astype(np.int64), reach.col.astype(np.int64)
-    order = np.lexsort((u, u != g, g))
+    reach = khop_neighborhoods(adj, n_hops)[-1].tocsr()
+    linked = (reach - sp.identity(n, dtype=bool, format="csr")).astype(bool).tocsr()
+    linked.eliminate_zeros()
+    coo = reach.tocoo()
+    g, u = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    order = np.lexsort((u, u != g, g))  # by graph, centre first, then spot index
     g, u = g[order], u[order]
+    graph_ptr = np.searchsorted(g, np.arange(n + 1)).astype(np.int64)
+    # candidate edges: every node u of graph g with each of u's within-n_hops spots v; kept when v is in graph g
+    counts = np.diff(linked.indptr)[u]
+    rep = np.repeat(np.arange(u.size), counts)
+    v = linked.indices[np.repeat(linked.indptr[u], counts) + np.arange(int(counts.sum())) -
+                       np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)].astype(np.int64)
     key = g * n + u
-    sorter = np.argsort(key)
-    sorted_key = key[sorter]
-    counts = np.diff(adj.indptr)[u]
-    total = int(counts.sum())
-    starts = np.repeat(adj.indptr[u] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-    v = adj.indices[starts + np.arange(total)].astype(np.int64)
-    rep = np.repeat(np.arange(len(u)), counts)
-    target_key = g[rep] * n + v
-    pos = np.clip(np.searchsorted(sorted_key, target_key), 0, len(sorted_key) - 1)
-    inside = sorted_key[pos] == target_key
-    local = np.stack([rep[inside], sorter[pos[inside]]])
-    centre = np.flatnonzero(g == u)
-    dev = edges.device
-    return (torch.as_tensor(g, device=dev), torch.as_tensor(u, device=dev),
-            torch.as_tensor(local, dtype=torch.long, device=dev), torch.as_tensor(centre, device=dev))
+    target = g[rep] * n + v
+    key_sorted = np.argsort(key, kind="stable")
+    pos = np.clip(np.searchsorted(key[key_sorted], target), 0, key.size - 1)
+    inside = key[key_sorted][pos] == target
+    local = np.stack([rep[inside], key_sorted[pos[inside]]]).astype(np.int64)
+    edge_ptr = np.searchsorted(g[local[0]], np.arange(n + 1)).astype(np.int64)
+    return LocalGraphs(spot_of=u, graph_ptr=graph_ptr, edges=local, edge_ptr=edge_ptr)
 
 
 # ---------------------------------------------------------------------------------------------- exemplar bank
@@ -338,22 +365,65 @@ class ExemplarBank(ResizableBuffers):
         return torch.cat(out)
 
 
-# ------------------------------------------------------------------------------------------------ augmentation
+# ---------------------------------------------------------------------------------------- dihedral symmetries
+
+#: The 8 symmetries of a square patch (the dihedral group D4): rotation by ``k·90°`` then an optional flip.
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
 
 
-def random_dihedral(images: torch.Tensor) -> torch.Tensor:
-    """Apply an independent random element of the dihedral group D4 (rotations by 90°, flips) to each image."""
+def dihedral(images: torch.Tensor, element: int) -> torch.Tensor:
+    """Images ``(..., H, W)`` under symmetry ``element`` of :data:`DIHEDRAL` (0 is the identity)."""
+    k, flip = DIHEDRAL[element]
+    out = images.rot90(k, dims=(-2, -1)) if k else images
+    return out.flip(-1) if flip else out
+
+
+def random_dihedral(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An independent uniformly random symmetry of :data:`DIHEDRAL` applied to each image ``(B, C, H, W)``.
+
+    Uniform over D4 is what random horizontal flip, vertical flip and 90° rotation, each with probability 1/2,
+    give (ST-Net, SpaRED, BLEEP).
+    """
+    choice = torch.randint(0, len(DIHEDRAL), (images.shape[0],), generator=generator)
     out = images.clone()
-    choice = torch.randint(0, 8, (images.shape[0],))
-    for g in range(1, 8):
-        sel = (choice == g).nonzero().flatten().to(images.device)
+    for element in range(1, len(DIHEDRAL)):
+        sel = (choice == element).nonzero().flatten().to(images.device)
         if sel.numel():
-            x = images[sel].rot90(g % 4, dims=(-2, -1))
-            out[sel] = x.flip(-1) if g >= 4 else x
+            out[sel] = dihedral(images[sel], element)
     return out
 
 
+def masked_pcc_loss(pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """``1 − mean_g r_g``: Pearson correlation of each gene over its loss entries (EGN/EGGN's correlation term).
+
+    As in the authors' code a gene's correlation uses ``+1e-8`` in the denominator and counts as ``−1`` when
+    undefined; genes with fewer than two loss entries are left out (0 when no gene has two).
+    """
+    mask = loss_mask(batch).to(pred.dtype)
+    target = torch.nan_to_num(batch["target"].to(pred.dtype))
+    count = mask.sum(0)
+    keep = count >= 2
+    if not bool(keep.any()):
+        return pred.sum() * 0.0
+    n = count.clamp_min(1)
+    dp = (pred - (pred * mask).sum(0) / n) * mask
+    dt = (target - (target * mask).sum(0) / n) * mask
+    r = (dp * dt).sum(0) / ((dp.square().sum(0).sqrt() * dt.square().sum(0).sqrt()) + 1e-8)
+    r = torch.nan_to_num(r, nan=-1.0)
+    return 1.0 - r[keep].mean()
+
+
 # ------------------------------------------------------------------------------------------ patch regressors
+
+
+def exemplar_loss_weight(model: str, value: float | None) -> float:
+    """The correlation-loss weight of EGN/EGGN: ``value``, or the recipe's ``pcc`` term when ``None``."""
+    from spared.models.recipe import recipe
+
+    weight = recipe(model).loss_weight("pcc") if value is None else float(value)
+    if weight < 0:
+        raise ValueError(f"{model}: pcc_weight must be >= 0, got {weight}")
+    return weight
 
 
 class ExemplarPredictor(Predictor):
@@ -377,28 +447,44 @@ class BackboneRegressor(Predictor):
 
     Subclasses set :attr:`arch` (and :attr:`predicts_deltas`); ST-Net, ShuffleNet, ViT-B and ViT-B+Δ are this.
 
+    Head initialisation (``head_init``, default: the model's recipe)
+        ``"default"``: PyTorch's initialisation of a fresh ``nn.Linear``, as SpaRED's and SEPAL's image encoders
+        (ShuffleNet, ViT-B, ViT-B+Δ). An absolute model then starts near 0 and must learn the expression level
+        (ViT-B); a delta model starts near the train means because it regresses deltas (ViT-B+Δ): that is the
+        contrast the benchmark reports. ``"train_mean"``: weight 0 and bias = train-split gene means, as ST-Net's
+        code does, so training starts at the train-mean baseline.
+
     Parameters
     ----------
     n_genes
         Genes predicted.
-    backbone_weights
-        ``None``, ``"imagenet"`` or a local weights file (see :func:`~spared.models.backbones.build_backbone`).
+    backbone_weights, weights_dir
+        ``"imagenet"`` (default), ``"none"`` or a local weights file; folder searched first for the ImageNet file
+        (see :func:`~spared.models.backbones.build_backbone`).
     backbone_kwargs
         Architecture overrides (tiny test networks).
-    augment
-        Random 90° rotations/flips of the training patches inside :meth:`loss`.
+    head_init
+        ``"default"`` or ``"train_mean"`` (``None``: the recipe's).
     """
 
     input_kind = "patch"
     arch: str = ""
-    default_augment: bool = False
 
-    def __init__(self, n_genes: int, backbone_weights: Weights = None, backbone_kwargs: dict | None = None,
-                 augment: bool | None = None) -> None:
+    def __init__(self, n_genes: int, backbone_weights: Weights = "imagenet", weights_dir: str | None = None,
+                 backbone_kwargs: dict | None = None, head_init: str | None = None) -> None:
         super().__init__(n_genes)
-        self.encoder = build_backbone(self.arch, backbone_weights, **(backbone_kwargs or {}))
+        from spared.models.recipe import HEAD_INITS, recipe
+
+        self.head_init = recipe(self.name).head_init if head_init is None else head_init
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"{self.name}: head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
+        self.encoder = build_backbone(self.arch, backbone_weights, weights_dir, **(backbone_kwargs or {}))
         self.head = nn.Linear(self.encoder.out_dim, n_genes)
-        self.augment = self.default_augment if augment is None else augment
+
+    @property
+    def requires_prepare(self) -> bool:
+        """Delta models need the train means; ``"train_mean"`` heads start at them."""
+        return self.predicts_deltas or self.head_init == "train_mean"
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Absolute predictions ``(B, G)`` (the train means are added for delta models)."""
@@ -407,15 +493,9 @@ class BackboneRegressor(Predictor):
         return self.add_mean(out) if self.predicts_deltas else out
 
     def prepare_end(self) -> None:
-        """Store the train means; an absolute model's head starts at them (its bias), so training begins at
-        the train-mean baseline instead of spending its first steps learning the expression level."""
+        """Store the train means; a ``"train_mean"`` head starts at them (weight 0, bias = means)."""
         super().prepare_end()
-        if not self.predicts_deltas:
+        if self.head_init == "train_mean":
             with torch.no_grad():
+                self.head.weight.zero_()
                 self.head.bias.copy_(self.gene_mean)
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Masked MSE, on randomly rotated/flipped patches when ``augment``."""
-        if self.augment:
-            batch = {**batch, "image": random_dihedral(batch["image"])}
-        return masked_mse(self(batch), batch)

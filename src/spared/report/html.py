@@ -293,6 +293,12 @@ def _benchmark_section(results_dir: Path) -> str:
         if len(datasets) > 1:
             ax = pl.benchmark_heatmap(bars, metric="MSE", show=False)
             parts.append(figure_html(ax.figure, f"{metric_header('MSE')}, models × datasets"))
+    from spared.models.recipe import recipe_table
+
+    recipes = recipe_table(sorted(set(results["model"])))
+    if not recipes.empty:
+        parts.append("<h3>How each model was trained</h3>"
+                     + table_html(recipes, text_columns=("training (recipe)", "deviations from the authors")))
     return "".join(parts)
 
 
