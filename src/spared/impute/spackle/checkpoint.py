@@ -19,7 +19,9 @@ from spared.impute.spackle.config import SpackleConfig
 from spared.impute.spackle.model import SpackleModel, SpackleNetwork
 
 FORMAT = "spared.spackle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions read, with the values version 1 implied for parameters added since (it predates them).
+READABLE = {1: {"relative_positions": False}, 2: {}}
 WEIGHTS = "model.safetensors"
 METADATA = "config.json"
 
@@ -62,10 +64,10 @@ def load(path: str | Path) -> SpackleModel:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path / METADATA} is not a SpaCKLE checkpoint (format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE:
         raise ValueError(f"checkpoint {path} has format version {meta.get('format_version')}, this spared "
-                         f"reads version {FORMAT_VERSION}; retrain or use the spared release that wrote it")
-    config = SpackleConfig.from_dict(meta["config"])
+                         f"reads versions {sorted(READABLE)}; retrain or use the spared release that wrote it")
+    config = SpackleConfig.from_dict({**READABLE[meta["format_version"]], **meta["config"]})
     network = SpackleNetwork.from_config(config, int(meta["n_genes"]), meta["visual_dim"])
     try:
         network.load_state_dict(load_file(path / WEIGHTS, device="cpu"))
