@@ -245,8 +245,10 @@ def main() -> None:
         from organoids import ORGANOIDS, organoid_h5ad, realdata_root
 
         if realdata_root() is None:
-            sys.exit("no collection given and $SPARED_REALDATA is not set: pass processed .h5ad paths or set "
-                     "SPARED_REALDATA to the shared realdata folder")
+            print("no collection given and $SPARED_REALDATA is not set (pass processed .h5ad paths or set it to "
+                  "the shared realdata folder): running the simulated scaling benchmark instead")
+            scaling(args.quick, 20)
+            return
         paths = [organoid_h5ad(key) for key in ORGANOIDS]
     original = args.original_python if args.original_python.exists() else None
     if original is None and not args.no_speed:

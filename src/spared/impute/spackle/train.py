@@ -158,8 +158,11 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
                                               train_data.real[targets].numpy()))
             task = SpackleTask(network, probs, config.lr, config.weight_decay)
             trainer = _trainer(config, run_dir)
+            val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
             trainer.fit(task, loader(train_data, targets, config.batch_size, shuffle=True, seed=config.seed),
-                        held_out_loader(train_data, held, max(config.batch_size, 1024)))
+                        val_loader)
+            if not task.history["val"] or task.history["val"][-1][0] != trainer.global_step:
+                trainer.validate(task, val_loader, verbose=False)  # the last weights are candidates too
     network.load_state_dict(task.best_state)
     model = SpackleModel(network.cpu().eval(), config, [str(g) for g in adata.var_names], layer,
                          task.history, task.best_step, task.best_val_mse)
