@@ -44,7 +44,9 @@ def _rss_mib() -> float:
 
 
 def _json_line(cmd: list[str], what: str) -> dict:
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # both libraries run with the OpenMP wait policy the ``spared`` command sets (see spared/cli/__init__.py)
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -143,8 +145,9 @@ def speed(path: Path, steps: list[int], original: Path | None, batch_size: int =
         theirs = _json_line([str(original), str(HERE / "spackle_original.py"), str(path), "--steps", *sizes,
                              "--batch-size", str(batch_size), "--num-neighs", str(num_neighs)], "original training")
         rows.append(("original (spared 2.2.1)", theirs))
+    policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     print(f"training speed on {path.name}: batch {batch_size}, {num_neighs} neighbours, steps {steps[0]} and "
-          f"{steps[1]}, {ours['threads']} torch threads")
+          f"{steps[1]}, {ours['threads']} torch threads, OMP_WAIT_POLICY={policy}")
     for name, r in rows:
         print(f"  {name:<24} {_per_step(r):8.4f} s/step   fits {[round(f['seconds'], 1) for f in r['fits']]} s   "
               f"peak {r['peak_mib']:7.0f} MiB (after imports {r['import_mib']:.0f})")

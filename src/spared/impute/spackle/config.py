@@ -19,7 +19,8 @@ class SpackleConfig:
     num_neighs
         Same-slide neighbours read with each spot (input = ``(1 + num_neighs) × G``).
     d_model
-        Transformer width; ``None`` = number of genes (the paper's choice).
+        Transformer width; ``None`` = number of genes (the paper's choice; 64 is as accurate on the real
+        organoid collections and several times cheaper).
     num_layers, num_heads
         Transformer encoder layers and attention heads.
     ff_dim
@@ -30,6 +31,9 @@ class SpackleConfig:
         Training-mask scheme, see :func:`spared.impute.spackle.masking.mask_probabilities`.
     lr, weight_decay, batch_size, max_steps
         AdamW learning rate and weight decay, spots per batch and the most optimiser steps.
+    ema_decay
+        Validate and keep an exponential moving average of the weights (this decay per step) rather than
+        the last weights, which smooths the noise of single steps; ``None`` = off.
     train_on
         ``"all"`` (default): every spot's known entries are training targets and inputs, whatever its split
         (the self-supervision is per entry, so the val/test slides' measured values are usable; entries a
@@ -64,25 +68,26 @@ class SpackleConfig:
     """
 
     num_neighs: int = 18
-    d_model: int | None = None
+    d_model: int | None = 64
     num_layers: int = 2
     num_heads: int = 1
-    ff_dim: int | None = None
-    dropout: float = 0.1
+    ff_dim: int | None = 128
+    dropout: float = 0.0
     mask_method: str = "mask_prob"
     mask_prob: float = 0.3
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
+    ema_decay: float | None = 0.99
     batch_size: int = 256
     max_steps: int = 1000
     train_on: str = "all"
     val_every: int = 10
     val_fraction: float = 0.1
     val_max_spots: int = 1024
-    patience: int | None = 10
+    patience: int | None = 20
     seed: int = 0
     visual_key: str | None = None
-    observed_indicator: bool = False
+    observed_indicator: bool = True
     relative_positions: bool = False
     accelerator: str = "auto"
     threads: int | None = None
@@ -113,6 +118,8 @@ class SpackleConfig:
             raise ValueError(f"SpackleConfig.lr must be > 0, got {self.lr}")
         if not self.weight_decay >= 0:
             raise ValueError(f"SpackleConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"SpackleConfig.ema_decay must be None or lie in (0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"SpackleConfig.val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.train_on not in TRAIN_ON:
