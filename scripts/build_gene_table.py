@@ -1,4 +1,4 @@
-"""Build a shipped gene table (gene_id, gene_symbol, gene_length, gene_type) from a GENCODE GTF.
+"""Build a shipped gene table (gene_id, gene_symbol, gene_length, gene_type, level, readthrough) from a GENCODE GTF.
 
 Usage: ``python scripts/build_gene_table.py GTF OUT.tsv.gz``. When a ``SHA256SUMS`` file sits next to the
 GTF, the GTF's checksum must match the one listed there. The output is written atomically and is
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from spared.annotation.build import build_gene_table
 
-SHIPPED_COLUMNS = ["gene_symbol", "gene_length", "gene_type"]
+SHIPPED_COLUMNS = ["gene_symbol", "gene_length", "gene_type", "level", "readthrough"]
 
 
 def sha256_of(path: Path) -> str:

@@ -72,13 +72,27 @@ def test_build_gene_table_tiny(tmp_path: Path, name: str) -> None:
         for gid, sym, gtype, chrom, ex in TINY_GENES if not gid.endswith("_PAR_Y")
     }
     assert list(table.index) == sorted(expected)
-    assert list(table.columns) == ["gene_symbol", "gene_length", "gene_type", "chrom"]
+    assert list(table.columns) == ["gene_symbol", "gene_length", "gene_type", "chrom", "level", "readthrough"]
     assert table["gene_length"].dtype == np.int64
     for gid, (sym, length, gtype, chrom) in expected.items():
-        assert tuple(table.loc[gid]) == (sym, length, gtype, chrom)
+        assert tuple(table.loc[gid]) == (sym, length, gtype, chrom, 2, 0)
     # The PAR_Y copy is dropped and the chrX copy keeps its own exons.
     assert table.loc["ENSG00000000003", "chrom"] == "chrX"
     assert table.loc["ENSG00000000003", "gene_length"] == 150
+
+
+def test_build_gene_table_level_and_readthrough_tag(tmp_path: Path) -> None:
+    lines = []
+    for gid, level, tags in (("ENSG1.1", 1, ""), ("ENSG2.3", 3, 'tag "overlapping_locus"; tag "readthrough_gene";'),
+                             ("ENSG3.1", None, 'tag "readthrough_transcript";')):
+        gene = _gtf_line("chr1", "gene", 1, 10, gid, "A", "protein_coding")
+        gene = gene.replace("level 2;", (f"level {level}; " if level else "") + tags)
+        lines += [gene, _gtf_line("chr1", "exon", 1, 10, gid, "A", "protein_coding")]
+    gtf = tmp_path / "tags.gtf"
+    gtf.write_text("\n".join(lines) + "\n")
+    table = build_gene_table(gtf)
+    assert table["level"].tolist() == [1, 3, 3]  # no level given: the weakest, 3
+    assert table["readthrough"].tolist() == [0, 1, 0]
 
 
 def test_merged_interval_lengths_random_against_set_union() -> None:
@@ -132,7 +146,7 @@ def test_script_checksum_and_atomic_reproducible_output(tmp_path: Path) -> None:
     assert script.main([str(gtf), str(out)]) == 0  # no SHA256SUMS: builds without verification
     first = out.read_bytes()
     written = pd.read_csv(out, sep="\t")
-    assert list(written.columns) == ["gene_id", "gene_symbol", "gene_length", "gene_type"]
+    assert list(written.columns) == ["gene_id", "gene_symbol", "gene_length", "gene_type", "level", "readthrough"]
     assert written.set_index("gene_id")["gene_length"].to_dict() == build_gene_table(gtf)["gene_length"].to_dict()
     digest = hashlib.sha256(gtf.read_bytes()).hexdigest()
     (tmp_path / "SHA256SUMS").write_text(f"{digest}  {gtf.name}\n")
@@ -150,7 +164,7 @@ def test_script_checksum_and_atomic_reproducible_output(tmp_path: Path) -> None:
 
 def test_shipped_tables_known_genes() -> None:
     human, mouse = ann.gene_table("human"), ann.gene_table("mouse")
-    assert list(human.columns) == ["gene_symbol", "gene_length", "gene_type"]
+    assert list(human.columns) == ["gene_symbol", "gene_length", "gene_type", "level", "readthrough"]
     assert human.index.is_unique and mouse.index.is_unique
     assert human.index.str.startswith("ENSG").all() and mouse.index.str.startswith("ENSMUSG").all()
     assert not human.index.str.contains(r"[._]").any()
@@ -163,7 +177,7 @@ def test_shipped_tables_known_genes() -> None:
 
 def test_gene_table_returns_copy_and_loads_fast() -> None:
     ann._load.cache_clear()
-    ann._symbol_map.cache_clear()
+    ann._symbol_index.cache_clear()
     tic = time.perf_counter()
     table = ann.gene_table("human")
     assert time.perf_counter() - tic < 0.5
@@ -210,16 +224,42 @@ def test_symbols_to_ensembl() -> None:
     assert ann.symbols_to_ensembl(["Gapdh"], "mouse").tolist() == ["ENSMUSG00000057666"]
 
 
-def test_symbols_to_ensembl_ambiguous_rule() -> None:
-    table = ann.gene_table("human").reset_index()
+@pytest.mark.parametrize("organism", ["human", "mouse"])
+def test_symbols_to_ensembl_ambiguous_rule(organism: str) -> None:
+    """Not readthrough, then protein-coding, then the best GENCODE level, then the smallest id: a plain loop."""
+    table = ann.gene_table(organism).reset_index()
     counts = table["gene_symbol"].value_counts()
-    ambiguous = counts[counts > 1].index[:200]
-    got = ann.symbols_to_ensembl(list(ambiguous), "human")
-    for symbol in ambiguous:
-        rows = table[table["gene_symbol"] == symbol]
-        coding = rows[rows["gene_type"] == "protein_coding"]
-        pool = coding if len(coding) else rows
-        assert got[symbol] == min(pool["gene_id"])
+    ambiguous = list(counts[counts > 1].index)
+    got = ann.symbols_to_ensembl(ambiguous, organism)
+    def rank(r):
+        return r.readthrough, r.gene_type != "protein_coding", r.level, r.gene_id
+
+    for symbol, rows in table[table["gene_symbol"].isin(ambiguous)].groupby("gene_symbol"):
+        best = min(rows.itertuples(), key=rank)
+        assert got[symbol] == best.gene_id
+    human = ann.symbols_to_ensembl(["MATR3", "TBCE", "HERC3", "TMSB15B"], "human")
+    assert human.tolist() == ["ENSG00000015479", "ENSG00000284770", "ENSG00000138641", "ENSG00000158427"]
+    assert ann.symbols_to_ensembl(["Aldoa", "Nnt"], "mouse").tolist() == ["ENSMUSG00000030695",
+                                                                        "ENSMUSG00000025453"]
+
+
+def test_resolve_gene_ids_reports_unmapped_ambiguous_and_unknown() -> None:
+    ids = ["ENSG00000141510.17", "MATR3", "ENSMUSG00000057666", "NOT_A_GENE", "GAPDH"]
+    symbols = ["TP53", "MATR3", "Gapdh", "NOT_A_GENE", "GAPDH"]
+    final, report = ann.resolve_gene_ids(ids, symbols, "human")
+    assert final.tolist() == ["ENSG00000141510", "ENSG00000015479", "ENSMUSG00000057666", None, "ENSG00000111640"]
+    assert report["n_genes_read"] == 5 and report["n_genes_by_symbol"] == 3
+    assert report["n_genes_unmapped"] == 1 and report["unmapped_examples"] == ["NOT_A_GENE"]
+    assert report["n_genes_ambiguous"] == 1 and report["ambiguous_examples"] == ["MATR3 -> ENSG00000015479 (2 genes)"]
+    assert report["n_ids_unknown"] == 1 and report["unknown_id_examples"] == ["ENSMUSG00000057666"]
+    assert report["fraction_mapped"] == pytest.approx(3 / 5)
+    with pytest.warns(ann.GeneMappingWarning, match=r"3 of 5 genes \(60.0%\).*1 symbol\(s\) unknown.*MATR3"):
+        ann.check_gene_mapping(report, "human", 0.5, source="x.h5")
+    with pytest.raises(ann.GeneMappingError, match=r"x.h5: only 3 of 5 genes .*human annotation \(GENCODE v43\)"):
+        ann.check_gene_mapping(report, "human", 0.8, source="x.h5")
+    _, mouse = ann.resolve_gene_ids(None, ["Gapdh", "Actb", "Trp53", "Xist"], "human")
+    with pytest.raises(ann.GeneMappingError, match="is the organism 'mouse'"):
+        ann.check_gene_mapping(mouse, "human")
 
 
 def _subset_gtf(source: Path, gene_ids: list[str], dest: Path) -> None:

@@ -187,5 +187,37 @@ def test_unknown_dataset_lists_close_matches():
     message = str(info.value)
     assert "unknown dataset '10xgenomic_human_breast'" in message
     assert "'10xgenomic_human_breast_cancer'" in message
-    with pytest.raises(LookupError, match="'spared datasets' lists all 26"):
+    with pytest.raises(LookupError, match=r"'spared datasets --all' lists all 29"):
         load_spec("nothing_like_it_at_all")
+
+
+def test_the_ten_x_files_are_pinned_and_the_rest_trusted_on_first_use():
+    from spared.io.download import checksum_label
+
+    pinned = {f.sha256 for s in all_specs() if s.key.startswith("10xgenomic_") for f in s.files}
+    assert len(pinned) == 30 and "" not in pinned  # squidpy's registry: h5, spatial.tar.gz, image.tif per section
+    labels = {s.key: checksum_label(s) for s in all_specs()}
+    assert {k for k, v in labels.items() if v == "pinned"} == {k for k in labels if k.startswith("10xgenomic_")}
+    assert {v for k, v in labels.items() if not k.startswith("10xgenomic_")} == {"first use"}
+
+
+def _fan_original_rule(name: str, slide: str) -> bool:
+    """The authors' Fan image criterion, restated: a .jpg naming 'modif', renamed from its last two '_' parts
+    (``<HC|MOB><digit>_<slot>.jpg``) to ``<HC|MOB>_<slot>.jpg``, which must name the slide."""
+    if not name.endswith(".jpg") or "modif" not in name or name.count("_") < 2:
+        return False
+    organ, slot = name.split("_")[-2:]
+    return f"{organ[:-1]}_{slot}" == f"{slide}.jpg"
+
+
+@pytest.mark.parametrize("key", ["fan_mouse_brain_coronal", "fan_mouse_olfatory_bulb"])
+def test_fan_image_patterns_follow_the_original_criterion(key):
+    from spared.io.scan import pattern_matches
+
+    names = ["ExST_modified_HC1_A1.jpg", "ExST_modif_HC2_B1.jpg", "modif_HC3_B1.jpg", "ExST_HC2_B1.jpg",
+             "ExST_modified_MOB1_C1.jpg", "X_modif_MOB2_D1.jpg", "X_modif_MOB7_D1.jpg", "X_modif_MOB2_D1.png",
+             "X_modif_MOB2_D1_small.jpg"]
+    for slide in load_spec(key).slides:
+        pattern = slide.image.rsplit("/", 1)[1]
+        for name in names:
+            assert pattern_matches(pattern, name) == _fan_original_rule(name, slide.id), (slide.id, name)

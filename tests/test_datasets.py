@@ -67,12 +67,16 @@ def test_get_local_accepts_a_raw_anndata(tmp_path, genes):
 
 
 def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
-    """A real catalogue spec; its files are placed by hand where the download step looks (no network)."""
+    """A real catalogue spec; its files are placed by hand where the download step looks (no network). The
+    catalogue pins the real files' sha256, so the stand-ins written here are checked as unpinned files."""
+    import dataclasses
     import tarfile
 
-    from spared.catalog import load_spec
+    import spared.catalog
 
-    spec = load_spec("10xgenomic_human_breast_cancer")
+    pinned = spared.catalog.load_spec("10xgenomic_human_breast_cancer")
+    spec = dataclasses.replace(pinned, files=tuple(dataclasses.replace(f, sha256="") for f in pinned.files))
+    monkeypatch.setattr(spared.catalog, "load_spec", lambda key: spec if key == spec.key else pinned)
     raw = tmp_path / "data" / spec.group / "raw"
     for k, slide in enumerate(spec.slides):
         write_visium_outs(raw / slide.path, genes=genes, seed=k)
@@ -89,6 +93,7 @@ def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
         "V1_Breast_Cancer_Block_A_Section_1": "train", "V1_Breast_Cancer_Block_A_Section_2": "val"}
     assert adata.uns["spared"]["dataset"] == spec.key
     assert adata.uns["spared"]["sources"]["url"][0] == spec.files[0].url
+    assert list(adata.uns["spared"]["sources"]["check"]) == ["first use"] * len(spec.files)
     processed = tmp_path / "data" / spec.key / "processed"
     assert sorted(p.name.split(".", 1)[1] for p in processed.iterdir()) == ["h5ad", "patches.h5"]
     store = PatchStore.from_adata(adata)

@@ -26,6 +26,7 @@ from spared.io.download import (
     dataset_dir,
     fetch_dataset,
     processed_dir,
+    resolve_layout,
     resolve_slides,
     status,
 )
@@ -90,9 +91,21 @@ def test_data_dir_honours_spared_data(monkeypatch, tmp_path):
     assert data_dir().name == "spared"
 
 
+def hdf5_bytes(tmp_path: Path, value: int = 1) -> bytes:
+    """The bytes of a small valid HDF5 file."""
+    import h5py
+
+    path = tmp_path / f"made-{value}.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = [value]
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
 def test_download_with_known_hash_then_resume_offline(server, dead_url, tmp_path):
     base, www = server
-    payload = b"counts" * 1000
+    payload = hdf5_bytes(tmp_path)
     (www / "a.h5").write_bytes(payload)
     spec = _spec(FileSpec(url=f"{base}/a.h5", filename="A/a.h5", sha256=_sha(payload)))
     root = tmp_path / "data"
@@ -101,7 +114,8 @@ def test_download_with_known_hash_then_resume_offline(server, dead_url, tmp_path
     assert folder == dataset_dir(spec, root) == root / "toy" / "raw"
     assert (folder / "A" / "a.h5").read_bytes() == payload
     assert status(spec, root) == "downloaded"
-    assert not checksums_path(spec, root).exists()  # nothing to record: the catalogue knows the hash
+    record = json.loads(checksums_path(spec, root).read_text())["A/a.h5"]
+    assert (record["sha256"], record["origin"]) == (_sha(payload), "catalogue")  # a verification, not a first use
     offline = _spec(FileSpec(url=f"{dead_url}/a.h5", filename="A/a.h5", sha256=_sha(payload)))
     assert fetch_dataset(offline, root, progress=False, timeout=5) == folder  # verified file: no network needed
     (processed_dir(spec, root)).mkdir(parents=True)
@@ -146,22 +160,28 @@ def test_http_error_is_listed_with_url_and_path(server, tmp_path):
 
 def test_unknown_hash_is_recorded_then_enforced(server, tmp_path, capsys):
     base, www = server
-    (www / "a.h5").write_bytes(b"first version")
-    spec = _spec(FileSpec(url=f"{base}/a.h5", filename="a.h5"))
+    (www / "a.csv").write_bytes(b"first version")
+    spec = _spec(FileSpec(url=f"{base}/a.csv", filename="a.csv"))
     fetch_dataset(spec, tmp_path, progress=False, timeout=5)
     sums = json.loads(checksums_path(spec, tmp_path).read_text())
-    assert sums == {"a.h5": {"url": f"{base}/a.h5", "sha256": _sha(b"first version")}}
-    assert f"recorded sha256 {_sha(b'first version')} of a.h5" in capsys.readouterr().err
+    assert sums["a.csv"]["url"] == f"{base}/a.csv" and sums["a.csv"]["sha256"] == _sha(b"first version")
+    assert sums["a.csv"]["origin"] == "first use"
+    err = capsys.readouterr().err
+    assert f"recorded sha256 {_sha(b'first version')} of a.csv" in err and "trust on first use" in err
     fetch_dataset(spec, tmp_path, progress=False, timeout=5)  # same file: accepted silently
     assert "recorded" not in capsys.readouterr().err
-    local = dataset_dir(spec, tmp_path) / "a.h5"
+    local = dataset_dir(spec, tmp_path) / "a.csv"
     local.write_bytes(b"corrupted")
     with pytest.raises(ChecksumError) as info:
         fetch_dataset(spec, tmp_path, progress=False, timeout=5)
     assert _sha(b"first version") in str(info.value) and _sha(b"corrupted") in str(info.value)
-    assert "recorded in" in str(info.value)
-    assert not local.exists()
-    (www / "a.h5").write_bytes(b"changed upstream")
+    assert "recorded in" in str(info.value) and "--recheck" in str(info.value)
+    assert local.read_bytes() == b"corrupted"  # a file found on disk is never deleted
+    fetch_dataset(spec, tmp_path, progress=False, timeout=5, recheck=True)  # the user vouches for it
+    assert f"replacing {_sha(b'first version')}" in capsys.readouterr().err
+    assert json.loads(checksums_path(spec, tmp_path).read_text())["a.csv"]["sha256"] == _sha(b"corrupted")
+    local.unlink()
+    (www / "a.csv").write_bytes(b"changed upstream")
     with pytest.raises(ChecksumError, match="no file was left"):
         fetch_dataset(spec, tmp_path, progress=False, timeout=5)
     assert not local.exists()
@@ -169,24 +189,25 @@ def test_unknown_hash_is_recorded_then_enforced(server, tmp_path, capsys):
 
 def test_offline_error_lists_every_url_and_path_then_manual_placement_works(dead_url, tmp_path):
     good = b"placed by hand"
-    spec = _spec(FileSpec(url=f"{dead_url}/one.h5", filename="A/one.h5", sha256=_sha(good)),
+    spec = _spec(FileSpec(url=f"{dead_url}/one.csv", filename="A/one.csv", sha256=_sha(good)),
                  FileSpec(url=f"{dead_url}/two.csv", filename="B/two.csv"))
     with pytest.raises(DownloadError) as info:
         fetch_dataset(spec, tmp_path, progress=False, timeout=2)
     message = str(info.value)
     folder = dataset_dir(spec, tmp_path)
     assert "could not download 2 of 2 file(s) of dataset 'toy' (network unreachable" in message
-    for url, path in ((f"{dead_url}/one.h5", folder / "A/one.h5"), (f"{dead_url}/two.csv", folder / "B/two.csv")):
+    for url, path in ((f"{dead_url}/one.csv", folder / "A/one.csv"), (f"{dead_url}/two.csv", folder / "B/two.csv")):
         assert url in message and f"-> {path}" in message
     assert _sha(good) in message
-    assert not (folder / "A/one.h5").exists() and not (folder / "B/two.csv").exists()
+    assert not (folder / "A/one.csv").exists() and not (folder / "B/two.csv").exists()
     (folder / "A").mkdir(parents=True, exist_ok=True)
     (folder / "B").mkdir(parents=True, exist_ok=True)
-    (folder / "A/one.h5").write_bytes(b"wrong content")
+    (folder / "A/one.csv").write_bytes(b"wrong content")
     (folder / "B/two.csv").write_bytes(b"x,y\n")
     with pytest.raises(ChecksumError, match=_sha(good)):
         fetch_dataset(spec, tmp_path, progress=False, timeout=2)
-    (folder / "A/one.h5").write_bytes(good)
+    assert (folder / "A/one.csv").read_bytes() == b"wrong content"  # left in place for the user to look at
+    (folder / "A/one.csv").write_bytes(good)
     assert fetch_dataset(spec, tmp_path, progress=False, timeout=2) == folder
     assert status(spec, tmp_path) == "downloaded"
 
@@ -249,17 +270,23 @@ def test_archives_are_unpacked_with_nested_archives_and_slides_resolved(server, 
     assert edited.read_bytes() == b"h5" and status(spec, tmp_path) == "downloaded"
 
 
-def test_resolve_slides_reports_missing_and_ambiguous_patterns(tmp_path):
-    (tmp_path / "x1").mkdir()
+def test_resolve_slides_reports_missing_and_chooses_among_ambiguous_patterns(tmp_path):
     (tmp_path / "x2").mkdir()
+    (tmp_path / "x1").mkdir()
     spec = _spec(FileSpec(url="https://e.org/a", filename="a"),
                  slides=(SlideSpec("A", "p", "train", "x*"), SlideSpec("B", "p", "val", "y", image="B/*.jpg")))
     with pytest.raises(LayoutError) as info:
         resolve_slides(spec, tmp_path)
     message = str(info.value)
-    assert "slide 'A': path 'x*' matches 2 folders ('x1', 'x2')" in message
     assert "slide 'B': path 'y' matches no folder" in message
-    assert "slide 'B': image 'B/*.jpg' matches no file" in message
+    assert "x*" not in message and "image" not in message  # an ambiguity is resolved; a missing image is not fatal
+    (tmp_path / "y").mkdir()
+    with pytest.warns(UserWarning) as caught:
+        slides = resolve_slides(spec, tmp_path)
+    assert [s.path for s in slides] == ["x1", "y"] and slides[1].image is None
+    notes = [str(w.message) for w in caught]
+    assert "slide 'A': path 'x*' matches 2 entries; using 'x1'" in notes[0] and "'x2'" in notes[0]
+    assert "slide 'B': image 'B/*.jpg' matches no file: no full-resolution image" in notes[1]
 
 
 @pytest.mark.parametrize(("kind", "content", "why"), [
@@ -391,17 +418,56 @@ def test_cli_download_proceeds_offline_once_files_are_placed_by_hand(tmp_path, n
     from spared.catalog import load_spec
     from spared.cli import app
 
-    spec = load_spec("10xgenomic_human_breast_cancer")
+    spec = load_spec("villacampa_kidney_organoid")  # no published hashes: trust on first use
     folder = dataset_dir(spec, tmp_path)
-    for f in spec.files:
-        path = folder / f.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_tar_bytes({"spatial/scalefactors_json.json": b"{}"}) if f.unpack else b"placed")
+    folder.mkdir(parents=True)
+    slides = {f"data/kidneyorganoid/{s.id}/spatial/scalefactors_json.json": b"{}" for s in spec.slides}
+    (folder / "xjtv62ncwr_data.tar.gz").write_bytes(_tar_bytes(slides))
     result = CliRunner().invoke(app, ["download", spec.key, "--data-dir", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert result.stderr.count("recorded sha256") == len(spec.files)
-    for slide in resolve_slides(spec, folder):
+    assert result.stderr.count("recorded sha256") == 1 and "trust on first use" in result.stderr
+    assert "xjtv62ncwr_images.tar.gz" in result.stderr and "hires" in result.stderr  # images missing: a warning
+    assert "1 trust on first use" in " ".join(result.stdout.split())
+    slides, notes = resolve_layout(spec, folder)
+    for slide in slides:
         assert (folder / slide.path / "spatial" / "scalefactors_json.json").is_file()
+    assert len(notes) == 3 and all("no full-resolution image" in n for n in notes)
     assert status(spec, tmp_path) == "downloaded"
     listing = json.loads(CliRunner().invoke(app, ["datasets", "--json", "--data-dir", str(tmp_path)]).stdout)
     assert {r["name"]: r["status"] for r in listing}[spec.key] == "downloaded"
+    labels = {r["name"]: r["checksums"] for r in listing}
+    assert labels[spec.key] == "first use" and labels["10xgenomic_human_brain"] == "pinned"
+
+
+def test_cli_download_rejects_a_wrong_file_for_a_pinned_hash_and_keeps_it(tmp_path, no_network):
+    from spared.catalog import load_spec
+    from spared.cli import app
+
+    spec = load_spec("10xgenomic_human_breast_cancer")
+    h5 = dataset_dir(spec, tmp_path) / spec.files[0].filename
+    h5.parent.mkdir(parents=True)
+    h5.write_bytes(hdf5_bytes(tmp_path))
+    result = CliRunner().invoke(app, ["download", spec.key, "--data-dir", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert spec.files[0].sha256 in message and "catalogue pins this hash" in message
+    assert h5.is_file() and not checksums_path(spec, tmp_path).exists()
+
+
+def test_macos_debris_never_matches_a_slide_or_nested_pattern(tmp_path):
+    """Researcher-made zips carry __MACOSX/ and ._* twins of every entry; patterns must not see them."""
+    inner = _tar_bytes({"S1/filtered_feature_bc_matrix.h5": b"h5"})
+    spec = _spec(FileSpec(url="https://e.org/b.zip", filename="bundle.zip", unpack=True),
+                 slides=(SlideSpec("S1", "p", "train", "bundle/*/out/S1", image="bundle/*/images/*S1*.jpg"),
+                         SlideSpec("S2", "p", "val", "bundle/*/out/S1")),
+                 nested=("bundle/*/out.tar.gz",))
+    folder = dataset_dir(spec, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "bundle.zip").write_bytes(_zip_bytes({
+        "Supp/out.tar.gz": inner, "__MACOSX/Supp/._out.tar.gz": b"\x00\x05\x16\x07",
+        "Supp/images/S1.jpg": b"\xff\xd8\xff", "Supp/images/._S1.jpg": b"\x00\x05\x16\x07",
+        "__MACOSX/Supp/images/._S1.jpg": b"\x00\x05\x16\x07"}))
+    fetch_dataset(spec, tmp_path, progress=False)
+    slides, notes = resolve_layout(spec, folder)
+    assert notes == [] and slides[0].path == "bundle/Supp/out/S1" and slides[0].image == "bundle/Supp/images/S1.jpg"
+    assert not (folder / "bundle/__MACOSX/Supp/out").exists()  # the AppleDouble twin was not unpacked

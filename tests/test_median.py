@@ -205,3 +205,114 @@ def test_window_median_arithmetic_matches_numpy(dtype):
             with np.errstate(over="ignore"):
                 want = np.median(window)
             assert np.array(got, dtype=dtype).tobytes() == np.array(want, dtype=dtype).tobytes(), window
+
+
+def original_rule_reference(values, coords, groups, max_hops=4, hex_geometry=True):
+    """The original library's filter as plain loops: per slide, each spot's k nearest spots (by a full distance
+    matrix; on a grid only those closer than 1.3 × the slide's median neighbour distance), windows = the spot
+    plus every spot reached by a walk of 1..h steps along these directed links, then the adaptive rule."""
+    k = 6 if hex_geometry else 8
+    out = values.copy()
+    for label in np.unique(groups):
+        idx = np.flatnonzero(groups == label)
+        pts = coords[idx]
+        dist = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(axis=-1))
+        np.fill_diagonal(dist, np.inf)
+        nearest = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        near_dist = np.take_along_axis(dist, nearest, axis=1)
+        cutoff = np.inf if hex_geometry else np.median(near_dist) * 1.3
+        links = [[int(j) for j, d in zip(row, drow, strict=True) if d < cutoff]
+                 for row, drow in zip(nearest, near_dist, strict=True)]
+        windows = []
+        for i in range(idx.size):
+            frontier, reached, per_hop = {i}, set(), []
+            for _ in range(max_hops):
+                frontier = {j for u in frontier for j in links[u]}  # walks one step longer
+                reached |= frontier
+                per_hop.append([i, *sorted(reached - {i})])
+            windows.append(per_hop)
+        for g in range(values.shape[1]):
+            column = values[idx, g]
+            nonzero = column[column != 0]
+            fallback = np.median(nonzero) if nonzero.size else 0
+            for i in range(idx.size):
+                if column[i] != 0:
+                    continue
+                for window in windows[i]:
+                    med = np.median(column[window])
+                    if med != 0:
+                        out[idx[i], g] = med
+                        break
+                else:
+                    out[idx[i], g] = fallback
+    return out
+
+
+def irregular_adata(rng, hex_geometry: bool, n_genes: int) -> ad.AnnData:
+    """Two slides of a jittered lattice with holes: kNN links are far from symmetric, distances never tie."""
+    parts, slides = [], []
+    for label, (rows, cols) in (("A", (12, 11)), ("B", (9, 10))):
+        if hex_geometry:
+            pts = hex_coords(rows, cols)
+        else:
+            r, c = np.divmod(np.arange(rows * cols), cols)
+            pts = np.column_stack([2.0 * c, 2.0 * r]).astype(float)
+        pts = pts[rng.random(len(pts)) > 0.25]
+        parts.append(pts + rng.normal(scale=0.15, size=pts.shape))
+        slides += [label] * len(pts)
+    obs = pd.DataFrame({"slide_id": slides}, index=[f"s{i}" for i in range(len(slides))])
+    values = random_values(rng, len(slides), n_genes, np.float32, zero_frac=None)
+    var = pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+    return ad.AnnData(obs=obs, var=var, obsm={"spatial": np.vstack(parts)}, layers={"log1p": values})
+
+
+@pytest.mark.parametrize("hex_geometry", [True, False])
+@pytest.mark.parametrize("max_hops", [1, 4])
+def test_original_windows_match_the_original_rule(hex_geometry, max_hops):
+    from spared.graph import original_spatial_graph
+
+    rng = np.random.default_rng(21 + max_hops)
+    adata = irregular_adata(rng, hex_geometry, n_genes=20)
+    values = adata.layers["log1p"]
+    n_neighs = 6 if hex_geometry else 8
+    groups = adata.obs["slide_id"].to_numpy()
+    want = original_rule_reference(values, adata.obsm["spatial"], groups, max_hops, hex_geometry)
+    got = adaptive_median_filter(adata, n_neighs=n_neighs, max_hops=max_hops, graphs="original", copy=True)
+    np.testing.assert_array_equal(got.layers["d_log1p"].view(np.uint8), want.view(np.uint8))
+    # the default windows (symmetrised graph) are a different, documented recipe on such a layout
+    graph = original_spatial_graph(adata, hex_geometry=hex_geometry)
+    assert (graph != graph.T).nnz > 0
+    if max_hops == 4:
+        default = adaptive_median_filter(adata, n_neighs=n_neighs, max_hops=max_hops, copy=True)
+        assert (default.layers["d_log1p"] != want).any()
+
+
+def test_original_graph_keeps_nearest_spots_among_ties():
+    """On an exact lattice many spots have equidistant candidates for their last neighbours: every chosen
+    neighbour is at most as far as the sixth nearest, all strictly nearer spots are chosen, per slide."""
+    from spared.graph import original_spatial_graph
+
+    adata = two_slide_adata(np.zeros((192, 1)))
+    graph = original_spatial_graph(adata).tocsr()
+    groups = adata.obs["slide_id"].to_numpy()
+    coords = adata.obsm["spatial"]
+    assert (graph.getnnz(axis=1) == 6).all()
+    ties = 0
+    for i in range(adata.n_obs):
+        same = np.flatnonzero((groups == groups[i]) & (np.arange(adata.n_obs) != i))
+        dist = np.linalg.norm(coords[same] - coords[i], axis=1)
+        sixth = np.sort(dist)[5]
+        chosen = graph.indices[graph.indptr[i]:graph.indptr[i + 1]]
+        assert set(chosen) <= set(same)
+        assert np.linalg.norm(coords[chosen] - coords[i], axis=1).max() <= sixth + 1e-9
+        assert set(same[dist < sixth - 1e-9]) <= set(chosen)
+        ties += int(np.isclose(dist, sixth).sum() > np.isclose(np.sort(dist)[:6], sixth).sum())
+    assert ties > 0  # the lattice does exercise tie-breaking
+
+
+def test_graph_recipe_errors():
+    adata = two_slide_adata(np.zeros((192, 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="graphs must be one of"):
+        adaptive_median_filter(adata, graphs="squidpy")
+    with pytest.raises(ValueError, match="6 \\(hexagonal array\\) or 8"):
+        adaptive_median_filter(adata, n_neighs=4, graphs="original")

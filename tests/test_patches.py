@@ -68,7 +68,9 @@ def test_centre_pixel_is_the_spot(tmp_path, png):
     for i, (x, y) in enumerate(INNER.astype(int)):
         np.testing.assert_array_equal(store[i][15, 15], [x, y, 77])
         np.testing.assert_array_equal(store[i][0, 0], [x - 15, y - 15, 77])  # no resampling: exact copy
-    assert adata.uns["spared"]["patches"] == {"path": str(path.resolve()), "size": 31, "scale": 1.0}
+    assert adata.uns["spared"]["patches"] == {"path": str(path.resolve()), "size": 31, "scale": 1.0, "sources": {
+        "S1": {"image": "fullres", "path": str(png), "scale_x": 1.0, "scale_y": 1.0}}}
+    assert "warnings" not in adata.uns["spared"]
     assert list(store.obs_names) == list(adata.obs_names)
 
 
@@ -131,8 +133,9 @@ def test_hires_path_matches_fullres_on_exactly_downsampled_image(tmp_path):
     Image.fromarray(full).save(path)
     xy = np.array([[100, 100], [240, 200], [401, 333], [60, 350]], dtype=np.float64)
     a = extract_patches(spot_collection(xy, 96, fullres=path), tmp_path / "a.h5", patch_size=24, progress=False)
-    b = extract_patches(spot_collection(xy, 96, hires=hires, hires_scalef=0.25), tmp_path / "b.h5", patch_size=24,
-                        progress=False)
+    with pytest.warns(UserWarning, match="patches cut from the hires image"):
+        b = extract_patches(spot_collection(xy, 96, hires=hires, hires_scalef=0.25), tmp_path / "b.h5",
+                            patch_size=24, progress=False)
     diff = np.abs(PatchStore(a)[:].astype(int) - PatchStore(b)[:].astype(int))
     assert diff.mean() < 1 and diff.max() <= 2
 
@@ -166,11 +169,58 @@ def test_truncated_image_fails_cleanly_and_leaves_no_file(tmp_path):
 
 def test_missing_image_sources_are_reported(tmp_path):
     adata = spot_collection(INNER, 31)
-    with pytest.raises(ReaderError, match=r"neither .*fullres_path.* nor a hires image"):
+    with pytest.raises(ReaderError, match=r"no image to cut patches from: neither .*fullres_path.* nor a hires or "
+                                          r"lowres image"):
         extract_patches(adata, tmp_path / "p.h5", progress=False)
     adata.uns["spatial"]["S1"]["scalefactors"].pop("spot_diameter_fullres")
     with pytest.raises(ReaderError, match="spot_diameter_fullres"):
         extract_patches(adata, tmp_path / "p.h5", progress=False)
+
+
+def test_lowres_fallback_is_centred_and_recorded(tmp_path):
+    lowres = coordinate_image()[::4, ::4]  # pixel (i, j) of lowres shows full-res (4j, 4i)
+    adata = spot_collection(INNER, 32)
+    entry = adata.uns["spatial"]["S1"]
+    entry["images"]["lowres"] = lowres
+    entry["scalefactors"]["tissue_lowres_scalef"] = 0.25
+    with pytest.warns(UserWarning, match="patches cut from the lowres image"):
+        store = PatchStore(extract_patches(adata, tmp_path / "p.h5", patch_size=8, progress=False))
+    for i, (x, y) in enumerate(INNER.astype(int)):
+        np.testing.assert_allclose(store[i][4, 4, :2].astype(int), [x, y], atol=4)
+    assert adata.uns["spared"]["patches"]["sources"]["S1"] == {"image": "lowres", "path": "", "scale_x": 0.25,
+                                                               "scale_y": 0.25}
+    assert adata.uns["spared"]["warnings"] == ["slide 'S1': no full-resolution image; patches cut from the lowres "
+                                               "image (scale 0.25: a spot spans 8.0 px there, resampled to the patch "
+                                               "size)"]
+
+
+def test_fullres_image_scaled_differently_per_axis_is_rescaled_per_axis(tmp_path):
+    hires = coordinate_image()[::2, ::2]  # implies a 240 × 200 full-resolution image
+    squeezed = tmp_path / "squeezed.png"
+    Image.fromarray(coordinate_image()).resize((120, 97), Image.Resampling.BOX).save(squeezed)  # x 0.5, y 0.485
+    adata = spot_collection(INNER, 30, fullres=squeezed, hires=hires, hires_scalef=0.5)
+    with pytest.warns(UserWarning, match=r"rescaled per axis \(x 0.5000, y 0.4850\)"):
+        path = extract_patches(adata, tmp_path / "p.h5", patch_size=15, progress=False)
+    for i, (x, y) in enumerate(INNER.astype(int)):
+        np.testing.assert_allclose(PatchStore(path)[i][7, 7, :2].astype(int), [x, y], atol=3)
+    source = adata.uns["spared"]["patches"]["sources"]["S1"]
+    assert (source["scale_x"], round(source["scale_y"], 4)) == (0.5, 0.485)
+    assert "per axis" in adata.uns["spared"]["warnings"][0]
+
+
+def test_cropped_or_foreign_images_are_refused_not_cut(tmp_path):
+    hires = coordinate_image()[::2, ::2]
+    cropped = tmp_path / "cropped.png"
+    Image.fromarray(coordinate_image()[:, :150]).save(cropped)  # width cut, height at full resolution
+    adata = spot_collection(INNER, 30, fullres=cropped, hires=hires, hires_scalef=0.5)
+    with pytest.raises(ReaderError, match=r"axes scale differently \(x 0.625, y 1.000\).*cropped"):
+        extract_patches(adata, tmp_path / "p.h5", patch_size=15, progress=False)
+    small = tmp_path / "small.png"
+    Image.fromarray(coordinate_image()[:60, :60]).save(small)
+    far = spot_collection(INNER, 30, fullres=small)  # no hires to compare with: the spots fall outside
+    with pytest.raises(ReaderError, match=r"4 of 5 spot centres fall outside .*small.png"):
+        extract_patches(far, tmp_path / "q.h5", patch_size=15, progress=False)
+    assert not (tmp_path / "p.h5").exists() and not (tmp_path / "q.h5").exists()
 
 
 def _read_in_worker(store: PatchStore) -> np.ndarray:

@@ -60,6 +60,25 @@ def test_expression_fractions_match_a_plain_loop():
         assert a.var["glob_exp_frac"].iloc[j] == pytest.approx(np.mean(x[:, j] > 0))
 
 
+def test_expression_fractions_are_exact_and_genes_at_the_cut_are_kept():
+    """700 of 1,000 spots is exactly 0.7, as the original library counts it: both such genes meet a 70 % cut
+    (a float32 mean gives 0.69999456 and dropped them)."""
+    n = 1000
+    x = np.zeros((n, 3), dtype=np.float32)
+    x[:700, 0] = 1
+    x[300:, 1] = 2
+    x[:100, 2] = 5
+    obs = pd.DataFrame({"slide_id": np.repeat(["s0", "s1"], n // 2)}, index=[f"spot{i}" for i in range(n)])
+    from spared.annotation import gene_table
+
+    a = ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=gene_table("human").index[:3]))
+    expression_fractions(a)
+    np.testing.assert_array_equal(a.var["glob_exp_frac"].to_numpy(), [700 / n, 700 / n, 100 / n])
+    np.testing.assert_array_equal(a.var["exp_frac"].to_numpy(), [200 / 500, 200 / 500, 0.0])
+    out = filter_genes(a, real_data_percentage=0.7)
+    assert list(out.var_names) == list(a.var_names[:2])
+
+
 def test_real_data_prefix_is_the_longest_prefix_meeting_the_threshold():
     rng = np.random.default_rng(1)
     for _ in range(50):
@@ -110,7 +129,10 @@ def test_tpm_drops_unannotated_genes_and_rejects_all_unknown():
     names = list(a.var_names)
     names[0] = "ENSG_UNKNOWN"
     a.var_names = names
-    out = tpm(a, "human", layer=None)
+    from spared.annotation import GeneMappingWarning
+
+    with pytest.warns(GeneMappingWarning, match=r"dropping 1 of 30 gene\(s\).*'ENSG_UNKNOWN'"):
+        out = tpm(a, "human", layer=None)
     assert out.n_vars == a.n_vars - 1 and out.uns["spared"]["tpm_dropped_genes"] == 1
     a.var_names = [f"NOPE{i}" for i in range(a.n_vars)]
     with pytest.raises(ValueError, match="Ensembl ids"):

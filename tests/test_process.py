@@ -36,7 +36,8 @@ def test_provenance_records_every_step(processed_small):
     info = processed_small.uns["spared"]
     assert json.loads(info["config"])["top_moran_genes"] == 32
     steps = info["steps"]
-    assert list(steps["step"])[:3] == ["spot filter", "expression fractions", "gene filter"]
+    assert list(steps["step"])[:4] == ["gene ids", "spot filter", "expression fractions", "gene filter"]
+    assert info["genes"]["fraction_mapped"] == 1.0 and info["genes"]["n_genes_read"] == 128
     assert steps["n_genes"][-1] == 32 and (np.asarray(steps["seconds"]) >= 0).all()
     assert 0.67 <= info["raw_zero_fraction"] <= 0.97
 
@@ -70,7 +71,7 @@ def test_bad_input_is_rejected_before_work(raw_small):
     with pytest.raises(KeyError, match="combat_key"):
         process(raw_small, cfg.replace(combat_key="batch"), progress=False)
     mouse = cfg.replace(organism="mouse")
-    with pytest.raises(ValueError, match="none of the"):
+    with pytest.raises(ValueError, match="is the organism 'human'"):
         process(raw_small, mouse, progress=False)
     nan = raw_small.copy()
     nan.X = nan.X.astype(np.float32)
@@ -79,11 +80,29 @@ def test_bad_input_is_rejected_before_work(raw_small):
         process(nan, cfg, progress=False)
 
 
-def test_grid_geometry_option_uses_eight_neighbours(raw_small):
-    out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False, hex_geometry=False),
-                  progress=False)
+def test_grid_geometry_option_yields_to_the_detected_lattice_with_a_warning(raw_small):
+    with pytest.warns(UserWarning, match="hexagonal lattice but hex_geometry=False"):
+        out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False, hex_geometry=False),
+                      progress=False)
     assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
+    assert out.uns["spared"]["geometry"] == "hexagonal" and "6 neighbours" in out.uns["spared"]["warnings"][-1]
     assert out.n_vars == 16
+
+
+def test_original_spatial_graphs_option_reaches_median_filter_and_moran(raw_small):
+    from spared.impute.median import adaptive_median_filter
+    from spared.pp.moran import moran_genes
+
+    with pytest.raises(ValueError, match="spatial_graphs must be 'spared'"):
+        ProcessingConfig(spatial_graphs="squidpy")
+    out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False,
+                                              spatial_graphs="original"), progress=False)
+    check = adaptive_median_filter(out, key_added="again", graphs="original", copy=True)
+    np.testing.assert_array_equal(check.layers["again"], out.layers["d_log1p"])
+    ours = adaptive_median_filter(out, key_added="again", copy=True)
+    assert (ours.layers["again"] != out.layers["d_log1p"]).any()  # the lattice's edges: different windows
+    moran_genes(check, key_added="moran_again", graphs="original")
+    np.testing.assert_allclose(check.var["moran_again"], out.var["d_log1p_moran"], rtol=1e-12)
 
 
 def test_real_visium_subset_runs_through_the_protocol(realdata, tmp_path):

@@ -157,7 +157,7 @@ SLIDE = [{"id": "S1", "patient": "P1", "split": "train"}]
 
 
 def test_registry_names_every_format():
-    assert set(READERS) == {"visium_spaceranger", "visium_mtx_folders", "geo_visium", "h5ad"}
+    assert set(READERS) == {"visium_spaceranger", "visium_mtx_folders", "geo_visium", "h5ad", "st", "hest"}
     with pytest.raises(ReaderError, match=r"unknown reader format 'nope'.*visium_spaceranger"):
         read("nope", ".", SLIDE, "human")
 
@@ -270,7 +270,10 @@ def test_geo_prefixed_files_with_symbol_table(tmp_path):
                          (coordinate_image(*FULLRES).astype(np.uint16) * 257), photometric="rgb")
     slides = [{"id": "A1_S1", "patient": "mouse1", "split": "train"},
               {"id": "B1_S2", "patient": "mouse2", "split": "val"}]
-    adata = read("geo_visium", tmp_path, slides, "human")
+    from spared.annotation import GeneMappingWarning
+
+    with pytest.warns(GeneMappingWarning, match="NOT_A_GENE"):
+        adata = read("geo_visium", tmp_path, slides, "human")
     assert adata.n_vars == len(GENES)
     assert list(adata.var["gene_symbol"]) == [g[1] for g in GENES]
     report = adata.uns["spared"]["reader"]["slides"]["A1_S1"]
@@ -374,3 +377,32 @@ def test_missing_slide_folder_and_mismatched_triplet(tmp_path):
     features.write_text("\n".join(features.read_text().splitlines()[:-1]) + "\n")
     with pytest.raises(ReaderError, match="do not belong together"):
         read("visium_spaceranger", tmp_path, SLIDE, "human")
+
+
+def test_symbol_only_features_are_mapped_and_ambiguity_reported(tmp_path):
+    """Features whose ids are symbols: mapped with GENCODE, shared symbols reported, duplicates summed."""
+    from spared.annotation import GeneMappingWarning
+
+    genes = [(s, s) for _, s in GENES] + [("MATR3", "MATR3"), ("TBCE", "TBCE"), ("TBCE", "TBCE"),
+                                           ("OLD_NAME1", "OLD_NAME1")]
+    written = write_visium_outs(tmp_path / "S1", genes=genes)
+    with pytest.warns(GeneMappingWarning, match=r"9 of 10 genes \(90.0%\).*OLD_NAME1.*MATR3 -> ENSG00000015479"):
+        adata = read("visium_spaceranger", tmp_path, SLIDE, "human")
+    assert list(adata.var_names) == [g[0].split(".")[0] for g in GENES] + ["ENSG00000015479", "ENSG00000284770"]
+    report = adata.uns["spared"]["reader"]["slides"]["S1"]
+    assert report["n_genes_by_symbol"] == 10 and report["n_genes_unmapped"] == 1
+    assert report["n_genes_ambiguous"] == 3 and report["n_genes_merged"] == 1
+    kept = expected_in_tissue(written)
+    np.testing.assert_array_equal(adata.X.toarray()[:, -1], written["counts"][kept][:, 7:9].sum(axis=1))
+
+
+def test_too_few_known_symbols_fail_naming_the_organism(tmp_path):
+    mouse = [("Gapdh", "Gapdh"), ("Actb", "Actb"), ("Trp53", "Trp53"), ("Myc", "Myc"), ("TP53", "TP53")]
+    write_visium_outs(tmp_path / "S1", genes=mouse)
+    with pytest.raises(ReaderError, match=r"only 1 of 5 genes.*human annotation.*is the organism 'mouse'"):
+        read("visium_spaceranger", tmp_path, SLIDE, "human")
+    with pytest.warns(UserWarning, match="1 of 5 genes"):
+        adata = read("visium_spaceranger", tmp_path, SLIDE, "human", min_mapped_fraction=0)
+    assert list(adata.var_names) == ["ENSG00000141510"]
+    with pytest.warns(UserWarning, match=r"4 of 5 genes.*'TP53'"):
+        assert read("visium_spaceranger", tmp_path, SLIDE, "mouse").n_vars == 4

@@ -1,18 +1,34 @@
-"""The SpaRED processing protocol's parameters in one object (defaults = the paper's)."""
+"""The SpaRED processing protocol's parameters in one object (defaults = the paper's), and field parsing.
+
+:func:`parse_field` converts a value (text from ``--set key=value``, or a JSON/TOML value) to a dataclass field's
+declared type, so every field, present or future, is parsed from its annotation alone.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Spellings of booleans accepted in ``--set`` values and config files (case-insensitive).
+TRUE_WORDS = frozenset({"true", "yes", "on", "1", "y", "t"})
+FALSE_WORDS = frozenset({"false", "no", "off", "0", "n", "f"})
+NONE_WORDS = frozenset({"none", "null"})
+
 
 @dataclass(frozen=True)
 class ProcessingConfig:
-    """Parameters of :func:`spared.pp.process`; every default is the SpaRED protocol's (SPEC §2)."""
+    """Parameters of :func:`spared.pp.process`; every default is the SpaRED protocol's (SPEC §2).
+
+    ``split_scheme`` picks the train/val/test slides: ``"catalogue"`` (as read), ``"lopo:<patient>"``
+    (leave one patient out) or ``"loso:<slide>"`` (see :mod:`spared.pp.splits`).
+    """
 
     organism: str = "human"
     cell_min_counts: float = 10
@@ -29,22 +45,22 @@ class ProcessingConfig:
     patch_size: int = 224
     patch_scale: float = 1.0
     median_max_hops: int = 4
+    spatial_graphs: str = "spared"
     complete_missing: bool = True
     spackle_max_steps: int = 1000
     seed: int = 0
     slide_key: str = "slide_id"
     split_key: str = "split"
+    split_scheme: str = "catalogue"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.organism not in ("human", "mouse"):
-            raise ValueError(f"organism must be 'human' or 'mouse', got {self.organism!r}")
-        if not 0 <= self.real_data_percentage <= 1:
-            raise ValueError(f"real_data_percentage must lie in [0, 1], got {self.real_data_percentage}")
-        if self.top_moran_genes < 1:
-            raise ValueError(f"top_moran_genes must be >= 1, got {self.top_moran_genes}")
-        if self.wildcard_genes is not None and not isinstance(self.wildcard_genes, tuple):
-            object.__setattr__(self, "wildcard_genes", tuple(self.wildcard_genes))
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, parse_field(getattr(self, f.name), hints[f.name], f.name))
+        problems = [p for p in _field_problems(self) if p]
+        if problems:
+            raise ValueError("invalid processing parameter(s): " + "; ".join(problems))
 
     @property
     def n_neighs(self) -> int:
@@ -65,24 +81,28 @@ class ProcessingConfig:
         return dataclasses.replace(self, **changes)
 
     def with_overrides(self, assignments: list[str]) -> ProcessingConfig:
-        """Apply ``key=value`` strings (values parsed as JSON when possible, else kept as text)."""
+        """Apply ``key=value`` strings, each value parsed to its field's type (see :func:`parse_field`)."""
         changes: dict[str, Any] = {}
         for item in assignments:
-            if "=" not in item:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
                 raise ValueError(f"expected key=value, got {item!r}")
-            key, raw = item.split("=", 1)
-            changes[key.strip()] = _parse_value(raw.strip())
+            changes[key.strip()] = raw.strip()
         return self.replace(**changes)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ProcessingConfig:
-        """Read a TOML or JSON file of parameters (unknown keys are an error)."""
+        """Read a TOML or JSON file of parameters (unknown keys and unparsable values are errors naming the file)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        return cls().replace(**data)
+        data = read_settings_file(path)
+        try:
+            return cls().replace(**data)
+        except KeyError as exc:
+            raise KeyError(f"{path}: {exc.args[0]}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     def hash(self) -> str:
         """A short stable hash of the parameters (cache keys)."""
@@ -92,10 +112,190 @@ class ProcessingConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _parse_value(raw: str) -> Any:
-    if raw.lower() in ("none", "null"):
-        return None
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """The table of a TOML (or ``.json``) settings file; a parse error or a non-table names the file."""
+    path = Path(path)
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise ValueError(f"could not parse {path} as {kind}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a table of key = value settings, found a {type(data).__name__}")
+    return data
+
+
+def parse_field(value: Any, hint: Any, name: str) -> Any:
+    """``value`` converted to the type ``hint``; a ``ValueError`` naming ``name`` when it does not convert.
+
+    Text is parsed the way a user types it on a command line: booleans from ``true/false``, ``yes/no``,
+    ``on/off``, ``1/0``; numbers (an integer field accepts ``1e3`` but not ``1.5``); ``none``/``null`` for
+    optional fields; lists as ``a,b,c`` or a JSON list; mappings as a JSON object. Values that already have the
+    type (from JSON/TOML or Python) are checked the same way.
+    """
+    try:
+        return _convert(value, hint)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name!r} {exc}") from None
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)):
+            return None
+        errors = []
+        for option in options:
+            try:
+                return _convert(value, option)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ValueError(" or ".join(errors) + (" (or none)" if type(None) in args else ""))
+    if value is None:
+        raise ValueError(f"must be {_describe(hint)}; None is not allowed")
+    if origin is typing.Literal:
+        text = value.strip() if isinstance(value, str) else value
+        if text not in args:
+            raise ValueError(f"must be one of {list(args)}, got {value!r}")
+        return text
+    if origin in (tuple, list) or hint in (tuple, list):
+        item = args[0] if args else Any
+        items = _as_list(value)
+        converted = [_convert(v, item) for v in items]
+        return tuple(converted) if (origin or hint) is tuple else converted
+    if origin is dict or hint is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"must be a JSON object such as {{\"key\": 1}}, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        return _to_bool(value)
+    if hint is int:
+        return _to_int(value)
+    if hint is float:
+        return _to_float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be text, got {value!r}")
+        return value
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ValueError(f"must be {_describe(hint)}, got {value!r}")
+    return value
+
+
+def _describe(hint: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "text"}
+    return names.get(hint, f"of type {getattr(hint, '__name__', hint)}")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"must be a list (a,b,c or a JSON list), got {value!r}") from None
+            if isinstance(parsed, list):
+                return parsed
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise ValueError(f"must be a list, got {value!r}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ValueError(f"must be a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(f"must be an integer, got {value!r}") from None
+    if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+        return int(number)
+    raise ValueError(f"must be an integer, got {value!r}")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a number, got {value!r}") from None
+    if math.isnan(number):
+        raise ValueError(f"must be a number, got {value!r}")
+    return number
+
+
+def _field_problems(cfg: ProcessingConfig) -> list[str]:
+    """What is wrong with the values of a :class:`ProcessingConfig` whose fields already have their types."""
+    def fraction_or_off(name: str) -> str:
+        value = getattr(cfg, name)
+        return "" if value == -1 or 0 <= value <= 1 else f"{name} must lie in [0, 1] (or be -1: no filter), got {value}"
+
+    def at_least(name: str, low: float, strict: bool = False) -> str:
+        value = getattr(cfg, name)
+        ok = value > low if strict else value >= low
+        return "" if ok else f"{name} must be {'>' if strict else '>='} {low:g}, got {value}"
+
+    return [
+        "" if cfg.organism in ("human", "mouse") else f"organism must be 'human' or 'mouse', got {cfg.organism!r}",
+        at_least("cell_min_counts", 0), at_least("gene_min_counts", 0),
+        "" if cfg.cell_max_counts > cfg.cell_min_counts else
+        f"cell_max_counts must exceed cell_min_counts ({cfg.cell_min_counts:g}), got {cfg.cell_max_counts:g}",
+        "" if cfg.gene_max_counts > cfg.gene_min_counts else
+        f"gene_max_counts must exceed gene_min_counts ({cfg.gene_min_counts:g}), got {cfg.gene_max_counts:g}",
+        fraction_or_off("min_exp_frac"), fraction_or_off("min_glob_exp_frac"),
+        "" if 0 <= cfg.real_data_percentage <= 1 else
+        f"real_data_percentage must lie in [0, 1], got {cfg.real_data_percentage}",
+        at_least("top_moran_genes", 1), at_least("patch_size", 1), at_least("patch_scale", 0, strict=True),
+        at_least("median_max_hops", 1), at_least("spackle_max_steps", 1), at_least("seed", 0),
+        *(f"{name} must be a non-empty column name" for name in ("slide_key", "split_key")
+          if not getattr(cfg, name).strip()),
+        "combat_key must be a column name or None" if cfg.combat_key is not None and not cfg.combat_key.strip() else "",
+        "" if cfg.spatial_graphs in ("spared", "original") else
+        f"spatial_graphs must be 'spared' (median windows on the symmetrised kNN graph) or 'original' (the "
+        f"original SpaRED library's directed squidpy graph), got {cfg.spatial_graphs!r}",
+        _split_scheme_problem(cfg.split_scheme),
+    ]
+
+
+def _split_scheme_problem(scheme: str) -> str:
+    from spared.pp.splits import parse_split_scheme
+
+    try:
+        parse_split_scheme(scheme)
+    except ValueError as exc:
+        return str(exc)
+    return ""

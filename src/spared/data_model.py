@@ -68,6 +68,10 @@ def validate(adata, stage: str = "raw", layers: list[str] | None = None) -> None
     if stage not in ("raw", "processed"):
         raise ValueError(f"stage must be 'raw' or 'processed', got {stage!r}")
     problems: list[str] = []
+    if adata.n_obs == 0:
+        problems.append("the collection has no spots (n_obs = 0); check the reader's input or the spot selection")
+    if adata.n_vars == 0:
+        problems.append("the collection has no genes (n_vars = 0); check the reader's input or the gene selection")
     problems += _check_obs(adata)
     problems += _check_names(adata)
     problems += _check_spatial(adata)
@@ -79,12 +83,51 @@ def validate(adata, stage: str = "raw", layers: list[str] | None = None) -> None
         if name not in adata.layers:
             problems.append(f"layer {name!r} is missing ({LAYERS.get(name, 'required by the caller')}); "
                             f"run spared.pp.process first")
-        elif name != "mask":
+    for name in adata.layers:
+        if name != "mask":
             problems += _check_finite(adata.layers[name], f"layer {name!r}")
     if "mask" in adata.layers and adata.layers["mask"].dtype != bool:
         problems.append(f"layer 'mask' must be boolean, found dtype {adata.layers['mask'].dtype}")
     if problems:
         raise ValidationError("AnnData does not follow the spared data model:\n  - " + "\n  - ".join(problems))
+
+
+def count_problem(x, name: str = "X") -> str | None:
+    """Why ``x`` does not look like raw integer counts (fractional values, log-like range), or ``None``."""
+    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    if values.dtype.kind in "biu" or values.size == 0:
+        return None
+    fractional = values[np.abs(values - np.round(values)) > 1e-6]
+    if fractional.size == 0:
+        return None
+    top = float(np.max(values))
+    found = (f"{name} does not hold integer counts: {fractional.size:,} of {values.size:,} stored values are "
+             f"fractional (e.g. {', '.join(f'{v:.3g}' for v in fractional[:3])}; maximum {top:.3g})")
+    if top < 30:
+        found += ", and all values lie below 30 as log-transformed data do"
+    return found
+
+
+def check_completion_splits(obs, split_key: str = "split", slide_key: str = "slide_id", when: str = "") -> None:
+    """Raise ``ValueError`` unless ``obs`` has train spots and held-out (val or test) spots for SpaCKLE.
+
+    SpaCKLE learns on the train split and keeps the weights that score best on held-out slides, so a collection
+    with one slide, or with every slide in train, cannot be completed. ``when`` says at which point it was
+    found (e.g. after the spot filter).
+    """
+    if split_key not in obs:
+        raise ValueError(f"obs has no split column {split_key!r} (columns: {list(obs.columns)}); SpaCKLE completion "
+                         f"needs train and val slides")
+    splits = obs[split_key].astype(str)
+    if (splits == "train").any() and splits.isin(["val", "test"]).any():
+        return
+    slides = obs[slide_key].astype(str).groupby(splits.to_numpy(), observed=True).nunique().to_dict() \
+        if slide_key in obs else splits.value_counts().to_dict()
+    shown = ", ".join(f"{k}: {v} slide(s)" for k, v in slides.items()) or "no spots"
+    raise ValueError(f"SpaCKLE completion needs slides in the train split and at least one held-out slide (val or "
+                     f"test){' ' + when if when else ''}; found {shown}. SpaCKLE learns on train slides and selects "
+                     f"its weights on a val slide: assign a slide to 'val' in obs[{split_key!r}], or process without "
+                     f"completion (--set complete_missing=false)")
 
 
 def require(adata, layer: str | None = None, obs: str | None = None, hint: str = "") -> None:
@@ -137,7 +180,11 @@ def _check_spatial(adata) -> list[str]:
 
 
 def _check_counts(x, name: str) -> list[str]:
+    if x is None:
+        return [f"{name} is empty (None); put the raw counts (spots × genes) in {name}"]
     values = x.data if sp.issparse(x) else np.asarray(x)
+    if values.dtype.kind not in "biuf":
+        return [f"{name} has dtype {values.dtype}; expected numeric raw counts"]
     if not np.isfinite(values).all():
         return [f"{name} contains NaN or inf; raw counts must be finite"]
     if values.size and values.min() < 0:
@@ -147,4 +194,28 @@ def _check_counts(x, name: str) -> list[str]:
 
 def _check_finite(x, name: str) -> list[str]:
     values = x.data if sp.issparse(x) else np.asarray(x)
-    return [] if np.isfinite(values).all() else [f"{name} contains NaN or inf"]
+    if values.dtype.kind not in "fc":
+        return [] if values.dtype.kind in "biu" else [f"{name} is not numeric (dtype {values.dtype})"]
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    return [f"{name} contains NaN or inf ({bad} of {values.size} entries)"] if bad else []
+
+
+def require_finite(values: np.ndarray, what: str, real: np.ndarray | None = None) -> None:
+    """Raise ``ValueError`` when ``values`` (a completed or computed layer) holds NaN or inf.
+
+    ``real`` marks the measured entries: the message then says how many of the filled (``~real``) entries are
+    non-finite, i.e. whether the method or its input is to blame.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    bad = ~finite
+    if real is None:
+        raise ValueError(f"{what} holds {int(bad.sum())} non-finite (NaN or inf) value(s); nothing was written")
+    filled = int(bad[~real].sum())
+    if filled:
+        raise ValueError(f"{what}: the method predicted non-finite (NaN or inf) values for {filled} of "
+                         f"{int((~real).sum())} missing entries (a corrupt checkpoint or diverged training); "
+                         f"nothing was written. Retrain, or use another checkpoint or method")
+    raise ValueError(f"{what}: {int(bad.sum())} measured entries of the input layer are NaN or inf; fix the "
+                     f"input layer first (spared.validate(adata, stage='processed') lists the problems)")

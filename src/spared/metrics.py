@@ -30,8 +30,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "compute", "global_score", "mae", "mse", "pcc_gene", "pcc_patch", "per_gene", "r2_gene", "r2_patch",
+    "BETTER", "compute", "global_score", "mae", "mse", "pcc_gene", "pcc_patch", "per_gene", "r2_gene", "r2_patch",
 ]
+
+#: Which value of each metric is better: ``"lower"`` (errors) or ``"higher"`` (correlations, scores).
+BETTER: dict[str, str] = {"MSE": "lower", "MAE": "lower", "PCC-Gene": "higher", "PCC-Patch": "higher",
+                          "R2-Gene": "higher", "R2-Patch": "higher", "Global": "higher"}
 
 
 def _to_numpy(x: Any, as_float: bool) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""Build the compact gene table (id, symbol, merged exon length, type) from a GENCODE GTF.
+"""Build the compact gene table (id, symbol, merged exon length, type, level, readthrough) from a GENCODE GTF.
 
 Only ``gene`` and ``exon`` records are used. A gene's length is the number of bases covered by the union
 of all its exons over all its transcripts (GTF coordinates are 1-based and inclusive). Genes duplicated on
-the Y pseudo-autosomal region (ids ending in ``_PAR_Y``) are dropped; the chrX copy is kept.
+the Y pseudo-autosomal region (ids ending in ``_PAR_Y``) are dropped; the chrX copy is kept. ``level`` (1
+verified, 2 manually annotated, 3 automatic) and the ``readthrough_gene`` tag are kept to tell apart genes that
+share a symbol (see :func:`spared.annotation.symbols_to_ensembl`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def read_gtf_features(gtf_path: str | os.PathLike[str]) -> tuple[pd.DataFrame, p
     -------
     genes
         One row per ``gene`` record: ``gene_id`` (as written, with version), ``gene_symbol``,
-        ``gene_type``, ``chrom``.
+        ``gene_type``, ``chrom``, ``level`` (GENCODE level, 1–3) and ``readthrough`` (the gene carries the
+        ``readthrough_gene`` tag).
     exons
         One row per ``exon`` record: ``gene_id``, ``start``, ``end`` (1-based, inclusive).
     """
@@ -63,6 +66,8 @@ def read_gtf_features(gtf_path: str | os.PathLike[str]) -> tuple[pd.DataFrame, p
             "gene_symbol": _attribute(genes["attributes"], "gene_name"),
             "gene_type": _attribute(genes["attributes"], "gene_type"),
             "chrom": genes["chrom"],
+            "level": pd.to_numeric(genes["attributes"].str.extract(r"(?:^|;)\s*level (\d+)", expand=False)),
+            "readthrough": genes["attributes"].str.contains('tag "readthrough_gene"', regex=False),
         }))
         exon_parts.append(pd.DataFrame({
             "gene_id": _attribute(exons["attributes"], "gene_id"),
@@ -128,7 +133,8 @@ def build_gene_table(gtf_path: str | os.PathLike[str]) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Index ``gene_id`` (Ensembl id without version suffix), columns ``gene_symbol``, ``gene_length``
-        (``int64``, bases in the union of the gene's exons), ``gene_type``, ``chrom``; sorted by ``gene_id``.
+        (``int64``, bases in the union of the gene's exons), ``gene_type``, ``chrom``, ``level`` (``int64``;
+        3 where the GTF gives none) and ``readthrough`` (``int64`` 0/1); sorted by ``gene_id``.
     """
     import pandas as pd
 
@@ -153,6 +159,8 @@ def build_gene_table(gtf_path: str | os.PathLike[str]) -> pd.DataFrame:
         "gene_length": lengths,
         "gene_type": genes["gene_type"].to_numpy(),
         "chrom": genes["chrom"].to_numpy(),
+        "level": genes["level"].fillna(3).to_numpy(dtype=np.int64),
+        "readthrough": genes["readthrough"].to_numpy(dtype=np.int64),
     })
     if table["gene_id"].duplicated().any():
         dup = table.loc[table["gene_id"].duplicated(), "gene_id"].unique()[:5].tolist()

@@ -25,9 +25,10 @@ def execute(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
     from spared.bench.train import run_one
 
     try:
-        return run_one(spec, out_dir, data_dir=data_dir, progress=progress)
+        row = run_one(spec, out_dir, data_dir=data_dir, progress=progress)
     except Exception as err:
         return failed_row(spec, out_dir, err, traceback.format_exc())
+    return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key}
 
 
 def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: str = "") -> dict[str, Any]:
@@ -37,6 +38,7 @@ def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: st
     (run_dir / "error.txt").write_text(trace or f"{type(err).__name__}: {err}\n")
     return {"run_id": spec.run_id, "model": spec.model, "dataset": canonical_dataset(spec.dataset),
             "target": spec.target, "seed": spec.seed, "status": "failed", "error": f"{type(err).__name__}: {err}",
+            "data_version": spec.data_version, "spec_key": spec.spec_key,
             "run_dir": str(run_dir.resolve()),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
@@ -84,6 +86,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus_per_run: float = 1, num_gpus_per_run: float = 0,
                  max_retries: int = 0, **init_kwargs: Any) -> None:
+        require_ray()
         if num_cpus_per_run <= 0 or num_gpus_per_run < 0:
             raise ValueError(f"num_cpus_per_run must be > 0 and num_gpus_per_run >= 0, got {num_cpus_per_run} and "
                              f"{num_gpus_per_run}")
@@ -123,6 +126,15 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+
+def require_ray() -> None:
+    """Raise ``ImportError`` saying how to install Ray when it is not installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as err:
+        raise ImportError("the Ray executor needs Ray, which is not installed: pip install 'spared[ray]' (or run "
+                          "with --executor local)") from err
 
 
 def run_benchmark(specs: Iterable[RunSpec], out_dir: str | Path, executor: Executor | None = None,

@@ -19,7 +19,7 @@ METRICS_FILE = "metrics.json"
 #: Metrics every successful row carries (those of :func:`spared.metrics.compute`).
 METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch", "R2-Gene", "R2-Patch", "Global")
 #: Leading columns of the table, in order; metric and bookkeeping columns follow.
-KEY_COLUMNS = ("run_id", "model", "dataset", "target", "seed", "status", "error")
+KEY_COLUMNS = ("run_id", "model", "dataset", "target", "seed", "status", "error", "data_version", "spec_key")
 STATUSES = ("done", "failed")
 
 
@@ -27,7 +27,9 @@ class ResultsTable:
     """The table ``results.parquet`` (and its twin ``results.csv``) of a benchmark folder.
 
     Only the driver writes it: :meth:`append` rewrites both files atomically (temporary file + rename), one row
-    per run id (a re-run replaces its row).
+    per run id (a re-run replaces its row). Rows carry the run's ``spec_key`` (its settings without the data's
+    content): a new row of a spec replaces that spec's failed rows, and a successful one also its rows on
+    earlier versions of the data.
     """
 
     def __init__(self, results_dir: str | Path) -> None:
@@ -62,7 +64,12 @@ class ResultsTable:
                 raise ValueError(f"status must be one of {list(STATUSES)}, got {row['status']!r}")
         new = pd.DataFrame([_flat(row) for row in rows])
         old = self.load()
-        old = old[~old["run_id"].isin(new["run_id"])]
+        replaced = old["run_id"].isin(new["run_id"])
+        if "spec_key" in new and "spec_key" in old:
+            done = new.loc[new["status"] == "done", "spec_key"].dropna()
+            replaced |= old["spec_key"].isin(done)
+            replaced |= old["spec_key"].isin(new["spec_key"].dropna()) & (old["status"] == "failed")
+        old = old[~replaced]
         table = pd.concat([df for df in (old, new) if len(df)], ignore_index=True) if len(old) else new
         table = table.drop_duplicates("run_id", keep="last").reset_index(drop=True)
         table = table[[c for c in KEY_COLUMNS if c in table] + [c for c in table if c not in KEY_COLUMNS]]
@@ -95,6 +102,22 @@ def load_results(results: str | Path | pd.DataFrame) -> pd.DataFrame:
     return ResultsTable(results).load()
 
 
+def mark_stale(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a boolean ``stale`` column: True for runs on a dataset whose content changed since (its
+    current :func:`~spared.bench.runs.data_fingerprint` differs from the run's ``data_version``)."""
+    from spared.bench.runs import data_fingerprint
+
+    table = table.copy()
+    if "data_version" not in table or table.empty:
+        table["stale"] = False
+        return table
+    versions = table["data_version"].fillna("").astype(str)
+    current = {d: data_fingerprint(d) for d in table["dataset"].dropna().unique()}
+    now = table["dataset"].map(current).fillna("")
+    table["stale"] = (versions != "") & (now != "") & (now != versions)
+    return table
+
+
 def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE", "PCC-Gene")) -> pd.DataFrame:
     """Model × dataset summary: per target (raw, completed) and metric, mean and std over seeds.
 
@@ -110,27 +133,46 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
     DataFrame with columns ``model``, ``dataset`` and, for each target ``t`` present and metric ``m``,
     ``"m t mean"``, ``"m t std"`` (sample standard deviation, NaN with one seed) and ``"n t"`` (seeds). Only
     runs with status ``done`` count; ``failed`` gives the number of failed runs of the model and dataset.
+    Runs on different versions of a dataset's content (``data_version``) are summarised apart, never averaged
+    together; a ``stale`` column (any run of the row on data that changed since) is kept when ``results`` has
+    one (:func:`mark_stale`).
     """
-    table = load_results(results)
+    table = load_results(results).copy()
     metrics = list(metrics)
     absent = [m for m in metrics if m not in table.columns]
     if absent and (table["status"] == "done").any():
         raise KeyError(f"metrics {absent} are not columns of the results ({list(table.columns)})")
+    table["data_version"] = table["data_version"].fillna("").astype(str) if "data_version" in table else ""
+    keys = ["model", "dataset", "data_version"]
     ok = table[table["status"] == "done"]
-    pairs = table[["model", "dataset"]].drop_duplicates().sort_values(["model", "dataset"])
-    out = pairs.reset_index(drop=True)
+    out = table[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
     for target in [t for t in ("raw", "completed") if t in set(ok["target"])]:
-        rows = ok[ok["target"] == target].groupby(["model", "dataset"])
+        rows = ok[ok["target"] == target].groupby(keys)
         stats = pd.DataFrame({f"n {target}": rows.size()})
         for m in metrics:
             values = rows[m].agg(["mean", "std"])
             stats[f"{m} {target} mean"], stats[f"{m} {target} std"] = values["mean"], values["std"]
-        out = out.merge(stats.reset_index(), on=["model", "dataset"], how="left")
+        out = out.merge(stats.reset_index(), on=keys, how="left")
         out[f"n {target}"] = out[f"n {target}"].fillna(0).astype(np.int64)
-    failed = table[table["status"] == "failed"].groupby(["model", "dataset"]).size().rename("failed")
-    out = out.merge(failed.reset_index(), on=["model", "dataset"], how="left")
+    failed = table[table["status"] == "failed"].groupby(keys).size().rename("failed")
+    out = out.merge(failed.reset_index(), on=keys, how="left")
     out["failed"] = out["failed"].fillna(0).astype(np.int64)
+    if "stale" in table:
+        out = out.merge(table.groupby(keys)["stale"].any().reset_index(), on=keys, how="left")
     return out
+
+
+def summary_labels(summary: pd.DataFrame) -> pd.Series:
+    """Readable dataset names for the rows of :func:`aggregate`: unique among the datasets shown, with the data
+    version when one dataset appears with several, and ``(stale)`` for data that changed since the runs."""
+    from spared.bench.runs import dataset_labels
+
+    labels = summary["dataset"].map(dataset_labels(summary["dataset"]))
+    several = summary.groupby("dataset")["data_version"].transform("nunique") > 1
+    labels = labels.where(~several, labels + " [data " + summary["data_version"].str[:6] + "]")
+    if "stale" in summary:
+        labels = labels.where(~summary["stale"].fillna(False).astype(bool), labels + " (stale)")
+    return labels
 
 
 def format_mean_std(mean: float, std: float, digits: int = 3) -> str:

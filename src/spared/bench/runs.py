@@ -6,9 +6,12 @@ import dataclasses
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import product
+from pathlib import Path
 from typing import Any
 
 #: Targets and the absolute (log) layer each one trains on: raw/median vs SpaCKLE-completed.
@@ -17,6 +20,8 @@ TARGET_LAYERS: dict[str, str] = {"raw": "c_d_log1p", "completed": "c_t_log1p"}
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 #: Training fields that change how a run executes but not what it computes (left out of the run id).
 _EXECUTION_ONLY = frozenset({"num_workers", "num_threads", "loggers"})
+#: The dataset name of simulated collections (``simulated[:key=value,...]``).
+SIMULATED = "simulated"
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,9 @@ class RunSpec:
         Keyword arguments of ``spared.models.build_model`` (JSON values).
     training
         :class:`TrainingConfig` (a mapping is converted).
+    data_version
+        Fingerprint of the dataset's content (:func:`data_fingerprint`), part of the run id so that a run on
+        re-processed data is a new run; computed when the spec is made unless given (specs read back from disk).
     """
 
     model: str
@@ -133,6 +141,7 @@ class RunSpec:
     seed: int = 0
     model_config: Mapping[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    data_version: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -151,6 +160,8 @@ class RunSpec:
         except TypeError as err:
             raise ValueError(f"model_config must hold JSON values only ({err})") from err
         object.__setattr__(self, "model_config", config)
+        if not self.data_version:
+            object.__setattr__(self, "data_version", data_fingerprint(self.dataset))
 
     @property
     def layer(self) -> str:
@@ -158,14 +169,22 @@ class RunSpec:
         return TARGET_LAYERS[self.target]
 
     def identity(self) -> dict[str, Any]:
-        """Everything that determines the run's outcome (what :attr:`run_id` hashes)."""
+        """Everything that determines the run's outcome (what :attr:`run_id` hashes), the data's content included."""
         training = {k: v for k, v in self.training.to_dict().items() if k not in _EXECUTION_ONLY}
         return {"model": self.model, "dataset": canonical_dataset(self.dataset), "target": self.target,
-                "seed": self.seed, "model_config": dict(self.model_config), "training": training}
+                "seed": self.seed, "model_config": dict(self.model_config), "training": training,
+                "data": self.data_version}
+
+    @property
+    def spec_key(self) -> str:
+        """Hash of the settings without the data's content: runs of one spec on successive versions of its data
+        share it (a later run replaces the earlier rows of its spec in the results table)."""
+        identity = {k: v for k, v in self.identity().items() if k != "data"}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
     @property
     def run_id(self) -> str:
-        """``{model}-{dataset}-{target}-s{seed}-{hash}``: readable, and equal only for equal runs."""
+        """``{model}-{dataset}-{target}-s{seed}-{hash}``: readable, and equal only for equal runs on equal data."""
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":")).encode()
         digest = hashlib.sha256(blob).hexdigest()[:10]
         slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset_label(self.dataset)).strip("_")[:40] or "dataset"
@@ -174,7 +193,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dataset": self.dataset, "target": self.target, "seed": self.seed,
                 "model_config": dict(self.model_config), "training": self.training.to_dict(),
-                "run_id": self.run_id}
+                "data_version": self.data_version, "run_id": self.run_id}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -189,18 +208,29 @@ class RunSpec:
 def make_specs(models: Iterable[str], datasets: Iterable[str], targets: Iterable[str] = ("raw", "completed"),
                seeds: Iterable[int] = (0,), model_config: Mapping[str, Mapping[str, Any]] | None = None,
                training: TrainingConfig | None = None) -> list[RunSpec]:
-    """The grid models × datasets × targets × seeds (``model_config`` maps a model name to its settings)."""
+    """The grid models × datasets × targets × seeds (``model_config`` maps a model name to its settings).
+
+    Each dataset's content is fingerprinted once (:func:`data_fingerprint`) and recorded in its specs.
+    """
     model_config = model_config or {}
     training = training or TrainingConfig()
-    return [RunSpec(model=m, dataset=d, target=t, seed=s, model_config=model_config.get(m, {}), training=training)
-            for m, d, t, s in product(list(models), list(datasets), list(targets), list(seeds))]
+    datasets = list(datasets)
+    versions = {d: data_fingerprint(d) for d in datasets}
+    return [RunSpec(model=m, dataset=d, target=t, seed=s, model_config=model_config.get(m, {}), training=training,
+                    data_version=versions[d])
+            for m, d, t, s in product(list(models), datasets, list(targets), list(seeds))]
 
 
 def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"name:key=value,key=value"`` into the name and its parameters (values parsed as JSON if possible).
+    """Split ``"name:key=value,key=value"`` into the name and its parameters.
 
-    A path to an ``.h5ad`` file is returned whole with no parameters.
+    Values are parsed as JSON when possible, then converted to the type of the parameter they set (a
+    :class:`~spared.config.ProcessingConfig` field, or an argument of :func:`spared.synthetic.make_collection`
+    for simulated data): ``complete_missing=no`` is ``False``, ``n_slides=3.0`` is ``3``; a value that does not
+    convert is a ``ValueError`` naming the key. A path to an ``.h5ad`` file is returned whole with no parameters.
     """
+    from spared.config import parse_field
+
     if text.endswith(".h5ad"):
         return text, {}
     name, _, rest = text.partition(":")
@@ -215,12 +245,36 @@ def parse_dataset(text: str) -> tuple[str, dict[str, Any]]:
             params[key.strip()] = raw.strip()
     if not name:
         raise ValueError(f"dataset {text!r} has no name before ':'")
+    hints = parameter_types(name == SIMULATED)
+    try:
+        params = {k: parse_field(v, hints[k], k) if k in hints else v for k, v in params.items()}
+    except ValueError as err:
+        raise ValueError(f"dataset {text!r}: {err}") from None
     return name, params
 
 
+@cache
+def parameter_types(simulated: bool) -> dict[str, Any]:
+    """Types of the parameters a dataset string may set: processing fields, plus the simulation's arguments."""
+    import anndata
+
+    from spared.config import ProcessingConfig
+
+    hints = dict(typing.get_type_hints(ProcessingConfig))
+    if simulated:
+        from spared.synthetic import make_collection
+
+        sim = typing.get_type_hints(make_collection, localns={"anndata": anndata})
+        hints = {**{k: v for k, v in sim.items() if k != "return"}, **hints}
+    return hints
+
+
 def canonical_dataset(text: str) -> str:
-    """The dataset string with its parameters sorted (``a=1,b=2`` and ``b=2,a=1`` are one dataset)."""
+    """The dataset string with its parameters sorted and typed (``a=1,b=2`` and ``b=2.0,a=1`` are one dataset);
+    a file path is made absolute (one file reached from two working folders is one dataset)."""
     name, params = parse_dataset(text)
+    if name.endswith(".h5ad"):
+        return str(Path(name).expanduser().resolve())
     if not params:
         return name
     return name + ":" + ",".join(f"{k}={json.dumps(params[k])}" for k in sorted(params))
@@ -230,3 +284,63 @@ def dataset_label(text: str) -> str:
     """A short name for a dataset: the catalogue key, or a file's name without folder and ``.h5ad``."""
     name, _ = parse_dataset(text)
     return name.rsplit("/", 1)[-1].removesuffix(".h5ad")
+
+
+def dataset_labels(datasets: Iterable[str]) -> dict[str, str]:
+    """Short names that tell the given datasets apart: a file's name, with as many of its folders as needed when
+    two files share a name (``lab_a/sample`` and ``lab_b/sample``); catalogue keys and simulated specs whole."""
+    datasets = list(dict.fromkeys(datasets))
+    parts = {d: (Path(parse_dataset(d)[0]).with_suffix("").parts if d.endswith(".h5ad") else (d,))
+             for d in datasets}
+    depth = {d: 1 for d in datasets}
+    while True:
+        labels = {d: "/".join(parts[d][-depth[d]:]) for d in datasets}
+        clashes = {d for d in datasets if list(labels.values()).count(labels[d]) > 1 and depth[d] < len(parts[d])}
+        if not clashes:
+            return labels
+        for d in clashes:
+            depth[d] += 1
+
+
+#: Fingerprints of files already hashed, keyed by (path, size, modification time).
+_FILE_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """A hash of a file's content (first 16 hex digits of its sha256), computed once per (path, size, mtime);
+    ``"missing"`` when there is no such file."""
+    path = Path(path).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_FINGERPRINTS:
+        try:
+            with open(path, "rb") as handle:
+                _FILE_FINGERPRINTS[key] = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+        except OSError:
+            return "unreadable"
+    return _FILE_FINGERPRINTS[key]
+
+
+def data_fingerprint(dataset: str) -> str:
+    """What the content of a dataset is keyed on: a processed file's content hash; for simulated data the spared
+    version that simulates and processes it; for a catalogue dataset its processed cache's key (dataset,
+    processing parameters and spared version). ``"unknown"`` when the dataset cannot be resolved."""
+    from spared import __version__
+
+    try:
+        name, params = parse_dataset(dataset)
+    except ValueError:
+        return "unknown"
+    if name.endswith(".h5ad"):
+        return file_fingerprint(name)
+    if name == SIMULATED:
+        return f"spared-{__version__}"
+    try:
+        from spared.datasets import cache_paths
+
+        return "cache-" + cache_paths(name, params or None)[0].stem
+    except (LookupError, ValueError, TypeError, OSError):
+        return "unknown"

@@ -17,10 +17,12 @@ from typing import Any
 from spared.config import ProcessingConfig
 
 #: Reader formats; ``spared.io.readers.READERS`` implements exactly these names (see docs/formats.md).
-KNOWN_FORMATS: tuple[str, ...] = ("visium_spaceranger", "visium_mtx_folders", "geo_visium", "h5ad")
+KNOWN_FORMATS: tuple[str, ...] = ("visium_spaceranger", "visium_mtx_folders", "geo_visium", "h5ad", "st", "hest")
 ORGANISMS: tuple[str, ...] = ("human", "mouse")
-TECHNOLOGIES: tuple[str, ...] = ("visium",)
-SOURCES: tuple[str, ...] = ("10x", "mendeley", "geo", "figshare", "zenodo")
+#: Spot-array technologies: 10x Visium (hexagonal, 6 neighbours) and legacy ST (square grid, 8 neighbours).
+TECHNOLOGIES: tuple[str, ...] = ("visium", "st")
+TECHNOLOGY_NAMES: dict[str, str] = {"visium": "Visium", "st": "ST"}
+SOURCES: tuple[str, ...] = ("10x", "mendeley", "geo", "figshare", "zenodo", "github", "huggingface")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -101,6 +103,8 @@ class SlideSpec:
         ``tissue_hires_image.png``, when it is not inside ``path``.
     prefix
         Text every file name of the slide contains (slides sharing one flat folder).
+    counts, spots
+        Legacy ST: the section's count table and spot file.
     """
 
     id: str
@@ -110,11 +114,17 @@ class SlideSpec:
     image: str | None = None
     hires_image: str | None = None
     prefix: str | None = None
+    counts: str | None = None
+    spots: str | None = None
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A catalogue entry: one public dataset of the SpaRED database."""
+    """A catalogue entry: one public dataset of the SpaRED database.
+
+    ``extra`` marks datasets beyond the paper's 26 (listed by ``spared datasets --all``); ``reader`` holds
+    options of the format's reader (e.g. ``spot_diameter_um`` for ``st``).
+    """
 
     key: str
     title: str
@@ -131,12 +141,15 @@ class DatasetSpec:
     approx_spots: int = 0
     download_group: str = ""
     unpack_nested: tuple[str, ...] = ()
+    extra: bool = False
+    reader: Mapping[str, Any] = field(default_factory=dict)
     processing: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
         object.__setattr__(self, "slides", tuple(self.slides))
         object.__setattr__(self, "unpack_nested", tuple(self.unpack_nested))
+        object.__setattr__(self, "reader", MappingProxyType(dict(self.reader)))
         object.__setattr__(self, "processing", MappingProxyType(dict(self.processing)))
 
     @property
@@ -157,6 +170,24 @@ class DatasetSpec:
         """Distinct patients, in catalogue order."""
         return tuple(dict.fromkeys(s.patient for s in self.slides))
 
+    @property
+    def geometry(self) -> str:
+        """``"hex"`` (6 neighbours, Visium) or ``"square"`` (8 neighbours, legacy ST), from ``hex_geometry``."""
+        return "hex" if self.processing.get("hex_geometry", True) else "square"
+
+    @property
+    def technology_name(self) -> str:
+        """The technology as people write it (``"Visium"``, ``"ST"``), with ``" (HEST)"`` for HEST samples."""
+        name = TECHNOLOGY_NAMES.get(self.technology, self.technology)
+        return f"{name} (HEST)" if self.format == "hest" else name
+
+    def folds(self, scheme: str = "lopo") -> tuple[str, ...]:
+        """The ``split_scheme`` values of the leave-one-patient-out (``"lopo"``) or leave-one-slide-out
+        (``"loso"``) folds, one per patient or slide in catalogue order (see :mod:`spared.pp.splits`)."""
+        from spared.pp.splits import fold_schemes
+
+        return fold_schemes([s.patient for s in self.slides], [s.id for s in self.slides], scheme)
+
     def processing_config(self, base: ProcessingConfig | None = None) -> ProcessingConfig:
         """``base`` (default: the SpaRED defaults) with this dataset's organism and processing overrides."""
         base = base if base is not None else ProcessingConfig()
@@ -171,7 +202,7 @@ class DatasetSpec:
                 out[f.name] = [_drop_none(dataclasses.asdict(item)) for item in value]
             elif f.name == "unpack_nested":
                 out[f.name] = list(value)
-            elif f.name == "processing":
+            elif f.name in ("processing", "reader"):
                 out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
             else:
                 out[f.name] = value
@@ -229,7 +260,8 @@ def validate_spec(spec: DatasetSpec) -> DatasetSpec:
     Checks: key, organism, technology, source and format known; at least one file, each with an https URL,
     a relative unique filename and a well-formed sha256 (or ``""``); slide ids unique, every slide in exactly
     one of train/val/test with a patient and a relative path, train and val present; processing overrides
-    name :class:`~spared.config.ProcessingConfig` fields with valid values.
+    name :class:`~spared.config.ProcessingConfig` fields with valid values; legacy-ST specs use the square grid;
+    ``[reader]`` options are ones the format's reader accepts.
     """
     problems: list[str] = []
     if not _KEY.match(spec.key or ""):
@@ -248,6 +280,7 @@ def validate_spec(spec: DatasetSpec) -> DatasetSpec:
         if (p := _relative_problem(pattern, "unpack_nested pattern")) is not None:
             problems.append(p)
     problems += _processing_problems(spec)
+    problems += _technology_problems(spec)
     if problems:
         listing = "\n  - ".join(problems)
         raise SpecError(f"spec {spec.key!r} is invalid:\n  - {listing}")
@@ -292,7 +325,8 @@ def _slide_problems(spec: DatasetSpec) -> list[str]:
             problems.append(f"slide {s.id!r} is in no split: split {s.split!r} must be one of {list(SPLITS)}")
         if not s.patient:
             problems.append(f"slide {s.id!r} has no patient")
-        for what, value in (("path", s.path), ("image", s.image), ("hires_image", s.hires_image)):
+        for what, value in (("path", s.path), ("image", s.image), ("hires_image", s.hires_image),
+                            ("counts", s.counts), ("spots", s.spots)):
             if (value is not None or what == "path") and (p := _relative_problem(value or "", what)) is not None:
                 problems.append(f"slide {s.id!r}: {p}")
     for slide_id, splits in seen.items():
@@ -322,14 +356,38 @@ def _processing_problems(spec: DatasetSpec) -> list[str]:
     return []
 
 
+def _technology_problems(spec: DatasetSpec) -> list[str]:
+    problems = []
+    if not isinstance(spec.extra, bool):
+        problems.append(f"extra must be true or false, found {spec.extra!r}")
+    if spec.technology == "st" and spec.geometry != "square":
+        problems.append("technology 'st' arrays are square grids (8 neighbours): set [processing] "
+                        "hex_geometry = false")
+    if spec.format == "st" and spec.technology != "st":
+        problems.append(f"format 'st' reads legacy ST sections, but technology is {spec.technology!r}")
+    if spec.reader and spec.format in KNOWN_FORMATS:
+        from spared.io.readers import reader_options
+
+        unknown = sorted(set(spec.reader) - set(reader_options(spec.format)))
+        if unknown:
+            problems.append(f"unknown [reader] option(s) {unknown} for format {spec.format!r}; valid: "
+                            f"{list(reader_options(spec.format)) or 'none'}")
+    return problems
+
+
 def _specs_folder() -> Any:
     return resources.files("spared.catalog") / "specs"
 
 
 @cache
-def list_datasets() -> list[str]:
-    """Keys of every shipped dataset spec, sorted."""
-    return sorted(p.name[: -len(".toml")] for p in _specs_folder().iterdir() if p.name.endswith(".toml"))
+def _shipped_keys() -> tuple[str, ...]:
+    return tuple(sorted(p.name[: -len(".toml")] for p in _specs_folder().iterdir() if p.name.endswith(".toml")))
+
+
+def list_datasets(include_extras: bool = False) -> list[str]:
+    """Keys of the shipped dataset specs, sorted: the SpaRED collections, plus the extras when asked."""
+    keys = list(_shipped_keys())
+    return keys if include_extras else [k for k in keys if not load_spec(k).extra]
 
 
 def parse_spec(text: str, where: str = "<text>") -> DatasetSpec:
@@ -344,11 +402,12 @@ def parse_spec(text: str, where: str = "<text>") -> DatasetSpec:
 @cache
 def load_spec(key: str) -> DatasetSpec:
     """The validated spec of dataset ``key``; an unknown key raises :class:`UnknownDatasetError` with close matches."""
-    names = list_datasets()
+    names = _shipped_keys()
     if key not in names:
         close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownDatasetError(f"unknown dataset {key!r}{hint} ('spared datasets' lists all {len(names)})")
+        raise UnknownDatasetError(f"unknown dataset {key!r}{hint} ('spared datasets --all' lists all "
+                                  f"{len(names)})")
     resource = _specs_folder() / f"{key}.toml"
     spec = parse_spec(resource.read_text(encoding="utf-8"), where=f"catalog spec {key}.toml")
     if spec.key != key:
@@ -356,6 +415,6 @@ def load_spec(key: str) -> DatasetSpec:
     return spec
 
 
-def all_specs() -> list[DatasetSpec]:
-    """Every shipped spec, sorted by key."""
-    return [load_spec(k) for k in list_datasets()]
+def all_specs(include_extras: bool = False) -> list[DatasetSpec]:
+    """The shipped specs sorted by key: the SpaRED collections, plus the extras when asked."""
+    return [load_spec(k) for k in list_datasets(include_extras)]

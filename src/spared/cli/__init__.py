@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 # Spinning OpenMP waiters make torch many times slower once other processes share the cores (measured: a
 # SpaCKLE step 10x slower on 2 threads of a busy 2-core machine); sleeping ones cost little on a quiet one.
 # It only takes effect before torch is loaded, hence here; a value set by the user is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from spared.cli.app import app
+from spared.cli.app import app, fail
 
 #: Modules of ``spared.cli`` that define commands (imported for their ``@app.command`` side effect).
 COMMAND_MODULES: tuple[str, ...] = ("processing", "reporting", "completion", "data", "bench", "datasets")
@@ -20,8 +21,19 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Entry point of the ``spared`` console script."""
-    app()
+    """Entry point of the ``spared`` console script.
+
+    Commands turn the errors they expect into one ``error:`` line; an input error that escapes them (a
+    ``ValueError``, ``LookupError`` or ``OSError`` from deep inside) is reported the same way, exit code 1,
+    with its traceback only when ``SPARED_DEBUG=1``.
+    """
+    try:
+        app()
+    except (ValueError, LookupError, OSError) as exc:
+        if os.environ.get("SPARED_DEBUG"):
+            raise
+        fail(f"{type(exc).__name__}: {str(exc).strip(chr(39) + chr(34))} (SPARED_DEBUG=1 shows the traceback)")
+        sys.exit(1)
 
 
 __all__ = ["app", "main"]

@@ -10,21 +10,22 @@ from typing import Annotated, Any
 
 import typer
 
-from spared.cli.app import app, console, err_console
+from spared.cli.app import app, console, fail, writable_dir
 
 EXECUTORS = ("local", "ray")
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
 
 
 def _split(text: str, name: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise _fail(f"--{name} needs at least one value (comma-separated)")
+        raise fail(f"--{name} needs at least one value (comma-separated)")
     return items
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise fail(f"--seeds takes non-negative integers (e.g. 0,1,2), got {text!r}")
+    return int(text)
 
 
 def _datasets(text: str) -> list[str]:
@@ -43,13 +44,13 @@ def _model_configs(path: Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     if not path.is_file():
-        raise _fail(f"model config file {path} does not exist")
+        raise fail(f"model config file {path} does not exist")
     try:
         data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise _fail(f"could not parse {path}: {exc}") from exc
+        raise fail(f"could not parse {path}: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise _fail(f"{path} must map model names to tables of settings, e.g. {{\"stnet\": {{\"augment\": false}}}}")
+        raise fail(f"{path} must map model names to tables of settings, e.g. {{\"stnet\": {{\"augment\": false}}}}")
     return data
 
 
@@ -82,21 +83,33 @@ def bench(
     progress: Annotated[bool, typer.Option("--progress", help="Show Lightning progress bars.")] = False,
 ) -> None:
     """Train and evaluate every model × dataset × target × seed; one row per run in OUT/results.parquet."""
-    from spared.bench.executors import LocalExecutor, RayExecutor, run_benchmark
+    from spared.bench.checks import check_specs
+    from spared.bench.executors import LocalExecutor, RayExecutor, require_ray, run_benchmark
     from spared.bench.runs import TrainingConfig, make_specs
 
     if executor not in EXECUTORS:
-        raise _fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray":
+        try:
+            require_ray()
+        except ImportError as exc:
+            raise fail(str(exc)) from exc
+    writable_dir(out)
+    if data_dir is not None:
+        writable_dir(data_dir)
     settings = {"max_steps": max_steps, "batch_size": batch_size, "patch_size": patch_size, "lr": lr,
                 "val_every": val_every, "backbone_weights": backbone_weights,
                 "loggers": tuple(_split(loggers, "loggers"))}
     try:
-        seed_values = [int(s) for s in _split(seeds, "seeds")]
+        seed_values = [_seed(s) for s in _split(seeds, "seeds")]
         training = TrainingConfig.from_dict({k: v for k, v in settings.items() if v is not None})
         specs = make_specs(_split(models, "models"), _datasets(datasets), _split(targets, "targets"), seed_values,
                            _model_configs(model_config), training)
     except (KeyError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc).strip("'\"")) from exc
+    problems = check_specs(specs)
+    if problems:
+        raise fail(f"{len(problems)} problem(s) found before any run started:\n  - " + "\n  - ".join(problems))
     runner = (LocalExecutor(progress=progress) if executor == "local"
               else RayExecutor(address, num_cpus_per_run=cpus_per_run, num_gpus_per_run=gpus_per_run))
     console.print(f"{len(specs)} runs → {out} ({executor} executor)")
@@ -115,20 +128,27 @@ def bench(
     skipped = len(table) - len(finished)
     if skipped:
         console.print(f"{skipped} runs had finished before (use --force to run them again)")
-    print_results(out)
+    print_results(out, table=table)
+    failed = int((table["status"] == "failed").sum())
+    if failed:
+        raise fail(f"{failed} of {len(table)} runs failed (errors above; tracebacks in {out}/runs/RUN_ID/error.txt)")
 
 
-def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gene"), as_json: bool = False) -> None:
-    """Print the model × dataset table of a results folder (raw vs completed, mean ± std over seeds)."""
+def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gene"), as_json: bool = False,
+                  table: Any = None) -> None:
+    """Print the model × dataset table of a results folder (raw vs completed, mean ± std over seeds).
+
+    ``table``: show these rows (e.g. the runs of one ``spared bench`` call) instead of the whole folder's.
+    Rows on data that changed since they ran are marked stale.
+    """
     from rich.table import Table
 
-    from spared.bench.results import aggregate, format_mean_std, load_results
-    from spared.bench.runs import dataset_label
+    from spared.bench.results import aggregate, format_mean_std, load_results, mark_stale, summary_labels
 
-    table = load_results(results_dir)
+    table = load_results(results_dir) if table is None else table
     if table.empty:
-        raise _fail(f"{results_dir} holds no benchmark runs; run `spared bench --out {results_dir}`")
-    summary = aggregate(table, metrics)
+        raise fail(f"{results_dir} holds no benchmark runs; run `spared bench --out {results_dir}`")
+    summary = aggregate(mark_stale(table), metrics)
     if as_json:
         records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
                    for row in summary.to_dict(orient="records")]
@@ -143,11 +163,15 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
             view.add_column(f"{metric} {target}", justify="right")
     view.add_column("seeds", justify="right")
     view.add_column("failed", justify="right")
-    for row in summary.to_dict(orient="records"):
+    labels = summary_labels(summary)
+    for label, row in zip(labels, summary.to_dict(orient="records"), strict=True):
         cells = [format_mean_std(row[f"{m} {t} mean"], row[f"{m} {t} std"]) for m in metrics for t in targets]
         seeds = "/".join(str(row[f"n {t}"]) for t in targets) or "0"
-        view.add_row(row["model"], dataset_label(row["dataset"]), *cells, seeds, str(row["failed"]))
+        view.add_row(row["model"], label, *cells, seeds, str(row["failed"]))
     console.print(view)
+    if summary["stale"].any():
+        console.print("[yellow](stale)[/]: the dataset changed since these runs (its content is not what they ran "
+                      "on); run `spared bench` again to refresh them.")
 
 
 @app.command()
@@ -160,4 +184,4 @@ def results(
     try:
         print_results(results_dir, tuple(_split(metrics, "metrics")), as_json)
     except (FileNotFoundError, KeyError) as exc:
-        raise _fail(str(exc).strip("'\"")) from exc
+        raise fail(str(exc).strip("'\"")) from exc

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from spared.cli.app import app, console
+from spared.cli.app import app, console, writable_file
 from spared.cli.processing import fail, read_h5ad, write_h5ad
 
 _METHODS = ("spackle", "median", "mean", "knn")
@@ -35,10 +35,13 @@ def complete(
     max_steps: Annotated[int | None, typer.Option(help="SpaCKLE training steps (default 1000).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     save_checkpoint: Annotated[Path | None, typer.Option(help="Save the trained SpaCKLE here.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint at "
+                                                                 "--save-checkpoint.")] = False,
     layer: Annotated[str, typer.Option(help="Layer to complete.")] = "c_d_log1p",
     key_added: Annotated[str, typer.Option(help="Layer to write.")] = "c_t_log1p",
 ) -> None:
     """Complete the missing entries (layers['mask'] == False) of a layer; real entries are kept as they are."""
+    from spared.data_model import dense, require_finite
     from spared.impute.baselines import SpackleMethod, make_method
 
     if method not in _METHODS:
@@ -47,6 +50,14 @@ def complete(
         raise fail("SpaCKLE needs exactly one of --checkpoint DIR (apply a saved model) or --train")
     if method != "spackle" and (checkpoint or train or save_checkpoint):
         raise fail(f"--checkpoint, --train and --save-checkpoint apply to --method spackle, not {method!r}")
+    writable_file(output)
+    if save_checkpoint is not None:
+        from spared.impute.spackle.checkpoint import check_destination
+
+        try:
+            check_destination(save_checkpoint, overwrite)
+        except (FileExistsError, ValueError) as exc:
+            raise fail(str(exc)) from exc
     adata = read_h5ad(input)
     try:
         if checkpoint is not None:
@@ -60,6 +71,8 @@ def complete(
         with console.status(f"completing {layer!r} with {method}"):
             impl.fit(adata, layer)
             impl.complete(adata, layer, key_added)
+        require_finite(dense(adata.layers[key_added]), f"layer {key_added!r} completed by {method}",
+                       dense(adata.layers["mask"]))
         if save_checkpoint is not None:
             impl.model.save(save_checkpoint)
             console.print(f"saved the SpaCKLE checkpoint to {save_checkpoint}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from spared.cli.app import app, console
+from spared.cli.app import app, console, writable_dir
+from spared.cli.datasets import FromOption
 from spared.cli.processing import fail, load_config
 
 
@@ -19,13 +21,15 @@ def prepare(
     data_dir: Annotated[Path | None, typer.Option(help="Cache root (default: $SPARED_DATA).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached result exists.")] = False,
     patches: Annotated[bool, typer.Option("--patches/--no-patches", help="Cut image patches.")] = True,
+    source: FromOption = None,
 ) -> None:
     """Build (or load from cache) the processed collection NAME and print where it lies."""
-    prepare_dataset(name, config_file, overrides, data_dir, force, patches)
+    prepare_dataset(name, config_file, overrides, data_dir, force, patches, source)
 
 
 def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[str] | None = None,
-                    data_dir: Path | None = None, force: bool = False, patches: bool = True) -> None:
+                    data_dir: Path | None = None, force: bool = False, patches: bool = True,
+                    source: Path | None = None) -> None:
     """The work of ``spared prepare`` (also ``spared process NAME``)."""
     from spared.catalog import load_spec
     from spared.datasets import cache_paths, get
@@ -39,13 +43,22 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
     cfg = load_config(config_file, overrides, base=base)
     h5ad, patch_file = cache_paths(name, cfg, data_dir)
     cached = h5ad.is_file() and not force
+    if not cached:
+        writable_dir(h5ad.parent)  # a read-only cache is fine to load from, not to build into
     try:
-        adata = get(name, config=cfg, data_dir=data_dir, force=force, patches=patches)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            adata = get(name, config=cfg, data_dir=data_dir, force=force, patches=patches, source=source)
     except (ReaderError, LookupError, ValueError, OSError) as exc:
         raise fail(f"{type(exc).__name__}: {exc}") from exc
+    recorded = [str(m) for m in adata.uns.get("spared", {}).get("warnings", [])]
+    others = dict.fromkeys(str(w.message) for w in caught if str(w.message) not in recorded)
     slides = adata.obs["slide_id"].nunique()
     console.print(f"{'loaded' if cached else 'built'} {name}: {adata.n_obs} spots × {adata.n_vars} genes, "
                   f"{slides} slide(s)")
     console.print(f"  h5ad:    {h5ad}")
-    if patches:
+    if patches and "patches" in adata.uns.get("spared", {}):
         console.print(f"  patches: {patch_file}")
+    for message in [*recorded, *others]:
+        console.print("  [bold yellow]warning:[/]", end=" ")
+        console.print(str(message), markup=False, highlight=False, soft_wrap=True)

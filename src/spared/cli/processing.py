@@ -8,14 +8,8 @@ from typing import Annotated
 
 import typer
 
-from spared.cli.app import app, console, err_console
+from spared.cli.app import app, console, fail, writable_dir, writable_file
 from spared.io.atomic import write_h5ad
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error message and return the ``typer.Exit`` to raise."""
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
 
 
 def read_h5ad(path: Path):
@@ -25,9 +19,13 @@ def read_h5ad(path: Path):
     if not path.is_file():
         raise fail(f"{path} does not exist")
     try:
-        return ad.read_h5ad(path)
+        adata = ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for a broken file
         raise fail(f"could not read {path} as h5ad ({type(exc).__name__}: {exc})") from exc
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise fail(f"{path} holds no {'spots' if adata.n_obs == 0 else 'genes'} ({adata.n_obs} × {adata.n_vars}); "
+                   f"nothing to work on")
+    return adata
 
 
 def load_config(config_file: Path | None, overrides: list[str] | None, base=None):
@@ -54,6 +52,7 @@ def simulate(
     """Simulate a Visium collection with known true expression and write it as h5ad."""
     from spared.synthetic import make_collection
 
+    writable_file(out)
     try:
         adata = make_collection(n_slides=slides, n_spots=spots, n_genes=genes, dropout=dropout, seed=seed,
                                 organism=organism)
@@ -70,6 +69,9 @@ def process(
     out: Annotated[Path | None, typer.Argument(help="Output processed .h5ad path (files only).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML/JSON file of parameters.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value.")] = None,
+    allow_non_integer: Annotated[bool, typer.Option(
+        "--allow-non-integer", help="Process an X that is not integer counts (normalised or log values) anyway, "
+                                    "with a warning recorded in the output.")] = False,
 ) -> None:
     """Run the SpaRED processing protocol on a raw collection file, or on a catalogue dataset by name.
 
@@ -86,12 +88,13 @@ def process(
 
         prepare_dataset(input, config, set_)
         return
-    adata = read_h5ad(Path(input))
+    writable_file(out)
     cfg = load_config(config, set_)
+    adata = read_h5ad(Path(input))
     try:
-        result = run_protocol(adata, cfg, progress=True)
+        result = run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
     except (ValidationError, ValueError, KeyError) as exc:
-        raise fail(str(exc)) from exc
+        raise fail(str(exc).strip("'\"")) from exc
     write_h5ad(result, out)
     print_summary(result)
     console.print(f"wrote {out}")
@@ -153,6 +156,7 @@ def demo(
     from spared.report import build_report
     from spared.synthetic import make_collection
 
+    writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     console.rule("1. simulate")
@@ -186,12 +190,15 @@ def demo(
         training = TrainingConfig(max_steps=bench_steps, batch_size=32, patch_size=32, val_every=25, lr=1e-2)
         specs = make_specs(list(DEMO_MODELS), [str(data_path.resolve())], ("raw", "completed"), (seed,),
                            model_config=DEMO_MODELS, training=training)
-        run_benchmark(specs, out)
-        print_results(out)
+        runs = run_benchmark(specs, out)
+        print_results(out, table=runs)
+        failed = runs[runs["status"] == "failed"]
 
     console.rule("5. report")
     report = build_report(out)
     console.print(f"report: {report}\ntotal {time.perf_counter() - start:.0f} s")
+    if bench_steps > 0 and len(failed):
+        raise fail(f"{len(failed)} of {len(runs)} benchmark runs failed: {'; '.join(failed['error'])}")
 
 
 def print_completion(table) -> None:

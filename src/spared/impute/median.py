@@ -1,9 +1,18 @@
 """Adaptive median filter (SPEC §2.6): zeros replaced by the first non-zero median of growing hop windows.
 
 For every gene independently, each entry equal to 0 is replaced by the median of the gene over the spot
-and all spots within ``h`` hops, for ``h = 1 .. max_hops`` on the symmetrised spatial graph; the first
-non-zero median wins. When every window's median is 0 the median of the gene's non-zero values on the
-spot's slide is used (0 when the gene is all zero there). Non-zero entries are never changed.
+and all spots within ``h`` hops, for ``h = 1 .. max_hops`` on the spatial graph; the first non-zero median
+wins. When every window's median is 0 the median of the gene's non-zero values on the spot's slide is used
+(0 when the gene is all zero there). Non-zero entries are never changed.
+
+Two recipes build the hop windows (``graphs``):
+
+- ``"spared"`` (default): hops on the symmetrised k-nearest-neighbour graph (a spot's window contains the
+  spots that count it among their neighbours too), so windows are balls of the undirected lattice.
+- ``"original"``: the windows of the original SpaRED library, which walks squidpy's *directed* kNN graph
+  (spot ``j`` is within ``h`` hops of ``i`` when a chain of "is among the k nearest of" links leads from
+  ``i`` to ``j`` in at most ``h`` steps), with scikit-learn's tie-breaking among equidistant spots
+  (:func:`spared.graph.original_spatial_graph`). It rebuilds the published SpaRED layers exactly.
 
 Medians follow :func:`numpy.median` bit for bit: the middle value for odd counts, and for even counts the
 two middle values added in the input dtype and halved.
@@ -19,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from spared.data_model import require
-from spared.graph import check_within_groups, khop_neighborhoods, spatial_graph
+from spared.graph import check_within_groups, khop_neighborhoods, recipe_graph
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,7 +38,8 @@ _GENE_BLOCK = 16  # genes copied gene-major at a time (one 64-byte cache line of
 
 
 def adaptive_median(
-    values: np.ndarray, adjacency: sp.spmatrix, groups: np.ndarray | pd.Series, max_hops: int = 4
+    values: np.ndarray, adjacency: sp.spmatrix, groups: np.ndarray | pd.Series, max_hops: int = 4,
+    directed: bool = False,
 ) -> np.ndarray:
     """Fill the zeros of ``values`` with the adaptive median of their spatial neighbourhood.
 
@@ -38,12 +48,15 @@ def adaptive_median(
     values
         ``(n, G)`` float32 or float64 expression matrix (finite).
     adjacency
-        ``(n, n)`` sparse spatial graph built per slide (e.g. :func:`spared.graph.spatial_graph`);
-        it is symmetrised, so a directed kNN graph is fine. Edges may not join different slides.
+        ``(n, n)`` sparse spatial graph built per slide (e.g. :func:`spared.graph.spatial_graph`).
+        Edges may not join different slides.
     groups
         ``(n,)`` slide labels: the fallback median is taken over the spot's own slide.
     max_hops
         Largest window, in hops (SpaRED: 4).
+    directed
+        False (default): hops are taken on the symmetrised graph. True: only along the edges' direction
+        (row ``i`` → column ``j``), as the original library walks squidpy's kNN graph.
 
     Returns
     -------
@@ -60,7 +73,7 @@ def adaptive_median(
     codes, uniques = pd.factorize(labels, use_na_sentinel=False)
     codes = codes.astype(np.int64)
 
-    indptr, indices, hop_end = hop_ordered_neighbourhoods(adjacency, int(max_hops))
+    indptr, indices, hop_end = hop_ordered_neighbourhoods(adjacency, int(max_hops), directed=directed)
     order = np.argsort(codes, kind="stable").astype(np.int64)
     starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1)).astype(np.int64)
     out = values.copy()
@@ -68,13 +81,16 @@ def adaptive_median(
     return out
 
 
-def hop_ordered_neighbourhoods(adjacency: sp.spmatrix, max_hops: int) -> tuple[np.ndarray, ...]:
+def hop_ordered_neighbourhoods(
+    adjacency: sp.spmatrix, max_hops: int, directed: bool = False
+) -> tuple[np.ndarray, ...]:
     """Each spot's ``max_hops`` neighbourhood as CSR lists ordered by hop distance.
 
     Returns ``(indptr, indices, hop_end)``: spot ``i``'s window of ``h`` hops (self included) is
-    ``indices[indptr[i]:hop_end[i, h - 1]]``, so every window is a prefix of the next one.
+    ``indices[indptr[i]:hop_end[i, h - 1]]``, so every window is a prefix of the next one. Hops follow the
+    edges' direction when ``directed`` is True, else the symmetrised graph.
     """
-    reach = khop_neighborhoods(adjacency, max_hops)
+    reach = khop_neighborhoods(adjacency, max_hops, directed=directed)
     # reach[h] ⊂ reach[h + 1]: counting the windows an entry belongs to gives max_hops + 1 - its hop distance
     depth = reach[0].astype(np.int32)
     for r in reach[1:]:
@@ -96,19 +112,42 @@ def adaptive_median_filter(
     max_hops: int = 4,
     slide_key: str = "slide_id",
     copy: bool = False,
+    graphs: str = "spared",
 ) -> AnnData | None:
     """Apply :func:`adaptive_median` to ``adata.layers[layer]`` and store it in ``adata.layers[key_added]``.
 
-    The spatial graph is the ``n_neighs``-nearest-neighbour graph of each slide (6 hexagonal, 8 square),
-    built from ``obsm["spatial"]``. Returns the modified copy when ``copy`` is True, else ``None``.
+    Parameters
+    ----------
+    adata
+        Collection with ``obsm["spatial"]`` and ``obs[slide_key]``.
+    layer, key_added
+        Input and output layers.
+    n_neighs
+        Neighbours per spot: 6 on a hexagonal (Visium) array, 8 on a square grid.
+    max_hops
+        Largest window, in hops (SpaRED: 4).
+    slide_key
+        Slide labels; graphs and fallback medians never cross slides.
+    copy
+        Return a modified copy instead of writing in place.
+    graphs
+        ``"spared"`` (default): windows are hop balls on each slide's symmetrised ``n_neighs``-nearest-neighbour
+        graph. ``"original"``: the original SpaRED library's windows, hops along squidpy's directed kNN graph
+        (:func:`spared.graph.original_spatial_graph`; ``n_neighs`` 6 or 8), which reproduces its published
+        ``d_log1p`` layer bit for bit.
+
+    Returns
+    -------
+    The modified copy when ``copy`` is True, else ``None``.
     """
     require(adata, layer, slide_key, hint="compute it first (SpaRED applies the filter to 'log1p')")
     if copy:
         adata = adata.copy()
     data = adata.layers[layer]
     dense = data.toarray() if sp.issparse(data) else np.asarray(data)
-    adjacency = spatial_graph(adata, n_neighs=n_neighs, slide_key=slide_key)
-    adata.layers[key_added] = adaptive_median(dense, adjacency, adata.obs[slide_key].to_numpy(), max_hops)
+    adjacency = recipe_graph(adata, graphs, n_neighs, slide_key)
+    adata.layers[key_added] = adaptive_median(dense, adjacency, adata.obs[slide_key].to_numpy(), max_hops,
+                                              directed=graphs == "original")
     return adata if copy else None
 
 

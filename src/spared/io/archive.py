@@ -2,8 +2,9 @@
 
 Every member is checked before anything is written: absolute paths, ``..`` components, device files and links
 that point outside the target are rejected. Members are extracted into a temporary folder beside the target,
-checked again on disk (symlinks must resolve inside it), then renamed into place; a marker file makes a second
-call a no-op.
+checked again on disk (symlinks must resolve inside it), then renamed into place. A marker file records the
+archive's sha256 (and size and modification time): a second call with the same archive is a no-op, an archive
+replaced by another of the same name is unpacked again.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
+
+from spared.io.atomic import remove_stale_temps, temp_sibling
+from spared.io.sniff import sha256sum
 
 MARKER_PREFIX = ".spared-unpacked."
 
@@ -31,19 +35,39 @@ def marker_path(archive: Path, target: Path) -> Path:
     return Path(target) / f"{MARKER_PREFIX}{Path(archive).name}"
 
 
-def is_unpacked(archive: str | Path, target: str | Path) -> bool:
-    """Whether ``archive`` was fully unpacked into ``target`` (marker present and every entry still there)."""
-    marker = marker_path(Path(archive), Path(target))
+def _stat_key(archive: Path) -> dict[str, int]:
+    st = archive.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _marker(archive: Path, target: Path) -> dict[str, Any] | None:
+    marker = marker_path(archive, target)
     if not marker.is_file():
-        return False
+        return None
     try:
-        entries = json.loads(marker.read_text())["entries"]
+        data = json.loads(marker.read_text())
+        entries = data["entries"]
     except (ValueError, KeyError, TypeError):
+        return None
+    if not all((target / name).exists() or (target / name).is_symlink() for name in entries):
+        return None
+    return data
+
+
+def is_unpacked(archive: str | Path, target: str | Path, sha256: str | None = None) -> bool:
+    """Whether this very ``archive`` was fully unpacked into ``target``: marker present, every entry still there,
+    and the marker's sha256 equal to ``sha256`` (when given; else the archive's size and modification time
+    equal to the marker's, a cheap check that no other file replaced it)."""
+    archive, target = Path(archive), Path(target)
+    data = _marker(archive, target)
+    if data is None or "sha256" not in data or not archive.is_file():
         return False
-    return all((Path(target) / name).exists() or (Path(target) / name).is_symlink() for name in entries)
+    if sha256 is not None:
+        return data["sha256"] == sha256
+    return all(data.get(k) == v for k, v in _stat_key(archive).items())
 
 
-def unpack_archive(archive: str | Path, target: str | Path) -> Path:
+def unpack_archive(archive: str | Path, target: str | Path, sha256: str | None = None) -> Path:
     """Unpack a zip or tar(.gz/.bz2/.xz) archive into ``target`` safely; a no-op when already unpacked.
 
     Parameters
@@ -52,6 +76,8 @@ def unpack_archive(archive: str | Path, target: str | Path) -> Path:
         The archive file (its kind is detected from its content, not its name).
     target
         Folder to unpack into (created if needed). Top-level entries of the archive replace same-named entries.
+    sha256
+        The archive's hash when already known (computed otherwise); the unpack marker is keyed by it.
 
     Returns
     -------
@@ -66,10 +92,14 @@ def unpack_archive(archive: str | Path, target: str | Path) -> Path:
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
         raise ArchiveError(f"archive {archive} does not exist; download it first")
-    if is_unpacked(archive, target):
+    sha256 = sha256 or sha256sum(archive)
+    if is_unpacked(archive, target, sha256):
+        _refresh_marker(archive, target)
         return target
     target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".unpacking-{archive.name}-", dir=target.parent))
+    remove_stale_temps(target.parent)  # what a killed unpacking left
+    staging = temp_sibling(target.parent / f"unpacking-{archive.name}", kind="part")
+    staging.mkdir()
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, staging)
@@ -89,11 +119,22 @@ def unpack_archive(archive: str | Path, target: str | Path) -> Path:
             os.replace(staging / name, dest)
         marker = marker_path(archive, target)
         tmp_marker = marker.with_name(marker.name + ".tmp")
-        tmp_marker.write_text(json.dumps({"archive": archive.name, "entries": entries}, indent=1))
+        tmp_marker.write_text(json.dumps({"archive": archive.name, "sha256": sha256, **_stat_key(archive),
+                                          "entries": entries}, indent=1))
         os.replace(tmp_marker, marker)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _refresh_marker(archive: Path, target: Path) -> None:
+    """Record the archive's current size and time in its marker (same content, e.g. copied or touched)."""
+    data = _marker(archive, target)
+    if data is not None and any(data.get(k) != v for k, v in _stat_key(archive).items()):
+        marker = marker_path(archive, target)
+        tmp = marker.with_name(marker.name + ".tmp")
+        tmp.write_text(json.dumps({**data, **_stat_key(archive)}, indent=1))
+        os.replace(tmp, marker)
 
 
 def _is_tar(path: Path) -> bool:

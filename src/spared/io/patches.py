@@ -4,13 +4,19 @@ For each spot the window is a square of side ``spot_diameter_fullres × patch_sc
 centred on the spot (sub-pixel exact), resampled to ``patch_size`` × ``patch_size`` with PIL's antialiased
 bilinear filter; pixels outside the image take ``pad_value``. The image is read band by band (spots sorted by
 row), so a 20k × 20k TIFF is never held whole in memory.
+
+Patches come from the best image present: the full-resolution image, else ``hires``, else ``lowres`` (the
+window scaled by the image's scale factor); a fallback is recorded in ``uns["spared"]["warnings"]`` and
+``uns["spared"]["patches"]["sources"]`` names the image and scale used per slide. A full-resolution image whose
+size disagrees with the hires image and ``tissue_hires_scalef`` is rescaled per axis with a warning, or refused
+when its axes disagree with each other (a crop or another image): patches are never cut silently at the wrong
+place.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -20,11 +26,14 @@ import numpy as np
 import pandas as pd
 
 from spared.io.atomic import atomic_path
+from spared.io.provenance import record_warning
 from spared.io.readers.common import ReaderError
 from spared.io.readers.images import FullResImage
 
 DATASET = "patches"
 _FULLRES_TOLERANCE = 0.02
+_ASPECT_TOLERANCE = 0.05
+_MAX_OUTSIDE = 0.05
 
 
 class _ArrayImage:
@@ -51,29 +60,61 @@ def _slide_ids(adata: Any) -> np.ndarray:
     return np.full(adata.n_obs, next(iter(spatial)), dtype=object)
 
 
-def _open_source(entry: dict[str, Any], slide: str) -> tuple[Any, float]:
-    """The image to cut patches from and the factor from full-resolution pixels to its pixels."""
+def image_source(entry: dict[str, Any]) -> str | None:
+    """The image patches of a slide would be cut from: ``"fullres"``, ``"hires"``, ``"lowres"`` or ``None``."""
+    factors = entry.get("scalefactors", {})
+    images = entry.get("images", {})
+    if entry.get("fullres_path"):
+        return "fullres"
+    for kind in ("hires", "lowres"):
+        if images.get(kind) is not None and f"tissue_{kind}_scalef" in factors:
+            return kind
+    return None
+
+
+def _fullres_factors(image: FullResImage, entry: dict[str, Any], slide: str) -> tuple[float, float, str | None]:
+    """Per-axis factors (x, y) from full-resolution coordinates to ``image``'s pixels, checked against hires,
+    and a warning when they are not 1."""
     factors = entry.get("scalefactors", {})
     hires = entry.get("images", {}).get("hires")
-    path = entry.get("fullres_path")
-    if path:
-        image = FullResImage(path)
-        factor = 1.0
-        if hires is not None and "tissue_hires_scalef" in factors:
-            expected = np.asarray(hires.shape[:2]) / factors["tissue_hires_scalef"]
-            ratio = np.asarray(image.shape) / expected
-            if np.all(np.abs(ratio - 1) > _FULLRES_TOLERANCE) and abs(ratio[0] / ratio[1] - 1) < _FULLRES_TOLERANCE:
-                factor = float(ratio.mean())
-                warnings.warn(f"slide {slide!r}: {path} is {image.shape[1]}×{image.shape[0]} px but the hires image "
-                              f"and tissue_hires_scalef imply {expected[1]:.0f}×{expected[0]:.0f}; spot coordinates "
-                              f"are rescaled by {factor:.4f}", stacklevel=3)
-        return image, factor
-    if hires is None:
-        raise ReaderError(f"slide {slide!r} has neither uns['spatial'][...]['fullres_path'] nor a hires image; "
-                          f"patches need one of them")
-    if "tissue_hires_scalef" not in factors:
-        raise ReaderError(f"slide {slide!r}: scalefactors lack tissue_hires_scalef, needed to cut patches from hires")
-    return _ArrayImage(np.asarray(hires)), float(factors["tissue_hires_scalef"])
+    if hires is None or "tissue_hires_scalef" not in factors:
+        return 1.0, 1.0, None
+    expected = np.asarray(hires.shape[:2], dtype=np.float64) / factors["tissue_hires_scalef"]
+    ry, rx = np.asarray(image.shape, dtype=np.float64) / expected
+    if abs(rx - 1) <= _FULLRES_TOLERANCE and abs(ry - 1) <= _FULLRES_TOLERANCE:
+        return 1.0, 1.0, None
+    size = (f"{image.path} is {image.shape[1]}×{image.shape[0]} px but the hires image and tissue_hires_scalef "
+            f"imply {expected[1]:.0f}×{expected[0]:.0f} at full resolution")
+    if abs(rx / ry - 1) > _ASPECT_TOLERANCE:
+        raise ReaderError(f"slide {slide!r}: {size}; its axes scale differently (x {rx:.3f}, y {ry:.3f}), so it is "
+                          f"probably cropped or another slide's image. Replace it with the slide's full-resolution "
+                          f"image, or remove it (patches then come from the hires image)")
+    how = f"by {rx:.4f}" if abs(rx / ry - 1) <= _FULLRES_TOLERANCE / 10 else f"per axis (x {rx:.4f}, y {ry:.4f})"
+    return float(rx), float(ry), f"slide {slide!r}: {size}; spot coordinates are rescaled {how}"
+
+
+def _open_source(entry: dict[str, Any], slide: str) -> tuple[Any, dict[str, Any], str | None]:
+    """The image to cut patches from, a record of it (``image``, ``path``, ``scale_x``, ``scale_y``: factors from
+    full-resolution pixels to its pixels) and a warning when it is not the full-resolution image at scale 1."""
+    kind = image_source(entry)
+    if kind is None:
+        raise ReaderError(f"slide {slide!r} has no image to cut patches from: neither uns['spatial'][...]"
+                          f"['fullres_path'] nor a hires or lowres image with its scale factor")
+    if kind == "fullres":
+        image = FullResImage(entry["fullres_path"])
+        try:
+            fx, fy, note = _fullres_factors(image, entry, slide)
+        except ReaderError:
+            image.close()
+            raise
+        return image, {"image": kind, "path": str(image.path), "scale_x": fx, "scale_y": fy}, note
+    scale = float(entry["scalefactors"][f"tissue_{kind}_scalef"])
+    side = float(entry["scalefactors"].get("spot_diameter_fullres", float("nan"))) * scale
+    note = None if scale == 1 else (f"slide {slide!r}: no full-resolution image; patches cut from the {kind} image "
+                                    f"(scale {scale:.4g}: a spot spans {side:.1f} px there, resampled to the patch "
+                                    f"size)")
+    return _ArrayImage(np.asarray(entry["images"][kind])), {"image": kind, "path": "", "scale_x": scale,
+                                                              "scale_y": scale}, note
 
 
 def _bands(top: np.ndarray, bottom: np.ndarray, height: int) -> list[np.ndarray]:
@@ -161,17 +202,22 @@ def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, pat
             f.create_dataset("obs_names", data=adata.obs_names.to_numpy(dtype=str).astype(object),
                              dtype=h5py.string_dtype())
             f.attrs.update({"size": patch_size, "scale": patch_scale, "pad_value": pad_value})
+            sources, notes = {}, []
             for slide in pd.unique(slides):
                 idx = np.flatnonzero(slides == slide)
-                _extract_slide(adata, str(slide), idx, coords[idx], dset, patch_size, patch_scale, pad_value,
-                               band_height, n_threads, bar)
+                sources[str(slide)], note = _extract_slide(adata, str(slide), idx, coords[idx], dset, patch_size,
+                                                           patch_scale, pad_value, band_height, n_threads, bar)
+                notes += [note] if note else []
+    for note in notes:
+        record_warning(adata, note)
     adata.uns.setdefault("spared", {})["patches"] = {"path": str(out_path.resolve()), "size": int(patch_size),
-                                                     "scale": float(patch_scale)}
+                                                     "scale": float(patch_scale), "sources": sources}
     return out_path
 
 
 def _extract_slide(adata: Any, slide: str, idx: np.ndarray, coords: np.ndarray, dset: Any, size: int,
-                   scale: float, pad_value: int, band_height: int, n_threads: int | None, bar: Any) -> None:
+                   scale: float, pad_value: int, band_height: int, n_threads: int | None,
+                   bar: Any) -> tuple[dict[str, Any], str | None]:
     entry = adata.uns.get("spatial", {}).get(slide)
     if entry is None:
         raise ReaderError(f"uns['spatial'] has no entry for slide {slide!r}")
@@ -179,13 +225,15 @@ def _extract_slide(adata: Any, slide: str, idx: np.ndarray, coords: np.ndarray, 
     if not diameter or not np.isfinite(diameter) or diameter <= 0:
         raise ReaderError(f"slide {slide!r}: scalefactors['spot_diameter_fullres'] is missing or not positive "
                           f"({diameter!r}); add scalefactors_json.json to the slide")
-    image, factor = _open_source(entry, slide)
+    image, source, note = _open_source(entry, slide)
     pool = ThreadPoolExecutor(max_workers=n_threads or min(8, os.cpu_count() or 1))
     try:
+        factor = np.array([source["scale_x"], source["scale_y"]])
         side = diameter * scale * factor
         centre = (coords + 0.5) * factor
+        _check_inside(centre, image.shape, slide, source)
         boxes = np.column_stack([centre - side / 2, centre + side / 2])
-        margin = math.ceil(side / size) + 1
+        margin = math.ceil(side.max() / size) + 1
         top = np.floor(boxes[:, 1]).astype(np.int64) - margin
         bottom = np.ceil(boxes[:, 3]).astype(np.int64) + margin
         left = np.floor(boxes[:, 0]).astype(np.int64) - margin
@@ -202,6 +250,19 @@ def _extract_slide(adata: Any, slide: str, idx: np.ndarray, coords: np.ndarray, 
     finally:
         pool.shutdown()
         image.close()
+    return source, note
+
+
+def _check_inside(centre: np.ndarray, shape: tuple[int, int], slide: str, source: dict[str, Any]) -> None:
+    """Refuse to cut patches when many spot centres fall outside the image (wrong image or coordinates)."""
+    height, width = shape[:2]
+    outside = ((centre[:, 0] < 0) | (centre[:, 0] > width) | (centre[:, 1] < 0) | (centre[:, 1] > height))
+    if outside.mean() > _MAX_OUTSIDE:
+        where = source["path"] or f"the {source['image']} image"
+        raise ReaderError(f"slide {slide!r}: {int(outside.sum())} of {outside.size} spot centres fall outside "
+                          f"{where} ({width}×{height} px after scaling by x {source['scale_x']:.4g}, y "
+                          f"{source['scale_y']:.4g}); the image does not belong to these coordinates: replace it "
+                          f"with the slide's own image")
 
 
 class _Progress:

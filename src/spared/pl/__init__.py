@@ -9,6 +9,7 @@ from typing import Any
 _FUNCTIONS = {
     "patches": "spared.pl.patch_grid",
     "spatial_gene": "spared.pl.spatial",
+    "gene_label": "spared.pl.spatial",
     "counts_per_spot": "spared.pl.qc",
     "genes_kept": "spared.pl.qc",
     "missing_fraction": "spared.pl.qc",

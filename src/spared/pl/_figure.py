@@ -35,3 +35,18 @@ def finish(fig, ax, show: bool | None, save: str | Path | None, created: bool):
         plt.show()
         return None
     return ax
+
+
+def legend_outside(axis, **kwargs) -> None:
+    """A legend to the right of the axes, never over the data; only entries whose artists drew something."""
+    handles, labels = axis.get_legend_handles_labels()
+    if handles:
+        axis.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                    fontsize="small", **kwargs)
+
+
+def better_label(metric: str) -> str:
+    """``"MSE (lower is better)"``: an axis label that says which way is better."""
+    from spared.metrics import BETTER
+
+    return f"{metric} ({BETTER[metric]} is better)" if metric in BETTER else metric

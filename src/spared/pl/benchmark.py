@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spared.pl._figure import finish, new_axes
+from spared.pl._figure import better_label, finish, legend_outside, new_axes
 
 TARGETS = ("raw", "completed")
 
@@ -21,16 +21,17 @@ def benchmark_bars(results, metric: str = "MSE", dataset: str | None = None, ax=
     _check(results, metric)
     rows = results if dataset is None else results[results["dataset"] == dataset]
     stats = rows.groupby(["model", "target"])[metric].agg(["mean", "std"]).unstack("target")
-    fig, axis = new_axes(ax, figsize=(max(4.0, 0.9 * len(stats) + 2), 3.6))
+    fig, axis = new_axes(ax, figsize=(max(4.0, 0.9 * len(stats) + 2.5), 3.6))
     pos = np.arange(len(stats))
-    targets = [t for t in TARGETS if t in stats["mean"].columns]
+    # a target with no finite value draws no bar, so it gets no legend entry either
+    targets = [t for t in TARGETS if t in stats["mean"].columns and np.isfinite(stats["mean"][t]).any()]
     width = 0.8 / max(len(targets), 1)
     for k, target in enumerate(targets):
         axis.bar(pos + k * width, stats["mean"][target], width, yerr=np.nan_to_num(stats["std"][target]),
-                 capsize=3, label=target)
+                 capsize=3, label=f"{target} targets")
     axis.set_xticks(pos + width * (len(targets) - 1) / 2, stats.index, rotation=30, ha="right")
-    axis.set(ylabel=metric, title=f"{metric} by model" + (f" ({dataset})" if dataset else ""))
-    axis.legend(title="target", fontsize="small")
+    axis.set(ylabel=better_label(metric), title=f"{metric} by model" + (f" ({dataset})" if dataset else ""))
+    legend_outside(axis)
     return finish(fig, axis, show, save, ax is None)
 
 
@@ -47,6 +48,6 @@ def benchmark_heatmap(results, metric: str = "MSE", target: str = "completed", a
     axis.set_yticks(np.arange(table.shape[0]), table.index)
     for (i, j), value in np.ndenumerate(table.to_numpy()):
         axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="w", fontsize="small")
-    fig.colorbar(image, ax=axis, label=metric)
+    fig.colorbar(image, ax=axis, label=better_label(metric))
     axis.set_title(f"{metric}, {target} targets")
     return finish(fig, axis, show, save, ax is None)

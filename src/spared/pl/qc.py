@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spared.pl._figure import finish, new_axes
+from spared.pl._figure import finish, legend_outside, new_axes
 
 
 def counts_per_spot(adata, slide_key: str = "slide_id", layer: str | None = "counts", bins: int = 40,
@@ -18,7 +18,7 @@ def counts_per_spot(adata, slide_key: str = "slide_id", layer: str | None = "cou
         sel = (adata.obs[slide_key] == slide).to_numpy()
         axis.hist(np.log10(totals[sel] + 1), bins=edges, histtype="step", label=str(slide))
     axis.set(xlabel="log10(total counts + 1)", ylabel="spots", title="counts per spot")
-    axis.legend(fontsize="x-small", title=slide_key)
+    legend_outside(axis, title="slide")
     return finish(fig, axis, show, save, ax is None)
 
 
@@ -33,21 +33,28 @@ def genes_kept(adata, ax=None, show: bool | None = None, save=None):
     axis.plot(pos, steps["n_spots"], "s--", label="spots")
     axis.set_xticks(pos, steps["step"], rotation=60, ha="right", fontsize="small")
     axis.set(yscale="log", ylabel="count", title="genes and spots after each step")
-    axis.legend()
+    legend_outside(axis)
     return finish(fig, axis, show, save, ax is None)
 
 
 def missing_fraction(adata, slide_key: str = "slide_id", ax=None, show: bool | None = None, save=None):
     """Fraction of missing values per slide: raw, after the median filter, after SpaCKLE completion."""
-    fig, axis = new_axes(ax, figsize=(6, 3.6))
+    from matplotlib.ticker import PercentFormatter
+
+    fig, axis = new_axes(ax, figsize=(6.5, 3.6))
     table = missing_table(adata, slide_key)
-    width = 0.8 / table.shape[1]
+    # a stage with nothing missing draws no bar: it is named in the title instead of a legend entry
+    drawn = [c for c in table.columns if (table[c].fillna(0) > 0).any()]
+    empty = [c for c in table.columns if c not in drawn]
+    width = 0.8 / max(len(drawn), 1)
     pos = np.arange(table.shape[0])
-    for k, column in enumerate(table.columns):
+    for k, column in enumerate(drawn):
         axis.bar(pos + k * width, table[column], width, label=column)
-    axis.set_xticks(pos + width * (table.shape[1] - 1) / 2, table.index, rotation=30, ha="right")
-    axis.set(ylabel="fraction missing", ylim=(0, 1), title="missing values per slide")
-    axis.legend(fontsize="small")
+    axis.set_xticks(pos + width * (len(drawn) - 1) / 2, table.index, rotation=30, ha="right")
+    axis.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    title = "missing values per slide" + (f"\n(none left after {', '.join(empty)})" if empty else "")
+    axis.set(ylabel="values missing", ylim=(0, 1), title=title)
+    legend_outside(axis)
     return finish(fig, axis, show, save, ax is None)
 
 

@@ -44,8 +44,19 @@ def spatial_gene(adata, gene: str, layers: dict[str, str] | list[str] | None = N
         if image is None:
             axis.invert_yaxis()
             axis.set_aspect("equal")
-    fig.colorbar(points, ax=axes, shrink=0.7, label=f"{gene} (log2 TPM+1)")
+    fig.colorbar(points, ax=axes, shrink=0.7, label=f"{gene_label(adata, gene)}: log2(TPM + 1)")
+    fig.suptitle(f"{gene_label(adata, gene)}, slide {slide}", fontsize="medium")
     return finish(fig, axes, show, save, ax is None)
+
+
+def gene_label(adata, gene: str) -> str:
+    """How a gene is named in figures: its symbol (``var['gene_symbol']``) when known, else its var name."""
+    idx = _gene_index(adata, gene)
+    if "gene_symbol" in adata.var:
+        symbol = adata.var["gene_symbol"].iloc[idx]
+        if isinstance(symbol, str) and symbol.strip() and symbol.lower() != "nan":
+            return symbol
+    return str(adata.var_names[idx])
 
 
 def _marker_area(axis, diameter: float) -> float:

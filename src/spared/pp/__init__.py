@@ -11,7 +11,7 @@ _EXPORTS = {
     "moran_genes": "moran", "morans_i": "moran", "select_top_moran": "moran",
     "combat": "combat", "combat_fit": "combat", "combat_apply": "combat",
     "compute_mask": "layers", "deltas": "layers", "noisy_layers": "layers",
-    "process": "protocol", "step_table": "protocol",
+    "process": "protocol", "step_table": "protocol", "ensembl_ids": "genes",
 }
 _FOREIGN = {"adaptive_median_filter": "spared.impute.median"}
 

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from spared.data_model import require
-from spared.graph import check_within_groups, spatial_graph
+from spared.graph import check_within_groups, recipe_graph
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -104,17 +104,20 @@ def moran_genes(
     n_neighs: int = 6,
     slide_key: str = "slide_id",
     key_added: str = "d_log1p_moran",
+    graphs: str = "spared",
 ) -> None:
     """Store each gene's slide-averaged Moran's I of ``adata.layers[layer]`` in ``adata.var[key_added]``.
 
     The weights are each slide's ``n_neighs``-nearest-neighbour graph (6 hexagonal, 8 square) from
-    ``obsm["spatial"]``, row-standardised.
+    ``obsm["spatial"]``, row-standardised. ``graphs="original"`` builds it as the original SpaRED library does
+    (:func:`spared.graph.original_spatial_graph`: squidpy's kNN graph, scikit-learn's tie-breaking among
+    equidistant spots); the default ``"spared"`` breaks such ties in SciPy's k-d tree order.
     """
     require(adata, layer, slide_key,
             hint="run the adaptive median filter first (spared.impute.median.adaptive_median_filter)")
     data = adata.layers[layer]
     dense = data.toarray() if sp.issparse(data) else np.asarray(data)
-    adjacency = spatial_graph(adata, n_neighs=n_neighs, slide_key=slide_key)
+    adjacency = recipe_graph(adata, graphs, n_neighs, slide_key)
     adata.var[key_added] = morans_i(dense, adjacency, adata.obs[slide_key].to_numpy())
 
 

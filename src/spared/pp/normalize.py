@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
-
-log = logging.getLogger(__name__)
 
 
 def tpm_matrix(counts, lengths: np.ndarray):
@@ -28,31 +26,39 @@ def tpm_matrix(counts, lengths: np.ndarray):
     return rate * (1e6 / totals)
 
 
-def tpm(adata, organism: str = "human", layer: str | None = "counts", key_added: str = "tpm"):
+def tpm(adata, organism: str = "human", layer: str | None = "counts", key_added: str = "tpm",
+        min_known_fraction: float = 0.5):
     """Write ``layers[key_added]`` = TPM of ``layers[layer]``; returns a copy without unannotated genes.
 
     ``layer=None`` reads ``X``. Gene lengths (union of exons, GENCODE v43 / vM33) come from
     :mod:`spared.annotation` and are stored in ``var['gene_length']``. Genes absent from the annotation are
-    dropped (count in ``uns['spared']['tpm_dropped_genes']``), then spots left with zero counts.
+    dropped with a :class:`spared.annotation.GeneMappingWarning` (count in ``uns['spared']['tpm_dropped_genes']``),
+    then spots left with zero counts. Fewer than ``min_known_fraction`` of the genes in the annotation is an
+    error: ``var_names`` must be Ensembl ids of the organism (map symbols with :func:`spared.pp.ensembl_ids`).
     """
-    from spared.annotation import gene_lengths
+    from spared.annotation import GENCODE_RELEASES, GeneMappingError, GeneMappingWarning, gene_lengths
 
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"layer {layer!r} not found (layers: {list(adata.layers)}); "
                        f"pass layer=None to use X")
     lengths = gene_lengths(adata.var_names, organism).to_numpy(dtype=np.float64)
     known = np.isfinite(lengths)
-    if not known.any():
-        raise ValueError(f"none of the {adata.n_vars} genes is in the {organism} GENCODE annotation "
-                         f"(e.g. {list(adata.var_names[:3])}); var_names must be Ensembl ids and the "
-                         f"organism must match the data")
+    absent = list(adata.var_names[~known][:5])
+    if not known.any() or known.mean() < min_known_fraction:
+        raise GeneMappingError(
+            f"only {known.sum()} of the {adata.n_vars} genes are in the {organism} annotation "
+            f"({GENCODE_RELEASES[organism]}), e.g. not {absent}; var_names must be Ensembl ids of the organism: "
+            f"check the organism, and map gene symbols first with spared.pp.ensembl_ids(adata, {organism!r})")
     out = adata[:, known].copy() if not known.all() else adata
     if not known.all():
-        log.info("dropping %d gene(s) absent from the %s annotation", (~known).sum(), organism)
+        warnings.warn(f"TPM: dropping {(~known).sum()} of {adata.n_vars} gene(s) absent from the {organism} "
+                      f"annotation ({GENCODE_RELEASES[organism]}), e.g. {absent}", GeneMappingWarning, stacklevel=2)
     out.uns.setdefault("spared", {})["tpm_dropped_genes"] = int((~known).sum())
     out.var["gene_length"] = lengths[known]
     totals = np.asarray(_layer(out, layer).sum(axis=1)).ravel()
     if (totals == 0).any():
+        warnings.warn(f"{int((totals == 0).sum())} spot(s) have no counts left in the annotated genes and were "
+                      f"dropped", UserWarning, stacklevel=2)
         out = out[totals > 0].copy()
     counts = _layer(out, layer)
     out.layers[key_added] = tpm_matrix(counts, out.var["gene_length"].to_numpy()).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -57,26 +58,44 @@ def zero_fraction(x) -> float:
     return 1.0 - nonzero / n if n else float("nan")
 
 
-def process(adata, config: ProcessingConfig | None = None, progress: bool = True, dataset: str | None = None):
+def process(adata, config: ProcessingConfig | None = None, progress: bool = True, dataset: str | None = None,
+            allow_non_integer: bool = False):
     """Run the SpaRED protocol on a raw collection and return the processed AnnData (a new object).
 
-    Steps: spot filter → expression fractions → gene filter → TPM → log2(x+1) → adaptive median filter →
-    Moran's I and top-k genes → ComBat → mask → SpaCKLE completion (``config.complete_missing``) → deltas →
-    noisy layers. Simulated collections carrying ``layers['true_rate']`` (expected counts; else
-    ``true_counts``) also get ``true_log1p`` and ``c_true_log1p`` processed alike. Layers and columns are
-    described in ``docs/data_model.md``.
+    Steps: gene ids (symbols mapped to Ensembl ids, :func:`spared.pp.ensembl_ids`) → spot filter → expression
+    fractions → gene filter → TPM → log2(x+1) → adaptive median filter → Moran's I and top-k genes → ComBat →
+    mask → SpaCKLE completion (``config.complete_missing``) → deltas → noisy layers. Simulated collections
+    carrying ``layers['true_rate']`` (expected counts; else ``true_counts``) also get ``true_log1p`` and
+    ``c_true_log1p`` processed alike. Layers and columns are described in ``docs/data_model.md``.
+
+    Checked before any work: the data model (:func:`spared.validate`), that ``X`` holds integer counts (else a
+    :class:`~spared.data_model.ValidationError`; ``allow_non_integer=True`` processes the values anyway with a
+    warning) and, with completion, that SpaCKLE has train and held-out slides (again after the spot filter).
+    Warnings raised by the steps (genes missing from the annotation, ...) are re-emitted and kept in
+    ``uns['spared']['input_warnings']``.
     """
     from spared import __version__
-    from spared.data_model import dense, validate
+    from spared.data_model import ValidationError, check_completion_splits, count_problem, dense, validate
     from spared.impute.median import adaptive_median_filter
+    from spared.io.provenance import record_warning
     from spared.pp.combat import combat, combat_apply
+    from spared.pp.genes import ensembl_ids
     from spared.pp.layers import compute_mask, deltas, noisy_layers
     from spared.pp.moran import moran_genes, select_top_moran
     from spared.pp.normalize import log1p, tpm, tpm_matrix
     from spared.pp.qc import expression_fractions, filter_genes, filter_spots
+    from spared.pp.splits import apply_split_scheme
 
     cfg = config or ProcessingConfig()
     validate(adata, stage="raw")
+    suspicious = count_problem(adata.X)
+    if suspicious and not allow_non_integer:
+        raise ValidationError(f"{suspicious}. spared expects raw UMI counts in X (TPM and log are computed by the "
+                              f"protocol): put the raw counts in X, or pass --allow-non-integer (Python: "
+                              f"allow_non_integer=True) to process these values as if they were counts")
+    if cfg.complete_missing:
+        check_completion_splits(adata.obs, cfg.split_key, cfg.slide_key)
+    geometry, n_neighs, geometry_warning = _graph_geometry(adata, cfg)
     raw_zero_fraction = zero_fraction(adata.X)
     has_truth = "true_rate" in adata.layers or "true_counts" in adata.layers
     combat_key = cfg.combat_key
@@ -93,11 +112,11 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     def median(a):
         a.layers["log1p"] = dense(a.layers["log1p"])
-        adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=cfg.n_neighs,
-                               max_hops=cfg.median_max_hops, slide_key=cfg.slide_key)
+        adaptive_median_filter(a, layer="log1p", key_added="d_log1p", n_neighs=n_neighs,
+                               max_hops=cfg.median_max_hops, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
 
     def moran(a):
-        moran_genes(a, layer="d_log1p", n_neighs=cfg.n_neighs, slide_key=cfg.slide_key)
+        moran_genes(a, layer="d_log1p", n_neighs=n_neighs, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
         return select_top_moran(a, cfg.top_moran_genes)
 
     def batch_correct(a):
@@ -125,14 +144,23 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
             model = spackle.fit(a, layer="c_d_log1p", config=settings)
             spackle.complete(a, model, layer="c_d_log1p", key_added="c_t_log1p")
 
+    def spot_filter(a):
+        kept = filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)
+        if cfg.complete_missing:
+            check_completion_splits((a if kept is None else kept).obs, cfg.split_key, cfg.slide_key,
+                                    f"after the spot filter (cell_min_counts={cfg.cell_min_counts:g}, "
+                                    f"cell_max_counts={cfg.cell_max_counts:g})")
+        return kept
+
     steps: list[tuple[str, Callable]] = [
-        ("spot filter", lambda a: filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)),
+        ("gene ids", lambda a: ensembl_ids(a, cfg.organism)),
+        ("spot filter", spot_filter),
         ("expression fractions", lambda a: expression_fractions(a, cfg.slide_key)),
         ("gene filter", lambda a: filter_genes(
             a, cfg.gene_min_counts, cfg.gene_max_counts, cfg.min_exp_frac, cfg.min_glob_exp_frac,
             cfg.real_data_percentage, cfg.wildcard_genes, cfg.slide_key)),
         ("counts layer", counts_layer),
-        ("TPM", lambda a: tpm(a, cfg.organism, layer="counts", key_added="tpm")),
+        ("TPM", lambda a: tpm(a, cfg.organism, layer="counts", key_added="tpm", min_known_fraction=0)),
         ("log2(TPM+1)", lambda a: (log1p(a, "tpm", "log1p"), truth_log1p(a))[0]),
         ("adaptive median filter", median),
         ("Moran's I selection", moran),
@@ -145,12 +173,22 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     if combat_key is not None and combat_key not in adata.obs:
         raise KeyError(f"combat_key {combat_key!r} is not a column of obs ({list(adata.obs.columns)}); "
                        f"set combat_key to one of them or to None")
-    with _StepLog(progress, len(steps)) as steplog:
+    with _StepLog(progress, len(steps)) as steplog, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = adata.copy()
+        apply_split_scheme(out, cfg.split_scheme, slide_key=cfg.slide_key, split_key=cfg.split_key)
         for name, fn in steps:
             out = steplog.run(name, fn, out)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    messages = [suspicious] if suspicious else []
+    messages += list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    if suspicious:
+        warnings.warn(f"{suspicious}; processed as counts because allow_non_integer=True", UserWarning,
+                      stacklevel=2)
     out.uns["spared"] = {
         **dict(out.uns.get("spared", {})),
+        "input_warnings": messages,
         "dataset": dataset or str(out.uns.get("spared", {}).get("dataset", "")),
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
         "versions": {"spared": __version__, "anndata": _version("anndata"), "numpy": np.__version__},
@@ -158,8 +196,37 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         "raw_zero_fraction": raw_zero_fraction,
         "missing_fraction_before": zero_fraction(out.layers["log1p"]),
         "missing_fraction_after_median": zero_fraction(out.layers["d_log1p"]),
+        "geometry": geometry,
     }
+    if geometry_warning:
+        record_warning(out, geometry_warning, issue=False)
+    validate(out, stage="processed")  # every layer finite: a step that produced NaN/inf is named, not cached
     return out
+
+
+def _graph_geometry(adata, cfg: ProcessingConfig) -> tuple[str, int, str | None]:
+    """The spot lattice used for the spatial graphs, its neighbour count, and a warning when it contradicts the
+    configured ``hex_geometry``.
+
+    The lattice is the one the reader recorded (ST and HEST readers know it), else the one detected from the
+    coordinates (:func:`spared.graph.detect_geometry`), else the configured ``hex_geometry``.
+    """
+    import warnings
+
+    from spared.graph import detect_geometry
+    from spared.io.readers import geometry
+
+    configured = "hexagonal" if cfg.hex_geometry else "square"
+    recorded = {"hex": "hexagonal", "square": "square"}.get(geometry(adata, by_format=False))
+    found = recorded or detect_geometry(adata.obsm["spatial"], adata.obs[cfg.slide_key].to_numpy())
+    if found is None or found == configured:
+        return configured, cfg.n_neighs, None
+    n_neighs = 6 if found == "hexagonal" else 8
+    how = "reader records" if recorded else "spot coordinates form"
+    message = (f"the {how} a {found} lattice but hex_geometry={cfg.hex_geometry}; the spatial graphs (median "
+               f"filter, Moran's I) use {n_neighs} neighbours, as on a {found} array")
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return found, n_neighs, message
 
 
 def _version(package: str) -> str:

@@ -1,6 +1,7 @@
 """Render the dataset summary, completion evaluation and benchmark tables into one HTML file.
 
-Everything is embedded (figures as base64 PNG, CSS inline); the page loads nothing from elsewhere.
+Everything is embedded (figures as base64 PNG, CSS inline); the page loads nothing from elsewhere. Each table
+says which direction is better for its metrics and what its rows mean, so the page reads without the code.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import base64
 import datetime as dt
 import html
 import io
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,16 +22,77 @@ import pandas as pd
 COMPLETION_FILE = "completion.csv"
 COMPLETION_CURVE_FILE = "completion_curve.csv"
 PROCESSED_GLOB = "*.h5ad"
+REPORT_FILE = "report.html"
+
+#: What each metric measures (SPEC §4, :mod:`spared.metrics`); which value is better is ``metrics.BETTER``.
+METRIC_INFO: dict[str, str] = {
+    "MSE": "mean squared error of log2(TPM + 1) expression over the scored entries",
+    "MAE": "mean absolute error over the scored entries",
+    "PCC-Gene": "Pearson correlation of each gene across spots, averaged over genes",
+    "PCC-Patch": "Pearson correlation of each spot across genes, averaged over spots",
+    "R2-Gene": "coefficient of determination of each gene, averaged over genes",
+    "R2-Patch": "coefficient of determination of each spot, averaged over spots",
+    "Global": "mean of PCC-Gene, PCC-Patch, R2-Gene, R2-Patch and 1 − MSE / variance; 1 is perfect",
+}
+#: Metrics shown in the completion and benchmark tables.
+COMPLETION_METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch")
+BENCHMARK_METRICS = ("MSE", "PCC-Gene")
+#: What the rows of the completion table score (``target`` column of :func:`spared.impute.evaluate.evaluate`).
+COMPLETION_TARGETS: dict[str, tuple[str, str]] = {
+    "masked": ("hidden measured values",
+               "a fraction of the measured (non-zero) values of the val/test spots was hidden on purpose, "
+               "completed by each method and compared with what was measured"),
+    "vs truth": ("true missing values (simulated)",
+                 "simulated data only: the values that really were missing (dropouts) of the val/test spots, "
+                 "compared with the known expression before dropout"),
+}
+#: Readable names of the completion methods.
+METHOD_NAMES = {"spackle": "SpaCKLE", "median": "adaptive median filter", "mean": "train-split gene mean",
+                "knn": "mean of k nearest spots"}
+#: Benchmark targets: what the models were trained and scored on.
+TARGET_NAMES = {"raw": ("raw", "c_d_log1p: measured values, missing ones filled by the adaptive median filter"),
+                "completed": ("completed", "c_t_log1p: missing values completed by SpaCKLE")}
+#: Columns of the dataset table shown as percentages.
+PERCENT_COLUMNS = ("missing, raw (all genes)", "missing (kept genes)", "missing after median filter")
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
-h1{font-size:1.6rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem;display:block;overflow-x:auto;max-width:100%}
-th,td{border:1px solid #ccc;padding:.25rem .55rem}
-th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}
-figure{display:inline-block;margin:.5rem}img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:100%}
-.note{color:#666;font-size:.9rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1100px;
+padding:0 1rem;color:#222;line-height:1.4}
+h1{font-size:1.6rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2rem}h3{margin-bottom:.3rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem;max-width:100%}
+div.table{max-width:100%;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.25rem .5rem}
+th{background:#f3f3f3;vertical-align:bottom;text-align:center}td{text-align:right;white-space:nowrap}
+td:first-child{text-align:left}td.text{text-align:left;white-space:normal}
+figure{display:inline-block;margin:.5rem;vertical-align:top}
+img{max-width:min(100%,520px);border:1px solid #eee}figure.wide img{max-width:100%}
+figcaption{font-size:.85rem;color:#444;max-width:520px}
+.note{color:#555;font-size:.9rem}dl.key{font-size:.9rem;margin:.3rem 0}dl.key dt{font-weight:600;float:left;
+clear:left;margin-right:.4rem}dl.key dd{margin:0 0 .2rem 0}
 """
+
+
+# --------------------------------------------------------------------------------------------- building blocks
+
+
+def metric_header(metric: str) -> str:
+    """``"MSE ↓"`` / ``"PCC-Gene ↑"``: the metric with the direction that is better."""
+    from spared.metrics import BETTER
+
+    direction = BETTER.get(metric, "")
+    return f"{metric} {'↓' if direction == 'lower' else '↑' if direction == 'higher' else ''}".strip()
+
+
+def metric_key(metrics: Iterable[str]) -> str:
+    """A legend of the metrics shown: direction and meaning of each."""
+    from spared.metrics import BETTER
+
+    items = []
+    for m in metrics:
+        direction, meaning = BETTER.get(m, ""), METRIC_INFO.get(m, "")
+        better = f"{direction} is better; " if direction else ""
+        items.append(f"<dt>{html.escape(metric_header(m))}</dt><dd>{html.escape(better + meaning)}</dd>")
+    return f"<dl class=key>{''.join(items)}</dl>"
 
 
 def figure_html(fig, caption: str, wide: bool = False) -> str:
@@ -43,46 +108,99 @@ def figure_html(fig, caption: str, wide: bool = False) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def table_html(frame: pd.DataFrame, float_format: str = "{:.4g}", index: bool = True) -> str:
-    """A DataFrame as an escaped HTML table."""
-    return frame.to_html(float_format=float_format.format, border=0, na_rep="–", escape=True, index=index)
+def table_html(frame: pd.DataFrame, float_format: str = "{:.4g}", index: bool = False,
+               text_columns: Iterable[str] = ()) -> str:
+    """A DataFrame as an escaped HTML table in a scrolling box (so it never widens the page).
+
+    ``text_columns`` are left-aligned and wrap (error messages, descriptions).
+    """
+    text = set(text_columns)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ([frame.index.name or ""] if index else [])
+                   + list(frame.columns))
+    rows = []
+    for label, row in frame.iterrows():
+        cells = [f"<td>{html.escape(str(label))}</td>"] if index else []
+        for column, value in row.items():
+            css = " class=text" if column in text else ""
+            cells.append(f"<td{css}>{html.escape(_cell(value, float_format))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (f"<div class=table><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"</div>")
+
+
+def _cell(value: Any, float_format: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, float | np.floating):
+        return float_format.format(value)
+    return str(value)
+
+
+def _percent(value: float) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+# -------------------------------------------------------------------------------------------------- datasets
 
 
 def dataset_summary(adata, name: str) -> dict:
-    """Headline figures of one processed collection."""
+    """Headline figures of one processed collection (one row of the report's dataset table).
+
+    Fractions are in [0, 1] (the table shows the :data:`PERCENT_COLUMNS` as percentages); add a key to add a
+    column.
+    """
+    from spared.io.readers import geometry_label, technology
+
     info = adata.uns.get("spared", {})
+    mask = np.asarray(adata.layers["mask"]) if "mask" in adata.layers else np.zeros((0, 0), bool)
     return {
         "dataset": name,
-        "slides": int(adata.obs["slide_id"].nunique()),
-        "patients": int(adata.obs["patient"].nunique()),
+        "technology": technology(adata),
+        "geometry": geometry_label(adata),
+        "slides": int(adata.obs["slide_id"].nunique()) if "slide_id" in adata.obs else 0,
+        "patients": int(adata.obs["patient"].nunique()) if "patient" in adata.obs else 0,
         "spots": adata.n_obs,
-        "genes": adata.n_vars,
-        "raw missing (all genes)": float(info.get("raw_zero_fraction", np.nan)),
-        "missing (kept genes)": float(1 - np.asarray(adata.layers["mask"]).mean()),
-        "missing after median": float(info.get("missing_fraction_after_median", np.nan)),
+        "genes kept": adata.n_vars,
+        "missing, raw (all genes)": float(info.get("raw_zero_fraction", np.nan)),
+        "missing (kept genes)": float(1 - mask.mean()) if mask.size else float("nan"),
+        "missing after median filter": float(info.get("missing_fraction_after_median", np.nan)),
     }
 
 
-def _dataset_section(processed: dict) -> str:
+def _dataset_section(processed: Mapping[str, Any], skipped: list[str]) -> str:
     from spared import pl
 
+    notes = "".join(f'<p class="note">Not summarised: {html.escape(s)}</p>' for s in skipped)
     if not processed:
-        return '<p class="note">No processed collection was given.</p>'
-    rows = [dataset_summary(adata, name) for name, adata in processed.items()]
-    parts = [table_html(pd.DataFrame(rows), index=False)]
+        return '<p class="note">No processed collection was given (spared report --data FILE.h5ad).</p>' + notes
+    table = pd.DataFrame([dataset_summary(adata, name) for name, adata in processed.items()])
+    for column in PERCENT_COLUMNS:
+        table[column] = table[column].map(_percent)
+    table.columns = [c[0].upper() + c[1:] for c in table.columns]
+    parts = [table_html(table),
+             '<p class="note">Missing = values not measured (zero counts, dropouts). "Raw (all genes)" counts '
+             'every gene before filtering; "kept genes" are those the protocol selected (Moran\'s I); the adaptive '
+             "median filter fills missing values from spatial neighbours.</p>", notes]
     for name, adata in processed.items():
+        if adata.n_obs == 0:
+            parts.append(f"<h3>{html.escape(name)}</h3><p class='note'>No spots: nothing to draw.</p>")
+            continue
         figures = []
         for plot, caption in ((pl.counts_per_spot, "total counts per spot, by slide"),
-                              (pl.genes_kept, "genes and spots after each step"),
-                              (pl.missing_fraction, "missing values per slide"),
-                              (pl.moran_ranking, "Moran's I of kept genes")):
+                              (pl.genes_kept, "genes and spots left after each processing step"),
+                              (pl.missing_fraction, "missing values per slide, before and after filling"),
+                              (pl.moran_ranking, "spatial autocorrelation (Moran's I) of the kept genes")):
             ax = plot(adata, show=False)
             figures.append(figure_html(ax.figure, f"{name}: {caption}"))
         top = adata.var["d_log1p_moran"].idxmax() if "d_log1p_moran" in adata.var else adata.var_names[0]
         axes = pl.spatial_gene(adata, str(top), show=False)
-        figures.append(figure_html(axes[0].figure, f"{name}: gene {top} on the first slide", wide=True))
+        figures.append(figure_html(axes[0].figure, f"{name}: {pl.gene_label(adata, str(top))}, the gene with the "
+                                                   f"highest Moran's I, on the first slide", wide=True))
         parts.append(f"<h3>{html.escape(name)}</h3>" + "".join(figures))
     return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ completion
 
 
 def _completion_section(results_dir: Path) -> str:
@@ -91,46 +209,144 @@ def _completion_section(results_dir: Path) -> str:
     parts = []
     table_path = results_dir / COMPLETION_FILE
     if table_path.is_file():
-        parts.append(table_html(pd.read_csv(table_path), index=False))
+        table = pd.read_csv(table_path)
+        metrics = [m for m in COMPLETION_METRICS if m in table]
+        shown = pd.DataFrame({"Method": table["method"].map(lambda m: METHOD_NAMES.get(m, m))})
+        if "target" in table:
+            shown["Scored on"] = table["target"].map(lambda t: COMPLETION_TARGETS.get(t, (t,))[0])
+        if "n_entries" in table:
+            shown["Entries scored"] = table["n_entries"].map(lambda n: f"{int(n):,}")
+        for m in metrics:
+            shown[metric_header(m)] = table[m]
+        if "seconds" in table:
+            shown["Seconds"] = table["seconds"].map(lambda s: f"{s:.1f}")
+        targets = [t for t in COMPLETION_TARGETS if "target" in table and t in set(table["target"])]
+        key = "".join(f"<dt>{html.escape(COMPLETION_TARGETS[t][0])}</dt><dd>{html.escape(COMPLETION_TARGETS[t][1])}"
+                      f"</dd>" for t in targets)
+        parts += [table_html(shown, "{:.3f}", text_columns=("Method", "Scored on")),
+                  f"<dl class=key>{key}</dl>" if key else "", metric_key(metrics)]
     curve_path = results_dir / COMPLETION_CURVE_FILE
     if curve_path.is_file():
         curve = pd.read_csv(curve_path)
         if "target" in curve:
             curve = curve[curve["target"] == "masked"]
+        curve = curve.assign(method=curve["method"].map(lambda m: METHOD_NAMES.get(m, m)))
         for metric in ("MSE", "PCC-Gene"):
             if metric in curve:
                 ax = pl.completion_curve(curve, metric=metric, show=False)
-                parts.append(figure_html(ax.figure, f"completion {metric} vs masking fraction"))
+                parts.append(figure_html(ax.figure, f"{metric_header(metric)} of the completed hidden values as a "
+                                                    f"larger fraction of the measured values is hidden"))
     return "".join(parts) or '<p class="note">No completion evaluation in this folder.</p>'
+
+
+# ------------------------------------------------------------------------------------------------- benchmark
 
 
 def _benchmark_section(results_dir: Path) -> str:
     from spared import pl
-    from spared.bench.results import aggregate, load_results
-    from spared.bench.runs import dataset_label
+    from spared.bench.results import aggregate, format_mean_std, load_results, mark_stale, summary_labels
 
     results = load_results(results_dir)
     if results.empty:
         return '<p class="note">No benchmark runs in this folder.</p>'
+    results = mark_stale(results)
     done = results[results["status"] == "done"]
-    summary = aggregate(results_dir)
-    summary["dataset"] = summary["dataset"].map(dataset_label)
-    parts = [table_html(summary, index=False)]
+    summary = aggregate(results, BENCHMARK_METRICS)
+    targets = [t for t in TARGET_NAMES if f"n {t}" in summary]
+    shown = pd.DataFrame({"Model": summary["model"].map(model_label), "Dataset": summary_labels(summary)})
+    for m in BENCHMARK_METRICS:
+        for t in targets:
+            shown[f"{metric_header(m)}, {TARGET_NAMES[t][0]}"] = [
+                format_mean_std(a, b) for a, b in zip(summary[f"{m} {t} mean"], summary[f"{m} {t} std"], strict=True)]
+    shown["Seeds"] = ["/".join(str(row[f"n {t}"]) for t in targets) or "0" for _, row in summary.iterrows()]
+    shown["Failed runs"] = summary["failed"]
+    key = "".join(f"<dt>{html.escape(name)}</dt><dd>{html.escape(meaning)}</dd>"
+                  for t, (name, meaning) in TARGET_NAMES.items() if t in targets)
+    parts = [table_html(shown),
+             f"<p class=note>Mean ± standard deviation over seeds (Seeds: runs per target, {'/'.join(targets)}). "
+             "Every model is scored on the measured values of the held-out test slides only.</p>",
+             f"<dl class=key>{key}</dl>", metric_key(BENCHMARK_METRICS)]
+    if summary.get("stale", pd.Series(dtype=bool)).any():
+        parts.append("<p class=note>(stale): the dataset changed since these runs; run <code>spared bench</code> "
+                     "again to refresh them.</p>")
+    names = dict(zip(zip(summary["dataset"], summary["data_version"], strict=True), summary_labels(summary),
+                     strict=True))
+
+    def label(rows: pd.DataFrame) -> list[str]:
+        versions = rows["data_version"].fillna("").astype(str) if "data_version" in rows else [""] * len(rows)
+        return [names[key] for key in zip(rows["dataset"], versions, strict=True)]
+
     failed = results[results["status"] != "done"]
     if not failed.empty:
-        columns = ["model", "dataset", "target", "seed", "error"]
-        parts.append("<h3>Failed runs</h3>" + table_html(failed[columns], index=False))
-    for metric in ("MSE", "PCC-Gene"):
-        if metric in done and not done.empty:
-            ax = pl.benchmark_bars(done, metric=metric, show=False)
-            parts.append(figure_html(ax.figure, f"{metric}: raw vs completed targets"))
-    if not done.empty and done["dataset"].nunique() > 1:
-        ax = pl.benchmark_heatmap(done, metric="MSE", show=False)
-        parts.append(figure_html(ax.figure, "MSE, models × datasets"))
+        table = pd.DataFrame({"Model": failed["model"].map(model_label), "Dataset": label(failed),
+                              "Target": failed["target"], "Seed": failed["seed"], "Error": failed["error"]})
+        parts.append("<h3>Failed runs</h3>" + table_html(table, text_columns=("Error",)))
+    if not done.empty:
+        bars = done.assign(model=done["model"].map(model_label), dataset=label(done))
+        datasets = list(dict.fromkeys(bars["dataset"]))
+        for metric in [m for m in BENCHMARK_METRICS if m in bars]:
+            for dataset in datasets[:6]:
+                ax = pl.benchmark_bars(bars, metric=metric, dataset=dataset, show=False)
+                where = f" on {dataset}" if len(datasets) > 1 else ""
+                parts.append(figure_html(ax.figure, f"{metric_header(metric)} by model{where}: raw vs completed "
+                                                    f"targets (mean ± std over seeds)"))
+        if len(datasets) > 1:
+            ax = pl.benchmark_heatmap(bars, metric="MSE", show=False)
+            parts.append(figure_html(ax.figure, f"{metric_header('MSE')}, models × datasets"))
     return "".join(parts)
 
 
-def build_report(results_dir: str | Path, out: str | Path | None = None, processed: dict | None = None) -> Path:
+def model_label(name: str) -> str:
+    """A model's column label (``"stnet"`` → ``"STNet"``)."""
+    from spared.models import MODEL_INFO
+
+    return MODEL_INFO[name].label if name in MODEL_INFO else str(name)
+
+
+# ---------------------------------------------------------------------------------------- processed inputs
+
+
+def read_processed(paths: Iterable[str | Path], strict: bool = True,
+                   reader: Callable[[Path], Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Read processed collections for the report: ``({label: AnnData}, [why each skipped file was skipped])``.
+
+    A file that is unreadable or not processed (no ``layers['mask']``/``obs['slide_id']``: a raw collection) is
+    a ``ValueError`` naming it with ``strict`` (files asked for), else it is skipped with a warning (files found
+    in the results folder).
+    """
+    from spared.bench.runs import dataset_labels
+
+    if reader is None:
+        import anndata as ad
+
+        reader = ad.read_h5ad
+    paths = [Path(p) for p in paths]
+    labels = dataset_labels([str(p) for p in paths]) if paths else {}
+    processed, skipped = {}, []
+    for path in paths:
+        problem = None
+        try:
+            adata = reader(path)
+        except Exception as exc:  # h5py/anndata raise many types for a broken file
+            problem = f"{path} is not a readable .h5ad file ({type(exc).__name__}: {exc})"
+        else:
+            lacking = [f"layers['{k}']" for k in ("mask", "c_d_log1p") if k not in adata.layers]
+            lacking += [f"obs['{k}']" for k in ("slide_id",) if k not in adata.obs]
+            if lacking:
+                problem = (f"{path} is not a processed collection (it lacks {', '.join(lacking)}); process it with "
+                           f"`spared process`")
+        if problem is None:
+            processed[labels[str(path)]] = adata
+        elif strict:
+            raise ValueError(problem)
+        else:
+            warnings.warn(f"report: skipping {problem}", UserWarning, stacklevel=2)
+            skipped.append(problem)
+    return processed, skipped
+
+
+def build_report(results_dir: str | Path, out: str | Path | None = None,
+                 processed: Mapping[str, Any] | Iterable[str | Path] | None = None) -> Path:
     """Write ``report.html`` for a results folder and return its path.
 
     Parameters
@@ -139,27 +355,36 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, process
         Folder with the benchmark results table, and optionally ``completion.csv`` /
         ``completion_curve.csv`` (completion evaluation) and processed ``*.h5ad`` collections.
     out
-        Output file (default ``results_dir/report.html``); written atomically.
+        Output file (default ``results_dir/report.html``; a folder gets ``report.html`` inside it); written
+        atomically.
     processed
-        ``{name: AnnData}`` of processed collections to summarise; default: the ``*.h5ad`` in ``results_dir``.
+        Processed collections to summarise: ``{name: AnnData}`` or ``.h5ad`` paths (an unreadable or raw file is
+        a ``ValueError``); default: the ``*.h5ad`` in ``results_dir`` (raw or unreadable ones are skipped with a
+        warning and a note in the report).
     """
-    import anndata as ad
     import matplotlib
 
     from spared import __version__
-    from spared.io.atomic import write_text
+    from spared.io.atomic import check_writable_file, write_text
 
     matplotlib.use("Agg")
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results folder {results_dir} does not exist; run `spared bench` or `spared demo`")
+    out = Path(out) if out is not None else results_dir / REPORT_FILE
+    out = out / REPORT_FILE if out.is_dir() else out
+    check_writable_file(out)
+    skipped: list[str] = []
     if processed is None:
-        processed = {p.stem: ad.read_h5ad(p) for p in sorted(results_dir.glob(PROCESSED_GLOB))}
+        processed, skipped = read_processed(sorted(results_dir.glob(PROCESSED_GLOB)), strict=False)
+    elif not isinstance(processed, Mapping):
+        processed, skipped = read_processed(processed, strict=True)
     body = (f"<h1>spared report</h1><p class='note'>spared {__version__}, generated "
             f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(results_dir))}</p>"
-            f"<h2>Datasets</h2>{_dataset_section(processed)}"
+            f"<h2>Datasets</h2>{_dataset_section(processed, skipped)}"
             f"<h2>Completion evaluation</h2>{_completion_section(results_dir)}"
             f"<h2>Benchmark</h2>{_benchmark_section(results_dir)}")
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>spared report</title>"
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>spared report</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>")
-    return write_text(Path(out) if out is not None else results_dir / "report.html", page)
+    return write_text(out, page)

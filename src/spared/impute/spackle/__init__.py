@@ -17,12 +17,14 @@ _ATTRIBUTES = {
     "complete": "completion",
     "save": "checkpoint",
     "load": "checkpoint",
+    "CheckpointError": "checkpoint",
     "SpackleModel": "model",
     "SpackleNetwork": "model",
     "mask_probabilities": "masking",
 }
 
-__all__ = ["SpackleConfig", "SpackleModel", "SpackleNetwork", "complete", "fit", "load", "mask_probabilities", "save"]
+__all__ = ["CheckpointError", "SpackleConfig", "SpackleModel", "SpackleNetwork", "complete", "fit", "load",
+           "mask_probabilities", "save"]
 
 
 def __getattr__(name: str) -> Any:

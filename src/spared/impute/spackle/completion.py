@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from spared.data_model import dense
+from spared.data_model import dense, require_finite
 from spared.impute.spackle.data import loader, neighbourhoods
 from spared.impute.spackle.inputs import gene_order
 from spared.impute.spackle.model import SpackleModel
@@ -79,6 +79,8 @@ def complete(adata, model: SpackleModel, layer: str = "c_d_log1p", key_added: st
             predictions[start:start + len(pred)] = pred.float().cpu().numpy()
     order = np.argsort(gene_order(adata.var_names, model.genes))
     values = dense(adata.layers[layer])
-    adata.layers[key_added] = np.where(dense(adata.layers["mask"]), values,
-                                       predictions[:, order].astype(values.dtype, copy=False))
+    real = dense(adata.layers["mask"])
+    completed = np.where(real, values, predictions[:, order].astype(values.dtype, copy=False))
+    require_finite(completed, f"layer {key_added!r} completed by SpaCKLE", real)
+    adata.layers[key_added] = completed
     return adata

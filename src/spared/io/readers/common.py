@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,8 @@ class SlideInfo:
         ``tissue_hires_image.png`` (or a folder holding it) relative to the dataset folder, when elsewhere.
     prefix
         Text that every file of the slide contains (GEO supplementary files); defaults to the slide id.
+    counts, spots
+        Legacy ST: the count table and the spot file relative to the dataset folder.
     """
 
     id: str
@@ -55,6 +59,8 @@ class SlideInfo:
     image: str | None = None
     hires_image: str | None = None
     prefix: str | None = None
+    counts: str | None = None
+    spots: str | None = None
 
     @classmethod
     def coerce(cls, slide: Any) -> SlideInfo:
@@ -67,7 +73,7 @@ class SlideInfo:
         slide_id = get("id") or get("slide_id")
         if not slide_id:
             raise ReaderError(f"a slide description needs an 'id'; found {slide!r}")
-        fields = {name: get(name) for name in ("path", "image", "hires_image", "prefix")}
+        fields = {name: get(name) for name in ("path", "image", "hires_image", "prefix", "counts", "spots")}
         return cls(id=str(slide_id), patient=str(get("patient") or slide_id), split=str(get("split") or "train"),
                    **{k: (str(v) if v is not None else None) for k, v in fields.items()})
 
@@ -85,13 +91,52 @@ def coerce_slides(slides: Sequence[Any] | Any) -> list[SlideInfo]:
     return infos
 
 
+#: ``var`` columns that hold Ensembl ids in AnnData files (scanpy's ``read_visium`` writes ``gene_ids``).
+GENE_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl")
+
+
+def gene_labels(var: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene ``(ids, symbols)`` of an AnnData's ``var``.
+
+    Ids come from the first of :data:`GENE_ID_COLUMNS` present, else the index; symbols from
+    ``var["gene_symbol"]``, else the index.
+    """
+    id_column = next((c for c in GENE_ID_COLUMNS if c in var), None)
+    ids = var[id_column].to_numpy(dtype=str) if id_column else var.index.to_numpy(dtype=str)
+    symbols = var["gene_symbol"].to_numpy(dtype=str) if "gene_symbol" in var else var.index.to_numpy(dtype=str)
+    return ids, symbols
+
+
+#: Smallest fraction of a slide's genes that must map to Ensembl ids of the organism (see :func:`min_mapped_fraction`).
+_MIN_MAPPED_FRACTION: ContextVar[float] = ContextVar("spared_min_mapped_fraction", default=0.5)
+
+
+@contextmanager
+def min_mapped_fraction(fraction: float) -> Iterator[None]:
+    """Within the block, readers accept slides of which at least ``fraction`` of the genes map (default 0.5).
+
+    ``spared.io.readers.read(..., min_mapped_fraction=f)`` uses it; ``0`` accepts any loss (still warned).
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"min_mapped_fraction must lie in [0, 1], got {fraction!r}")
+    token = _MIN_MAPPED_FRACTION.set(float(fraction))
+    try:
+        yield
+    finally:
+        _MIN_MAPPED_FRACTION.reset(token)
+
+
 def harmonise_genes(counts: sp.csr_matrix, ids: np.ndarray | None, symbols: np.ndarray | None,
-                    organism: str) -> tuple[sp.csr_matrix, pd.DataFrame, dict[str, Any]]:
+                    organism: str, source: str | None = None) -> tuple[sp.csr_matrix, pd.DataFrame, dict[str, Any]]:
     """Index genes by unversioned Ensembl id, mapping symbols where a source has no Ensembl id.
 
-    Genes whose id is not an Ensembl id are looked up by symbol with
-    :func:`spared.annotation.symbols_to_ensembl`; unknown symbols are dropped. Columns that end up with the same
-    Ensembl id (versions, PAR copies, synonyms) are summed.
+    Genes whose id is not an Ensembl id are looked up by symbol (:func:`spared.annotation.resolve_gene_ids`;
+    a symbol several genes carry maps to one of them by the rule of
+    :func:`spared.annotation.symbols_to_ensembl`); unknown symbols are dropped. Columns that end up with the
+    same Ensembl id (versions, PAR copies, synonyms) are summed. Unmapped, ambiguous or unknown genes are
+    reported in the returned report and by a :class:`spared.annotation.GeneMappingWarning`; when fewer than
+    the minimum fraction of genes map (0.5, see :func:`min_mapped_fraction`), a :class:`ReaderError` names
+    the organism and examples.
 
     Parameters
     ----------
@@ -101,46 +146,61 @@ def harmonise_genes(counts: sp.csr_matrix, ids: np.ndarray | None, symbols: np.n
         Per-gene ids and symbols from the source (either may be ``None``).
     organism
         ``"human"`` or ``"mouse"``.
+    source
+        The file or slide, for messages.
 
     Returns
     -------
     The counts with one column per Ensembl id, ``var`` (index Ensembl id, column ``gene_symbol``, taken from
-    GENCODE when the source gives only ids) and a report
-    (``n_genes_read``, ``n_genes_unmapped``, ``unmapped_examples``, ``n_genes_merged``).
+    GENCODE when the source gives only ids) and the report of
+    :func:`spared.annotation.resolve_gene_ids` plus ``n_genes_merged``.
     """
-    from spared.annotation import gene_table, strip_version, symbols_to_ensembl
+    from spared.annotation import GeneMappingError, check_gene_mapping, resolve_gene_ids
 
     n = counts.shape[1]
     if ids is None and symbols is None:
-        raise ReaderError("the count matrix has no gene ids and no gene symbols")
+        raise ReaderError(f"{source or 'the count matrix'} has no gene ids and no gene symbols")
     ids = np.asarray(ids if ids is not None else symbols, dtype=object).astype(str)
     symbols = np.asarray(symbols if symbols is not None else ids, dtype=object).astype(str)
     if ids.shape != (n,) or symbols.shape != (n,):
-        raise ReaderError(f"the count matrix has {n} genes but {ids.size} gene ids / {symbols.size} symbols")
-    is_ensembl = pd.Series(ids).str.match(ENSEMBL_ID.pattern).to_numpy()
-    final = np.empty(n, dtype=object)
-    final[is_ensembl] = strip_version(ids[is_ensembl]) if is_ensembl.any() else []
-    if not is_ensembl.all():
-        final[~is_ensembl] = symbols_to_ensembl(symbols[~is_ensembl].tolist(), organism).to_numpy()
-    mapped = pd.notna(final)
-    unmapped = symbols[~mapped]
-    codes, unique_ids = pd.factorize(final[mapped])
-    first = pd.Series(np.flatnonzero(mapped)).groupby(codes).first().to_numpy()
-    merge = sp.csr_matrix((np.ones(codes.size, dtype=np.float32), (np.flatnonzero(mapped), codes)),
-                          shape=(n, unique_ids.size))
+        raise ReaderError(f"{source or 'the count matrix'} has {n} genes but {ids.size} gene ids / "
+                          f"{symbols.size} symbols")
+    final, report = resolve_gene_ids(ids, symbols, organism)
+    try:
+        check_gene_mapping(report, organism, _MIN_MAPPED_FRACTION.get(), source or "the count matrix",
+                           accept="read(..., min_mapped_fraction=0) or `with min_mapped_fraction(0):`")
+    except GeneMappingError as err:
+        raise ReaderError(str(err)) from None
+    unique_ids, first, merge = merge_by_id(final)
     out = sp.csr_matrix(counts @ merge, dtype=np.float32)
-    var = pd.DataFrame({"gene_symbol": symbols[first]}, index=pd.Index(unique_ids.astype(str), name="gene_id"))
-    no_symbol = var["gene_symbol"].str.match(ENSEMBL_ID.pattern).to_numpy()
-    if no_symbol.any():
-        known = gene_table(organism)["gene_symbol"].reindex(var.index[no_symbol])
-        var.loc[no_symbol, "gene_symbol"] = known.fillna(pd.Series(var.index[no_symbol], index=known.index)).to_numpy()
-    report = {
-        "n_genes_read": int(n),
-        "n_genes_unmapped": int(unmapped.size),
-        "unmapped_examples": [str(s) for s in unmapped[:_MAX_EXAMPLES * 2]],
-        "n_genes_merged": int(mapped.sum() - unique_ids.size),
-    }
+    var = pd.DataFrame({"gene_symbol": symbols_or_gencode(unique_ids, symbols[first], organism)},
+                       index=pd.Index(unique_ids, name="gene_id"))
+    report["n_genes_merged"] = int(pd.notna(final).sum() - unique_ids.size)
     return out, var, report
+
+
+def merge_by_id(final: np.ndarray) -> tuple[pd.Index, np.ndarray, sp.csr_matrix]:
+    """How to turn per-gene ids (``None``: drop the gene) into one column per id.
+
+    Returns the distinct ids in order of first appearance, the position of each one's first gene, and the
+    ``(n_genes, n_ids)`` 0/1 matrix whose product with a matrix of genes as columns sums the columns of an id.
+    """
+    mapped = pd.notna(final)
+    columns = np.flatnonzero(mapped)
+    codes, unique_ids = pd.factorize(final[mapped])
+    first = pd.Series(columns).groupby(codes).first().to_numpy()
+    merge = sp.csr_matrix((np.ones(codes.size, dtype=np.float32), (columns, codes)),
+                          shape=(final.size, unique_ids.size))
+    return pd.Index(unique_ids.astype(str)), first, merge
+
+
+def symbols_or_gencode(ids: pd.Index, symbols: np.ndarray, organism: str) -> np.ndarray:
+    """The given symbols, except where a source gave an Ensembl id as symbol: GENCODE's symbol for it, if any."""
+    from spared.annotation import gene_table
+
+    given = pd.Series(np.asarray(symbols, dtype=object).astype(str), index=ids)
+    known = gene_table(organism)["gene_symbol"].reindex(ids)
+    return given.where(~given.str.match(ENSEMBL_ID.pattern), known).fillna(given).to_numpy(dtype=object)
 
 
 def concat_slides(adatas: list, organism: str) -> Any:

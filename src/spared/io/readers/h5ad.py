@@ -10,9 +10,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spared.io.readers.common import ReaderError, SlideInfo, coerce_slides, concat_slides, examples, harmonise_genes
-
-_GENE_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl")
+from spared.io.readers.common import (
+    ReaderError,
+    SlideInfo,
+    coerce_slides,
+    concat_slides,
+    examples,
+    gene_labels,
+    harmonise_genes,
+)
 
 
 def _slide_from_h5ad(adata: Any, slide: SlideInfo, organism: str, source: str) -> Any:
@@ -23,12 +29,10 @@ def _slide_from_h5ad(adata: Any, slide: SlideInfo, organism: str, source: str) -
     missing = [c for c in ("array_row", "array_col") if c not in adata.obs]
     if missing:
         raise ReaderError(f"{source}: obs lacks {missing}; spared needs the spot-array position of every spot")
-    id_column = next((c for c in _GENE_ID_COLUMNS if c in adata.var), None)
-    ids = adata.var[id_column].to_numpy(dtype=str) if id_column else adata.var_names.to_numpy(dtype=str)
-    symbols = (adata.var["gene_symbol"].to_numpy(dtype=str) if "gene_symbol" in adata.var
-               else adata.var_names.to_numpy(dtype=str))
+    ids, symbols = gene_labels(adata.var)
     counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    matrix, var, report = harmonise_genes(sp.csr_matrix(counts, dtype=np.float32), ids, symbols, organism)
+    matrix, var, report = harmonise_genes(sp.csr_matrix(counts, dtype=np.float32), ids, symbols, organism,
+                                          source=f"{source} (slide {slide.id})")
     in_tissue = (adata.obs["in_tissue"].to_numpy(dtype=np.int64) if "in_tissue" in adata.obs
                  else np.ones(adata.n_obs, dtype=np.int64))
     barcodes = adata.obs_names.to_numpy(dtype=str)

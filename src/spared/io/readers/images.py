@@ -77,9 +77,12 @@ def read_image(path: str | Path) -> np.ndarray:
             raise _truncated(path, exc) from exc
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None
+    from spared.io.readers.bigimages import JPEG_SUFFIXES, decode_jpeg, pixel_limit_lifted
+
+    if path.suffix.lower() in JPEG_SUFFIXES:
+        return decode_jpeg(path)
     try:
-        with Image.open(path) as im:
+        with pixel_limit_lifted(), Image.open(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return to_rgb_uint8(np.asarray(im, dtype=np.uint16 if im.mode.startswith("I;16") else np.int32))

@@ -1,10 +1,13 @@
 """Visium slides: Space Ranger ``outs`` folders and the per-slide folders that public archives ship.
 
-A slide needs a count matrix (``filtered_feature_bc_matrix.h5``, a ``matrix.mtx`` triplet or, for GEO, a dense
-table), spot positions (``tissue_positions_list.csv`` without header, or ``tissue_positions.csv`` with one),
-``scalefactors_json.json`` and, for patches, a full-resolution image or ``tissue_hires_image.png``. Files are
-found by name anywhere under the slide folder (``.gz`` allowed), so flat folders, ``outs/`` trees and
-``spatial/`` sub-folders all work.
+A slide needs a count matrix (``filtered_feature_bc_matrix.h5``, a ``matrix.mtx`` triplet, else the
+``raw_feature_bc_matrix`` of which the in-tissue spots are kept, or, for GEO, a dense table), spot positions
+(Space Ranger 1.x ``tissue_positions_list.csv`` without header, 2.x ``tissue_positions.csv`` with one, 3.x
+``tissue_positions.parquet``), ``scalefactors_json.json`` and, for patches, an image (full resolution, else
+``tissue_hires_image.png``, else ``tissue_lowres_image.png``). Files are found by the end of their name anywhere
+under the slide folder (``.gz`` allowed; sample prefixes such as GEO's ``GSM…_`` ignored; hidden files and
+``__MACOSX`` skipped), so flat folders, ``outs/`` trees and ``spatial/`` sub-folders all work. Multi-genome
+references keep the organism's genome (see :func:`spared.io.readers.mtx.select_genome`).
 """
 
 from __future__ import annotations
@@ -22,21 +25,59 @@ import scipy.sparse as sp
 
 from spared.io.readers.common import ReaderError, SlideInfo, coerce_slides, concat_slides, examples, harmonise_genes
 from spared.io.readers.images import IMAGE_SUFFIXES, read_image
-from spared.io.readers.mtx import Counts, read_10x_h5, read_dense_table, read_mtx_triplet
+from spared.io.readers.mtx import Counts, read_10x_h5, read_dense_table, read_mtx_triplet, select_genome
+from spared.io.scan import choose, visible_files
 
 POSITION_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
 REQUIRED_SCALEFACTORS = ("spot_diameter_fullres", "tissue_hires_scalef")
 _NOT_FULLRES = ("tissue_hires_image", "tissue_lowres_image", "aligned_fiducials", "detected_tissue_image",
                 "cytassist", "aligned_tissue_image")
 _NOT_TABLES = ("positions", "barcodes", "features", "genes.tsv", "metrics", "scalefactors", "metadata", "clusters")
+#: Positions file names, preferred first (Space Ranger 3.x, 2.x, 1.x; the same table in three encodings).
+POSITION_FILES = ("tissue_positions.parquet", "tissue_positions.csv", "tissue_positions_list.csv")
+_NOT_COUNTS = ("molecule_info", "probe_bc_matrix", "patches")
 
 
 def _key(path: Path) -> str:
     return path.name.lower().removesuffix(".gz")
 
 
+def _positions_table(path: Path) -> pd.DataFrame:
+    """The six position columns as read (text), whatever the encoding: parquet, CSV with or without header."""
+    if _key(path).endswith(".parquet"):
+        try:
+            table = pd.read_parquet(path)
+        except (ValueError, OSError, ImportError) as exc:
+            raise ReaderError(f"{path} could not be read as a Parquet table of spot positions ({exc}); the file "
+                              f"is damaged: download it again") from exc
+        if "barcode" not in table.columns:
+            table = table.reset_index().rename(columns={"index": "barcode"})
+        header = True
+    else:
+        try:
+            table = pd.read_csv(path, header=None, dtype=str, compression="infer")
+        except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
+            raise ReaderError(f"{path} could not be parsed as a CSV of spot positions ({exc})") from exc
+        header = bool({str(v).strip().lower() for v in table.iloc[0]} & set(POSITION_COLUMNS))
+        if header:
+            table.columns = [str(c).strip() for c in table.iloc[0]]
+            table = table.iloc[1:]
+    if header:
+        missing = [c for c in POSITION_COLUMNS if c not in table.columns]
+        if missing:
+            raise ReaderError(f"{path}: the header lacks {missing}; expected the columns {', '.join(POSITION_COLUMNS)} "
+                              f"(found {', '.join(map(str, table.columns))})")
+        return table[list(POSITION_COLUMNS)].astype(str)
+    if table.shape[1] != len(POSITION_COLUMNS):
+        raise ReaderError(f"{path}: expected {len(POSITION_COLUMNS)} columns ({', '.join(POSITION_COLUMNS)}), "
+                          f"found {table.shape[1]}")
+    table.columns = list(POSITION_COLUMNS)
+    return table
+
+
 def read_positions(path: str | Path) -> pd.DataFrame:
-    """Read spot positions (v1 headerless ``tissue_positions_list.csv`` or v2 ``tissue_positions.csv``).
+    """Read spot positions: Space Ranger 1.x ``tissue_positions_list.csv`` (no header), 2.x
+    ``tissue_positions.csv`` (header; also found under the 1.x name) or 3.x ``tissue_positions.parquet``.
 
     Returns
     -------
@@ -45,17 +86,9 @@ def read_positions(path: str | Path) -> pd.DataFrame:
         ``pxl_row_in_fullres``, ``pxl_col_in_fullres``.
     """
     path = Path(path)
-    try:
-        table = pd.read_csv(path, header=None, dtype=str, compression="infer")
-    except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
-        raise ReaderError(f"{path} could not be parsed as a CSV of spot positions ({exc})") from exc
-    if table.shape[1] != len(POSITION_COLUMNS):
-        raise ReaderError(f"{path}: expected {len(POSITION_COLUMNS)} columns ({', '.join(POSITION_COLUMNS)}), "
-                          f"found {table.shape[1]}")
-    if str(table.iat[0, 0]).strip().lower() == "barcode":
-        table = table.iloc[1:]
-    table.columns = list(POSITION_COLUMNS)
-    table = table.set_index("barcode")
+    table = _positions_table(path).set_index("barcode")
+    if table.empty:
+        raise ReaderError(f"{path} lists no spot; the file is empty or damaged: download it again")
     values = table.apply(pd.to_numeric, errors="coerce")
     bad = values.isna().any(axis=1)
     if bad.any():
@@ -117,12 +150,20 @@ def _single(candidates: list[Path], role: str, root: Path, prefer: tuple[str, ..
         if preferred:
             candidates = preferred
     if len(candidates) > 1:
-        raise ReaderError(f"{root}: several candidate {role} files ({examples(candidates)}); keep one, or give the "
-                          f"slide a more specific 'prefix'/'path' in the catalogue")
+        raise ReaderError(f"{root}: several candidate {role} files ({examples(candidates)}); keep one (move the "
+                          f"others out of the slide folder), or give the slide a more specific 'prefix'/'path' in "
+                          f"the catalogue")
     return candidates[0] if candidates else None
 
 
-def _triplets(files: list[Path], root: Path) -> dict[str, Path] | None:
+def _matrix_rank(path: Path, root: Path) -> int:
+    """0 for a filtered matrix (or one named neither filtered nor raw), 1 for a raw one (every barcode); judged
+    on the path below the slide folder."""
+    text = path.relative_to(root).as_posix().lower()
+    return 1 if "raw" in text and "filtered" not in text else 0
+
+
+def _triplets(files: list[Path]) -> list[dict[str, Path]]:
     by_dir: dict[Path, dict[str, Path]] = {}
     for p in files:
         k = _key(p)
@@ -130,13 +171,35 @@ def _triplets(files: list[Path], root: Path) -> dict[str, Path] | None:
                 else "features" if k.endswith(("features.tsv", "genes.tsv")) else None)
         if role:
             by_dir.setdefault(p.parent, {}).setdefault(role, p)
-    groups = [g for g in by_dir.values() if "matrix" in g]
-    if len(groups) > 1:
-        filtered = [g for g in groups if "raw" not in str(g["matrix"]).lower()]
-        groups = filtered or groups
-    if len(groups) > 1:
-        raise ReaderError(f"{root}: several matrix.mtx folders ({examples(g['matrix'] for g in groups)}); keep one")
-    return groups[0] if groups else None
+    return [g for g in by_dir.values() if "matrix" in g]
+
+
+def _find_counts(files: list[Path], root: Path) -> Path | dict[str, Path] | None:
+    """The count matrix: filtered before raw, a 10x ``.h5`` before a triplet of the same kind; two candidates of
+    the best kind are an error naming both."""
+    keys = {p: _key(p) for p in files}
+    h5 = [p for p, k in keys.items() if k.endswith(".h5") and not any(w in k for w in _NOT_COUNTS)]
+    triplets = _triplets(files)
+    for rank in (0, 1):
+        best_h5 = [p for p in h5 if _matrix_rank(p, root) == rank]
+        if best_h5:
+            return _single(best_h5, "count-matrix .h5", root)
+        best_mtx = [g for g in triplets if _matrix_rank(g["matrix"], root) == rank]
+        if len(best_mtx) > 1:
+            raise ReaderError(f"{root}: several candidate matrix.mtx folders ({examples(g['matrix'] for g in best_mtx)}"
+                              f"); keep one (move the others out of the slide folder), or give the slide a more "
+                              f"specific 'prefix'/'path' in the catalogue")
+        if best_mtx:
+            return best_mtx[0]
+    return None
+
+
+def _find_positions(keys: dict[Path, str], root: Path) -> Path | None:
+    for name in POSITION_FILES:
+        found = _single([p for p, k in keys.items() if k.endswith(name)], "spot-position", root)
+        if found is not None:
+            return found
+    return None
 
 
 def discover_slide_files(root: Path, prefix: str | None = None, image: Path | None = None,
@@ -151,7 +214,8 @@ def discover_slide_files(root: Path, prefix: str | None = None, image: Path | No
     prefix
         Keep only files whose path relative to ``root`` contains this text.
     image, hires
-        Explicit full-resolution / hires image (a file, or a folder holding exactly one such image).
+        Explicit full-resolution / hires image (a file, or a folder holding exactly one such image). A missing
+        full-resolution image is noted (patches then come from hires), not an error.
     search_images_in, image_hint
         Where to look for a full-resolution image whose name contains ``image_hint`` when ``root`` has none.
     allow_tables
@@ -159,33 +223,35 @@ def discover_slide_files(root: Path, prefix: str | None = None, image: Path | No
     """
     if not root.is_dir():
         raise ReaderError(f"slide folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = visible_files(root)
     if prefix:
         files = [p for p in files if prefix.lower() in str(p.relative_to(root)).lower()]
     found = SlideFiles(root)
     keys = {p: _key(p) for p in files}
-    found.positions = _single([p for p, k in keys.items()
-                               if k.endswith(("tissue_positions_list.csv", "tissue_positions.csv"))],
-                              "spot-position", root, prefer=("tissue_positions.csv",))
+    found.positions = _find_positions(keys, root)
     found.scalefactors = _single([p for p, k in keys.items() if k.endswith("scalefactors_json.json")],
                                  "scalefactors", root)
     found.hires = (_explicit_image(hires, "hires") if hires is not None else
                    _single([p for p, k in keys.items() if k.endswith("tissue_hires_image.png")], "hires", root))
     found.lowres = _single([p for p, k in keys.items() if k.endswith("tissue_lowres_image.png")], "lowres", root)
-    h5 = [p for p, k in keys.items() if k.endswith(".h5") and "raw_" not in k and "molecule_info" not in k]
-    found.counts = _single(h5, "count-matrix .h5", root, prefer=("filtered",)) or _triplets(files, root)
+    found.counts = _find_counts(files, root)
+    if found.counts is not None and _matrix_rank(found.counts["matrix"] if isinstance(found.counts, dict)
+                                                 else found.counts, root):
+        found.notes.append("no filtered matrix: read the raw matrix (every barcode) and kept the in-tissue spots")
     if found.counts is None and allow_tables:
         tables = [p for p, k in keys.items() if k.endswith((".tsv", ".csv", ".txt"))
                   and not any(word in k for word in _NOT_TABLES)]
         found.counts = _single(tables, "count-table", root, prefer=("count",))
-    if image is not None:
+    if image is not None and (image.is_file() or image.is_dir()):
         found.fullres = _explicit_image(image, "full-resolution")
     else:
-        found.fullres = _find_fullres(files, root, image_hint)
+        if image is not None:
+            found.notes.append(f"the full-resolution image {image} does not exist")
+        found.fullres = _find_fullres(files, root, image_hint, found.notes)
         if found.fullres is None and search_images_in is not None and image_hint:
-            others = [p for p in search_images_in.rglob("*") if p.is_file()
-                      and image_hint.lower() in p.name.lower() and root not in p.parents]
-            found.fullres = _find_fullres(others, search_images_in, image_hint)
+            others = [p for p in visible_files(search_images_in)
+                      if image_hint.lower() in p.name.lower() and root not in p.parents]
+            found.fullres = _find_fullres(others, search_images_in, image_hint, found.notes)
     return found
 
 
@@ -194,14 +260,14 @@ def _explicit_image(path: Path, role: str) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        images = [p for p in sorted(path.rglob("*")) if p.is_file() and _key(p).endswith(IMAGE_SUFFIXES)]
+        images = [p for p in visible_files(path) if _key(p).endswith(IMAGE_SUFFIXES)]
         found = _single(images, f"{role} image", path, prefer=("hires",) if role == "hires" else ())
         if found is not None:
             return found
     raise ReaderError(f"the catalogue names {role} image {path}, which does not exist (or holds no image)")
 
 
-def _find_fullres(files: list[Path], root: Path, hint: str | None) -> Path | None:
+def _find_fullres(files: list[Path], root: Path, hint: str | None, notes: list[str]) -> Path | None:
     images = [p for p in files if _key(p).endswith(IMAGE_SUFFIXES)
               and not any(word in _key(p) for word in _NOT_FULLRES) and "spatial" not in p.parent.name.lower()]
     if len(images) > 1 and hint:
@@ -209,7 +275,12 @@ def _find_fullres(files: list[Path], root: Path, hint: str | None) -> Path | Non
     if len(images) > 1:
         tiffs = [p for p in images if _key(p).endswith((".tif", ".tiff"))]
         images = tiffs if len(tiffs) == 1 else images
-    return _single(images, "full-resolution image", root)
+    if not images:
+        return None
+    chosen, note = choose(images, stems=(hint,) if hint else (), what=f"full-resolution image under {root}")
+    if note:
+        notes.append(note)
+    return chosen
 
 
 def _read_counts(files: SlideFiles, positions: pd.DataFrame) -> Counts:
@@ -247,17 +318,23 @@ def read_slide(files: SlideFiles, slide: SlideInfo, organism: str, fmt: str = "v
     import anndata as ad
 
     if files.positions is None:
-        raise ReaderError(f"no tissue_positions_list.csv / tissue_positions.csv found under {files.root}")
+        raise ReaderError(f"no tissue_positions_list.csv / tissue_positions.csv / tissue_positions.parquet found "
+                          f"under {files.root}; Space Ranger writes it to outs/spatial/: add it (re-download)")
     positions = read_positions(files.positions)
     scalefactors = read_scalefactors(files.scalefactors, files.root)
     counts = _read_counts(files, positions)
+    counts, genome_report = select_genome(counts, organism)
     absent = ~pd.Index(counts.barcodes).isin(positions.index)
     if absent.any():
         raise ReaderError(f"{int(absent.sum())} of {absent.size} barcodes in {counts.source} are absent from "
                           f"{files.positions}: {examples(counts.barcodes[absent])}; the counts and positions come "
-                          f"from different slides or runs")
+                          f"from different slides or runs: put the matching tissue_positions file beside the "
+                          f"matrix (both from the same Space Ranger run)")
     pos = positions.loc[counts.barcodes]
     keep = (pos["in_tissue"] == 1).to_numpy()
+    if not keep.any():
+        raise ReaderError(f"slide {slide.id!r}: none of the {keep.size} spots of {counts.source} is in the tissue "
+                          f"according to {files.positions} (in_tissue = 0 everywhere); check the positions file")
     matrix, var, gene_report = harmonise_genes(counts.matrix[keep], counts.gene_ids, counts.gene_symbols, organism)
     if var.empty:
         raise ReaderError(f"{counts.source}: none of the {gene_report['n_genes_read']} genes maps to a {organism} "
@@ -275,8 +352,10 @@ def read_slide(files: SlideFiles, slide: SlideInfo, organism: str, fmt: str = "v
     adata.uns["spared"] = {"reader": {
         "slide_id": slide.id, "format": fmt, "files": files.describe(),
         "n_spots_in_counts": int(counts.matrix.shape[0]), "n_spots_outside_tissue": int((~keep).sum()),
-        "n_spots": int(adata.n_obs), **gene_report,
+        "n_spots": int(adata.n_obs), **genome_report, **gene_report,
     }}
+    if files.notes:
+        adata.uns["spared"]["reader"]["warnings"] = [f"slide {slide.id!r}: {n}" for n in files.notes]
     return adata
 
 
