@@ -170,6 +170,26 @@ def test_early_stopping_keeps_the_best_weights():
     assert len(full.history["val"]) == 6
 
 
+def test_the_weights_returned_score_the_best_validation_mse():
+    """The model returned (moving average of the weights, cosine schedule: the defaults) is the best validated one."""
+    from spared.impute.spackle.data import held_out_loader, neighbourhoods
+    from spared.impute.spackle.train import _split_spots
+
+    adata = smooth_field(side=8, seed=8)
+    cfg = TINY.replace(max_steps=40, val_every=10, patience=None, lr=3e-2)
+    model = spackle.fit(adata, config=cfg)
+    assert model.best_val_mse == min(mse for _, mse in model.history["val"])
+    data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs)
+    reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
+    sse, count = 0.0, 0
+    with torch.no_grad():
+        for batch in held_out_loader(reduced, held, 1024):
+            pred = model.network(batch["x"], None, batch["real"])
+            sse += float(((pred - batch["target"]).square() * batch["hidden"]).sum())
+            count += int(batch["hidden"].sum())
+    assert sse / count == pytest.approx(model.best_val_mse, rel=1e-5)
+
+
 def test_neighbour_distances_are_in_spot_spacings_per_slide():
     from spared.impute.spackle.data import neighbourhoods
 
@@ -347,6 +367,10 @@ def test_config_validation():
         SpackleConfig(patience=0)
     with pytest.raises(ValueError, match="mask_method"):
         SpackleConfig(mask_method="median")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SpackleConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="ema_decay"):
+        SpackleConfig(ema_decay=1.0)
     with pytest.raises(KeyError, match="valid names"):
         SpackleConfig.from_dict({"steps": 3})
     with pytest.raises(ValueError, match="multiple of num_heads"):

@@ -138,7 +138,7 @@ def demo(
     slides: Annotated[int, typer.Option(help="Simulated slides.")] = 3,
     spots: Annotated[int, typer.Option(help="Spots per slide.")] = 1200,
     genes: Annotated[int, typer.Option(help="Simulated genes.")] = 512,
-    spackle_steps: Annotated[int, typer.Option(help="SpaCKLE training steps.")] = 400,
+    spackle_steps: Annotated[int, typer.Option(help="SpaCKLE training steps.")] = 200,
     bench_steps: Annotated[int, typer.Option(help="Training steps per benchmark run (0 skips the benchmark).")] = 150,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 MASK_METHODS = ("mask_prob", "prob_median", "scale_factor")
 TRAIN_ON = ("all", "train")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class SpackleConfig:
         Training-mask scheme, see :func:`spared.impute.spackle.masking.mask_probabilities`.
     lr, weight_decay, batch_size, max_steps
         AdamW learning rate and weight decay, spots per batch and the most optimiser steps.
+    lr_schedule
+        ``"cosine"`` (default): the learning rate decays from ``lr`` to 0 along a half cosine over
+        ``max_steps``, so the last steps refine rather than jitter; ``"constant"``: ``lr`` throughout.
     ema_decay
         Validate and keep an exponential moving average of the weights (this decay per step) rather than
         the last weights, which smooths the noise of single steps; ``None`` = off.
@@ -77,9 +81,10 @@ class SpackleConfig:
     mask_prob: float = 0.3
     lr: float = 3e-3
     weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
     ema_decay: float | None = 0.99
     batch_size: int = 256
-    max_steps: int = 1000
+    max_steps: int = 500
     train_on: str = "all"
     val_every: int = 10
     val_fraction: float = 0.1
@@ -120,6 +125,8 @@ class SpackleConfig:
             raise ValueError(f"SpackleConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"SpackleConfig.ema_decay must be None or lie in (0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"SpackleConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"SpackleConfig.val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.train_on not in TRAIN_ON:

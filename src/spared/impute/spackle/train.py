@@ -46,17 +46,18 @@ class SpackleTask(L.LightningModule):
     Training hides each known entry of a batch's neighbourhoods with its gene's probability and scores the
     hidden entries of row 0. Validation predicts the held-out entries (never seen in training) from every
     other known entry; its MSE is pooled over all of them (not averaged over batches). With ``ema_decay``
-    an exponential moving average of the weights is what is validated and kept.
+    an exponential moving average of the weights is what is validated and kept; with ``cosine_steps`` the
+    learning rate decays from ``lr`` to 0 along a half cosine over that many steps.
     """
 
     def __init__(self, network: SpackleNetwork, probs: np.ndarray, lr: float, weight_decay: float = 0.0,
-                 ema_decay: float | None = None) -> None:
+                 ema_decay: float | None = None, cosine_steps: int | None = None) -> None:
         super().__init__()
         self.network = network
         self.averaged = (AveragedModel(network, avg_fn=WarmEMA(ema_decay), use_buffers=True)
                          if ema_decay else None)
         self.register_buffer("probs", torch.as_tensor(probs, dtype=torch.float32), persistent=False)
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.cosine_steps = lr, weight_decay, cosine_steps
         self.history: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_step: int | None = None
@@ -107,22 +108,29 @@ class SpackleTask(L.LightningModule):
             self.best_val_mse, self.best_step = mse, step
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.evaluated.state_dict().items()}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.cosine_steps is None:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.cosine_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class StepProgress(L.Callback):
-    """A rich progress bar over optimiser steps showing the latest and the best validation MSE."""
+    """A rich progress bar (on stderr) over optimiser steps showing the latest and the best validation MSE."""
 
     def __init__(self) -> None:
         self.progress = None
         self.task = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: SpackleTask) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        # on stderr, so that a command's results on stdout (e.g. ``--json``) stay clean
         self.progress = Progress(TextColumn("SpaCKLE"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[status]}"), transient=False)
+                                 TextColumn("{task.fields[status]}"), console=Console(stderr=True),
+                                 transient=False)
         self.progress.start()
         self.task = self.progress.add_task("train", total=trainer.max_steps, status="")
 
@@ -187,7 +195,8 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
             network = SpackleNetwork.from_config(config, data.n_genes, visual_dim)
             network.init_scaling(*_real_stats(train_data.values[targets].numpy(),
                                               train_data.real[targets].numpy()))
-            task = SpackleTask(network, probs, config.lr, config.weight_decay, config.ema_decay)
+            task = SpackleTask(network, probs, config.lr, config.weight_decay, config.ema_decay,
+                               config.max_steps if config.lr_schedule == "cosine" else None)
             trainer = _trainer(config, run_dir)
             val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
             trainer.fit(task, loader(train_data, targets, config.batch_size, shuffle=True, seed=config.seed),
