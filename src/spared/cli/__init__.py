@@ -6,11 +6,6 @@ import importlib
 import os
 import sys
 
-# Spinning OpenMP waiters make torch many times slower once other processes share the cores (measured: a
-# SpaCKLE step 10x slower on 2 threads of a busy 2-core machine); sleeping ones cost little on a quiet one.
-# It only takes effect before torch is loaded, hence here; a value set by the user is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from spared.cli.app import app, fail
 
 #: Modules of ``spared.cli`` that define commands (imported for their ``@app.command`` side effect).
