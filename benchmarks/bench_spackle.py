@@ -206,17 +206,18 @@ def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None) -> N
         print(f"  {method:<10}{cells[0]:>18}{cells[1]:>18}{cells[2]:>16}")
     mse = table.pivot(index="seed", columns="method", values="MSE")
     floor = poisson_floor(path, seeds[0])
-    print(f"  Poisson noise floor of the hidden entries (seed {seeds[0]}): MSE {floor:.3f}")
+    print(f"  Poisson noise floor of the hidden entries (seed {seeds[0]}): "
+          + ("n/a (no counts/tpm layers)" if floor is None else f"MSE {floor:.3f}"))
     for other, target in TARGETS.items():
         if {"spackle", other} <= set(mse.columns):
             gain = 1 - mse["spackle"] / mse[other]
             needed = (1 - target) * mse[other].mean()
             print(f"  SpaCKLE vs {other}: {gain.mean():.1%} ± {gain.std() if len(gain) > 1 else 0:.1%} lower MSE "
                   f"(per seed {', '.join(f'{g:.1%}' for g in gain)}); the {target:.1%} target needs MSE "
-                  f"<= {needed:.3f} ({needed / floor:.2f}x the noise floor)")
+                  f"<= {needed:.3f}" + ("" if floor is None else f" ({needed / floor:.2f}x the noise floor)"))
 
 
-def poisson_floor(path: Path, seed: int = 0, draws: int = 400) -> float:
+def poisson_floor(path: Path, seed: int = 0, draws: int = 400) -> float | None:
     """Masked MSE left by counting noise alone: what an oracle knowing every hidden entry's rate would score.
 
     Each hidden entry is ``log2(s·C + 1)`` of a count ``C`` (``s``: its TPM per count), mapped to the completed
@@ -225,7 +226,7 @@ def poisson_floor(path: Path, seed: int = 0, draws: int = 400) -> float:
     and ``λ`` set to the observed count, the variance of that value is the error the best prediction from
     the rate still makes; its mean over the hidden entries (:func:`spared.impute.evaluate.hide_values`, the
     same entries as the evaluation) is returned. Real counts vary more than Poisson ones, so this is a low
-    estimate of the floor.
+    estimate of the floor. ``None`` when the collection lacks a layer it needs.
     """
     import anndata as ad
     import numpy as np
@@ -235,6 +236,8 @@ def poisson_floor(path: Path, seed: int = 0, draws: int = 400) -> float:
     from spared.impute.evaluate import hide_values
 
     adata = ad.read_h5ad(path)
+    if not {"counts", "tpm", "d_log1p", "c_d_log1p"} <= set(adata.layers):
+        return None
     hidden = hide_values(adata, 0.1, seed)
     real = dense(adata.layers["mask"]).astype(bool)
     rows, cols = np.nonzero(hidden)

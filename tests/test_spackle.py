@@ -262,6 +262,20 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_a_version_1_checkpoint_loads_with_the_settings_it_implied(trained, tmp_path):
+    adata, model = trained
+    path = model.save(tmp_path / "ckpt")
+    meta = json.loads((path / "config.json").read_text())
+    added = ("relative_positions", "ema_decay", "lr_schedule")  # parameters version 2 introduced
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in added}
+    (path / "config.json").write_text(json.dumps({**meta, "format_version": 1}))
+    loaded = spackle.load(path)
+    assert (loaded.config.relative_positions, loaded.config.ema_decay, loaded.config.lr_schedule) == (
+        False, None, "constant")
+    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"],
+                                  spackle.complete(adata.copy(), model).layers["c_t_log1p"])
+
+
 def test_gene_mismatch_names_the_missing_genes(trained):
     adata, model = trained
     fewer = adata[:, adata.var_names[2:]].copy()

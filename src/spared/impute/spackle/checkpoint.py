@@ -19,7 +19,7 @@ from spared.io.atomic import atomic_dir, check_writable_dir
 FORMAT = "spared.spackle"
 FORMAT_VERSION = 2
 #: Versions read, with the values version 1 implied for parameters added since (it predates them).
-READABLE = {1: {"relative_positions": False}, 2: {}}
+READABLE = {1: {"relative_positions": False, "ema_decay": None, "lr_schedule": "constant"}, 2: {}}
 WEIGHTS = "model.safetensors"
 METADATA = "config.json"
 
