@@ -7,6 +7,8 @@ import matplotlib
 import pytest
 
 matplotlib.use("Agg")
+# as ``import spared`` does, but before any test module imports torch (see spared/__init__.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,39 @@ def test_evaluate_scores_against_truth_and_trains_spackle_without_hidden_values(
     assert np.isfinite(table[["MSE", "MAE", "PCC-Gene", "PCC-Patch"]].to_numpy()).all()
 
 
+class Keeper:
+    """SpaCKLE behind the method interface, keeping its completed layer for the test to inspect."""
+
+    name = "spackle"
+
+    def __init__(self, config) -> None:
+        self.inner, self.completed = make_method("spackle", config), None
+
+    def fit(self, adata, layer):
+        self.inner.fit(adata, layer)
+        return self
+
+    def complete(self, adata, layer, key_added):
+        self.inner.complete(adata, layer, key_added)
+        self.completed = adata.layers[key_added].copy()
+        return adata
+
+
+def test_spackle_predictions_do_not_depend_on_the_hidden_values():
+    """No leak: SpaCKLE trains on every split's known entries, yet the hidden ones cannot reach it."""
+    adata = smooth_field(side=8, missing=0.3, seed=3)
+    hidden = hide_values(adata, 0.2, 1)
+    changed = adata.copy()
+    changed.layers["c_d_log1p"][hidden] += np.random.default_rng(0).normal(5, 2, hidden.sum()).astype(np.float32)
+    config = TINY.replace(max_steps=10, observed_indicator=True, relative_positions=True)
+    first, second = Keeper(config), Keeper(config)
+    a = evaluate(adata, [first], 0.2, 1)
+    b = evaluate(changed, [second], 0.2, 1)
+    np.testing.assert_array_equal(first.completed, second.completed)
+    assert first.inner.model.history == second.inner.model.history
+    assert a.loc[0, "MSE"] != b.loc[0, "MSE"]  # the scores do read the hidden values, as they must
+
+
 def test_evaluate_fractions_is_evaluate_at_each_fraction():
     adata = smooth_field(side=8, missing=0.3, seed=5)
     curve = evaluate_fractions(adata, (0.1, 0.3), ["mean", "knn"], seed=1)

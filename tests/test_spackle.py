@@ -123,6 +123,98 @@ def test_training_lowers_validation_mse_on_a_smooth_field(observed_indicator):
     assert len(train) == 60 and np.mean(train[-10:]) < np.mean(train[:10])
 
 
+def test_fit_never_reads_unknown_entries():
+    """Entries with mask False (missing, or hidden by an evaluation) cannot influence training at all."""
+    adata = smooth_field(side=8, seed=4)
+    other = adata.copy()
+    rng = np.random.default_rng(0)
+    unknown = ~adata.layers["mask"]
+    other.layers["c_d_log1p"][unknown] = rng.normal(50, 20, unknown.sum()).astype(np.float32)
+    cfg = TINY.replace(max_steps=10, observed_indicator=True, relative_positions=True)
+    a, b = spackle.fit(adata, config=cfg), spackle.fit(other, config=cfg)
+    assert a.history == b.history
+    for (name, x), (_, y) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_validation_entries_are_held_out_of_training():
+    from spared.impute.spackle.data import neighbourhoods
+    from spared.impute.spackle.train import _split_spots
+
+    adata = smooth_field(side=8, seed=6)
+    cfg = TINY.replace(max_steps=10, val_fraction=0.2)
+    data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs)
+    _, val_spots = _split_spots(adata, cfg)
+    reduced, held = data.hold_out(val_spots, cfg.val_fraction, cfg.seed)
+    known_val = data.real[val_spots]
+    assert held.n_entries == round(0.2 * int(known_val.sum())) and not (held.hidden & ~known_val).any()
+    assert not reduced.real[val_spots][held.hidden].any() and (reduced.values[val_spots][held.hidden] == 0).all()
+    assert torch.equal(reduced.real[val_spots] | held.hidden, known_val)
+    torch.testing.assert_close(held.values[held.hidden], data.values[val_spots][held.hidden])
+    # changing the held-out values changes the validation scores but not one training step
+    changed = adata.copy()
+    rows = np.asarray(val_spots)[torch.nonzero(held.hidden)[:, 0].numpy()]
+    cols = torch.nonzero(held.hidden)[:, 1].numpy()
+    changed.layers["c_d_log1p"][rows, cols] += 3.0
+    a, b = spackle.fit(adata, config=cfg), spackle.fit(changed, config=cfg)
+    assert a.history["train"] == b.history["train"] and a.history["val"] != b.history["val"]
+
+
+def test_early_stopping_keeps_the_best_weights():
+    adata = smooth_field(side=8, seed=7)
+    # a learning rate this small leaves the validation MSE flat: no later validation beats the first one
+    model = spackle.fit(adata, config=TINY.replace(max_steps=200, val_every=5, patience=3, lr=1e-12))
+    assert [s for s, _ in model.history["val"]] == [5, 10, 15, 20]
+    assert model.best_step == 5 and len(model.history["train"]) == 20
+    full = spackle.fit(adata, config=TINY.replace(max_steps=30, val_every=5, patience=None, lr=1e-12))
+    assert len(full.history["val"]) == 6
+
+
+def test_the_weights_returned_score_the_best_validation_mse():
+    """The model returned (moving average of the weights, cosine schedule: the defaults) is the best validated one."""
+    from spared.impute.spackle.data import held_out_loader, neighbourhoods
+    from spared.impute.spackle.train import _split_spots
+
+    adata = smooth_field(side=8, seed=8)
+    cfg = TINY.replace(max_steps=40, val_every=10, patience=None, lr=3e-2)
+    model = spackle.fit(adata, config=cfg)
+    assert model.best_val_mse == min(mse for _, mse in model.history["val"])
+    data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs)
+    reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
+    sse, count = 0.0, 0
+    with torch.no_grad():
+        for batch in held_out_loader(reduced, held, 1024):
+            pred = model.network(batch["x"], None, batch["real"])
+            sse += float(((pred - batch["target"]).square() * batch["hidden"]).sum())
+            count += int(batch["hidden"].sum())
+    assert sse / count == pytest.approx(model.best_val_mse, rel=1e-5)
+
+
+def test_neighbour_distances_are_in_spot_spacings_per_slide():
+    from spared.impute.spackle.data import neighbourhoods
+
+    adata = smooth_field(n_slides=2, side=6, same_coords=False)
+    slide1 = adata.obs["slide_id"].to_numpy() == "slide1"
+    adata.obsm["spatial"][slide1] *= 37.0  # another image scale on one slide
+    data = neighbourhoods(adata, "c_d_log1p", 8, distances=True)
+    dist = data.distances.numpy()
+    assert dist.shape == (adata.n_obs, 9) and (dist[:, 0] == 0).all()
+    np.testing.assert_allclose(dist[:, 1], 1.0, rtol=1e-6)  # unit grid: the nearest spot is one spacing away
+    np.testing.assert_allclose(dist[slide1], dist[~slide1], rtol=1e-5)
+    coords = adata.obsm["spatial"]
+    i, row = 7, data.neighbours[7].numpy()
+    np.testing.assert_allclose(dist[i], np.hypot(*(coords[row] - coords[i]).T), rtol=1e-6)
+
+
+def test_progress_bar_shows_the_validation_mse_and_threads_are_restored(capsys):
+    adata = smooth_field(side=6)
+    before = torch.get_num_threads()
+    spackle.fit(adata, config=TINY.replace(max_steps=10, progress=True, threads=1))
+    assert torch.get_num_threads() == before
+    out = capsys.readouterr()
+    assert "val MSE" in out.out + out.err
+
+
 def test_fit_is_deterministic_for_a_seed():
     adata = smooth_field(side=8)
     cfg = TINY.replace(max_steps=10)
@@ -157,7 +249,7 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
     adata, model = trained
     path = model.save(tmp_path / "ckpt")
     meta = json.loads((path / "config.json").read_text())
-    assert meta["format_version"] == 1 and meta["genes"] == list(adata.var_names)
+    assert meta["format_version"] == 2 and meta["genes"] == list(adata.var_names)
     assert (path / "model.safetensors").is_file()
     loaded = spackle.load(path)
     assert loaded.config == model.config and loaded.genes == model.genes
@@ -168,6 +260,20 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
     np.testing.assert_array_equal(spackle.complete(shuffled, loaded).layers["c_t_log1p"], first[:, ::-1])
     model.save(path)  # overwriting a checkpoint is allowed and leaves no temporary folder behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_version_1_checkpoint_loads_with_the_settings_it_implied(trained, tmp_path):
+    adata, model = trained
+    path = model.save(tmp_path / "ckpt")
+    meta = json.loads((path / "config.json").read_text())
+    added = ("relative_positions", "ema_decay", "lr_schedule")  # parameters version 2 introduced
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in added}
+    (path / "config.json").write_text(json.dumps({**meta, "format_version": 1}))
+    loaded = spackle.load(path)
+    assert (loaded.config.relative_positions, loaded.config.ema_decay, loaded.config.lr_schedule) == (
+        False, None, "constant")
+    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"],
+                                  spackle.complete(adata.copy(), model).layers["c_t_log1p"])
 
 
 def test_gene_mismatch_names_the_missing_genes(trained):
@@ -261,14 +367,24 @@ def test_missing_splits_are_rejected():
         spackle.fit(adata, config=TINY)
     adata.obs["split"] = "val"
     with pytest.raises(ValueError, match="== 'train'"):
-        spackle.fit(adata, config=TINY)
+        spackle.fit(adata, config=TINY.replace(train_on="train"))
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="num_neighs"):
         SpackleConfig(num_neighs=0)
+    with pytest.raises(ValueError, match="train_on"):
+        SpackleConfig(train_on="val")
+    with pytest.raises(ValueError, match="val_fraction"):
+        SpackleConfig(val_fraction=1.0)
+    with pytest.raises(ValueError, match="patience"):
+        SpackleConfig(patience=0)
     with pytest.raises(ValueError, match="mask_method"):
         SpackleConfig(mask_method="median")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SpackleConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="ema_decay"):
+        SpackleConfig(ema_decay=1.0)
     with pytest.raises(KeyError, match="valid names"):
         SpackleConfig.from_dict({"steps": 3})
     with pytest.raises(ValueError, match="multiple of num_heads"):

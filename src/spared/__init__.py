@@ -6,7 +6,13 @@ Submodules are imported lazily so that ``import spared`` stays fast and does not
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Spinning OpenMP waiters make torch many times slower once other processes share the cores (measured: a
+# SpaCKLE step 10x slower on 2 threads of a busy 2-core machine, a small training test 6x); sleeping ones
+# cost little on a quiet one. It only takes effect when torch is loaded after spared; a user's value is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

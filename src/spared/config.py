@@ -47,7 +47,7 @@ class ProcessingConfig:
     median_max_hops: int = 4
     spatial_graphs: str = "spared"
     complete_missing: bool = True
-    spackle_max_steps: int = 1000
+    spackle_max_steps: int = 500
     seed: int = 0
     slide_key: str = "slide_id"
     split_key: str = "split"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -11,14 +12,19 @@ from rich.table import Table
 
 from spared.cli.app import app, console, writable_file
 from spared.cli.processing import fail, read_h5ad, write_h5ad
+from spared.impute.spackle.config import SpackleConfig
 
 _METHODS = ("spackle", "median", "mean", "knn")
 _SHOWN_METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch")
+_DEFAULT_STEPS = SpackleConfig.max_steps
+
+
+def _busy(message: str, trains_spackle: bool):
+    """A spinner with ``message``, unless SpaCKLE trains (it shows its own progress bar with the validation MSE)."""
+    return nullcontext() if trains_spackle else console.status(message)
 
 
 def _spackle_config(max_steps: int | None, seed: int):
-    from spared.impute.spackle import SpackleConfig
-
     try:
         return SpackleConfig(seed=seed) if max_steps is None else SpackleConfig(max_steps=max_steps, seed=seed)
     except ValueError as exc:
@@ -32,7 +38,7 @@ def complete(
     method: Annotated[str, typer.Option(help=f"Completion method: {', '.join(_METHODS)}.")] = "spackle",
     checkpoint: Annotated[Path | None, typer.Option(help="SpaCKLE checkpoint folder to apply.")] = None,
     train: Annotated[bool, typer.Option("--train", help="Train SpaCKLE on the input first.")] = False,
-    max_steps: Annotated[int | None, typer.Option(help="SpaCKLE training steps (default 1000).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help=f"SpaCKLE training steps (default {_DEFAULT_STEPS}).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     save_checkpoint: Annotated[Path | None, typer.Option(help="Save the trained SpaCKLE here.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint at "
@@ -68,7 +74,7 @@ def complete(
             impl = SpackleMethod(_spackle_config(max_steps, seed))
         else:
             impl = make_method(method)
-        with console.status(f"completing {layer!r} with {method}"):
+        with _busy(f"completing {layer!r} with {method}", method == "spackle" and checkpoint is None):
             impl.fit(adata, layer)
             impl.complete(adata, layer, key_added)
         require_finite(dense(adata.layers[key_added]), f"layer {key_added!r} completed by {method}",
@@ -89,7 +95,7 @@ def evaluate_completion(
     methods: Annotated[str, typer.Option(help="Comma-separated methods to compare.")] = ",".join(_METHODS),
     mask_fraction: Annotated[float, typer.Option(help="Fraction of val/test real entries to hide.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the hidden entries and of SpaCKLE training.")] = 0,
-    max_steps: Annotated[int | None, typer.Option(help="SpaCKLE training steps (default 1000).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help=f"SpaCKLE training steps (default {_DEFAULT_STEPS}).")] = None,
     layer: Annotated[str, typer.Option(help="Layer to complete.")] = "c_d_log1p",
     truth_layer: Annotated[str | None, typer.Option(
         help="Layer with the true values (default: c_true_log1p when present).")] = None,
@@ -106,7 +112,7 @@ def evaluate_completion(
     if truth_layer is None and "c_true_log1p" in adata.layers:
         truth_layer = "c_true_log1p"
     try:
-        with console.status(f"evaluating {', '.join(names)}"):
+        with _busy(f"evaluating {', '.join(names)}", "spackle" in names):
             table = evaluate(adata, names, mask_fraction, seed, layer, truth_layer,
                              _spackle_config(max_steps, seed))
     except (KeyError, ValueError, TypeError) as exc:

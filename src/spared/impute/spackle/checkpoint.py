@@ -17,7 +17,9 @@ from spared.impute.spackle.model import SpackleModel, SpackleNetwork
 from spared.io.atomic import atomic_dir, check_writable_dir
 
 FORMAT = "spared.spackle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions read, with the values version 1 implied for parameters added since (it predates them).
+READABLE = {1: {"relative_positions": False, "ema_decay": None, "lr_schedule": "constant"}, 2: {}}
 WEIGHTS = "model.safetensors"
 METADATA = "config.json"
 
@@ -69,11 +71,11 @@ def load(path: str | Path) -> SpackleModel:
         raise FileNotFoundError(f"{path} is not a SpaCKLE checkpoint: expected {METADATA} and {WEIGHTS} in it "
                                 f"(written by spared.impute.spackle.save or `spared complete --save-checkpoint`)")
     meta = _read_metadata(path / METADATA)
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE:
         raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, this spared "
-                              f"reads version {FORMAT_VERSION}; retrain or use the spared release that wrote it")
+                              f"reads versions {sorted(READABLE)}; retrain or use the spared release that wrote it")
     try:
-        config = SpackleConfig.from_dict(meta["config"])
+        config = SpackleConfig.from_dict({**READABLE[meta["format_version"]], **meta["config"]})
         network = SpackleNetwork.from_config(config, int(meta["n_genes"]), meta["visual_dim"])
         genes, layer = [str(g) for g in meta["genes"]], str(meta["layer"])
         best_step, best_val_mse = meta["best_step"], meta["best_val_mse"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -16,6 +20,18 @@ def resolve_device(device: str | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run torch on ``threads`` CPU threads (``None``: every core this process may use), then restore."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or available)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def complete(adata, model: SpackleModel, layer: str = "c_d_log1p", key_added: str = "c_t_log1p",
@@ -48,18 +64,18 @@ def complete(adata, model: SpackleModel, layer: str = "c_d_log1p", key_added: st
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cfg = model.config
     data = neighbourhoods(adata, layer, cfg.num_neighs, model.genes, cfg.visual_key, cfg.slide_key,
-                          cfg.spatial_key)
+                          cfg.spatial_key, cfg.relative_positions)
     if cfg.visual_key is not None and data.visual.shape[1] != model.visual_dim:
         raise ValueError(f"obsm[{cfg.visual_key!r}] has {data.visual.shape[1]} features per spot but the model "
                          f"was trained on {model.visual_dim}; use the same patch encoder")
     target = resolve_device(device)
     network = model.network.to(target).eval()
     predictions = np.empty(tuple(data.values.shape), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(cfg.threads):
         for start, batch in zip(range(0, adata.n_obs, batch_size),
                                 loader(data, np.arange(adata.n_obs), batch_size), strict=True):
-            visual = batch["visual"].to(target) if "visual" in batch else None
-            pred = network(batch["x"].to(target), visual, batch["real"].to(target))
+            batch = {key: value.to(target) for key, value in batch.items()}
+            pred = network(batch["x"], batch.get("visual"), batch["real"], batch.get("distance"))
             predictions[start:start + len(pred)] = pred.float().cpu().numpy()
     order = np.argsort(gene_order(adata.var_names, model.genes))
     values = dense(adata.layers[layer])

@@ -23,13 +23,15 @@ class SpackleNetwork(nn.Module):
     No positional encoding: the neighbours form a set; row 0 differs from them as the read-out row.
     With ``observed_indicator`` each row is ``[values, observed flags]`` (``2G`` wide), so a missing entry
     (0, flag 0) is distinguishable from a measured value; the visual token's flags are all 1.
+    With ``relative_positions`` a small MLP of each row's distance to the spot (0 for the spot itself, in
+    spot spacings) is added to the row's token, which tells the spot from its neighbours and near from far.
     Values are standardised per gene (train-split statistics, :meth:`init_scaling`) on the way in and out.
     The last encoder layer is evaluated for row 0 only (identical result, about a quarter less work).
     """
 
     def __init__(self, n_genes: int, d_model: int, num_layers: int = 2, num_heads: int = 1,
                  ff_dim: int | None = None, dropout: float = 0.1, visual_dim: int | None = None,
-                 observed_indicator: bool = False) -> None:
+                 observed_indicator: bool = False, relative_positions: bool = False) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"the transformer width ({d_model}) must be a multiple of num_heads ({num_heads}); "
@@ -39,6 +41,9 @@ class SpackleNetwork(nn.Module):
         self.observed_indicator = observed_indicator
         self.embed = nn.Linear(2 * n_genes if observed_indicator else n_genes, d_model)
         self.visual = nn.Linear(visual_dim, n_genes) if visual_dim else None
+        self.relative_positions = relative_positions
+        self.distance = (nn.Sequential(nn.Linear(1, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+                         if relative_positions else None)
         layer = nn.TransformerEncoderLayer(d_model, num_heads, ff_dim or 4 * d_model, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, n_genes)
@@ -48,7 +53,8 @@ class SpackleNetwork(nn.Module):
     @classmethod
     def from_config(cls, config: SpackleConfig, n_genes: int, visual_dim: int | None = None) -> SpackleNetwork:
         return cls(n_genes, config.width(n_genes), config.num_layers, config.num_heads,
-                   config.feedforward_width(n_genes), config.dropout, visual_dim, config.observed_indicator)
+                   config.feedforward_width(n_genes), config.dropout, visual_dim, config.observed_indicator,
+                   config.relative_positions)
 
     def init_scaling(self, gene_means: np.ndarray, gene_scales: np.ndarray) -> None:
         """Set the per-gene standardisation (train-split mean and standard deviation of the real values).
@@ -62,13 +68,16 @@ class SpackleNetwork(nn.Module):
             self.gene_scale.copy_(torch.as_tensor(gene_scales, dtype=self.gene_scale.dtype).clamp_min(1e-3))
 
     def forward(self, x: torch.Tensor, visual: torch.Tensor | None = None,
-                observed: torch.Tensor | None = None) -> torch.Tensor:
+                observed: torch.Tensor | None = None, distance: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ``(B, G)`` expression of row 0 of each ``(1 + k, G)`` neighbourhood.
 
-        ``observed`` (``(B, 1 + k, G)`` bool, True = a known value) is required with ``observed_indicator``.
+        ``observed`` (``(B, 1 + k, G)`` bool, True = a known value) is required with ``observed_indicator``,
+        ``distance`` (``(B, 1 + k)``) with ``relative_positions``.
         """
         if self.observed_indicator and observed is None:
             raise ValueError("this SpaCKLE model reads observed/missing flags; pass them as `observed`")
+        if self.distance is not None and distance is None:
+            raise ValueError("this SpaCKLE model reads neighbour distances; pass them as `distance`")
         x = (x - self.gene_mean) / self.gene_scale
         if observed is not None:
             x = x.masked_fill(~observed, 0.0)
@@ -81,6 +90,10 @@ class SpackleNetwork(nn.Module):
         if self.observed_indicator:
             x = torch.cat([x, observed.to(x.dtype)], dim=-1)
         h = self.embed(x)
+        if self.distance is not None:
+            position = self.distance(distance.unsqueeze(-1).to(h.dtype))
+            h = h + (position if h.shape[1] == position.shape[1] else torch.cat(
+                [position, position.new_zeros(position[:, :1].shape)], dim=1))
         *first, last = self.encoder.layers
         for layer in first:
             h = layer(h)

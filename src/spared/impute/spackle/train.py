@@ -1,4 +1,4 @@
-"""Training SpaCKLE with Lightning: self-supervised masking of real values, best weights by validation MSE."""
+"""Training SpaCKLE with Lightning: self-supervised masking of known values, early stopping on held-out entries."""
 
 from __future__ import annotations
 
@@ -11,81 +11,157 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch.optim.swa_utils import AveragedModel
 
+from spared.impute.spackle.completion import torch_threads
 from spared.impute.spackle.config import SpackleConfig
-from spared.impute.spackle.data import loader, neighbourhoods
+from spared.impute.spackle.data import held_out_loader, loader, neighbourhoods
 from spared.impute.spackle.inputs import split_rows
 from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, sample_mask
 from spared.impute.spackle.model import SpackleModel, SpackleNetwork
 
 
-class SpackleTask(L.LightningModule):
-    """Lightning wrapper: masked-MSE training, validation on a fixed seeded mask, best weights in memory.
+class WarmEMA:
+    """Exponential moving average whose decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
 
-    The validation mask of batch ``b`` is drawn from a CPU generator seeded with ``val_seed + b`` and the
-    validation loader is not shuffled, so every validation scores the same hidden entries. The validation
-    MSE is pooled over all hidden entries of row 0 (not averaged over batches).
+    Early on the average follows the weights closely (a fixed 0.99 would still weigh the random
+    initialisation by a third after 100 steps); later it averages over about ``1 / (1 − decay)`` steps.
     """
 
-    def __init__(self, network: SpackleNetwork, probs: np.ndarray, lr: float, val_seed: int) -> None:
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        decay = min(self.decay, (1 + n) / (10 + n))
+        return averaged + (current - averaged) * (1 - decay)
+
+
+class SpackleTask(L.LightningModule):
+    """Lightning wrapper: masked-MSE training, validation on fixed held-out entries, best weights in memory.
+
+    Training hides each known entry of a batch's neighbourhoods with its gene's probability and scores the
+    hidden entries of row 0. Validation predicts the held-out entries (never seen in training) from every
+    other known entry; its MSE is pooled over all of them (not averaged over batches). With ``ema_decay``
+    an exponential moving average of the weights is what is validated and kept; with ``cosine_steps`` the
+    learning rate decays from ``lr`` to 0 along a half cosine over that many steps.
+    """
+
+    def __init__(self, network: SpackleNetwork, probs: np.ndarray, lr: float, weight_decay: float = 0.0,
+                 ema_decay: float | None = None, cosine_steps: int | None = None) -> None:
         super().__init__()
         self.network = network
+        self.averaged = (AveragedModel(network, avg_fn=WarmEMA(ema_decay), use_buffers=True)
+                         if ema_decay else None)
         self.register_buffer("probs", torch.as_tensor(probs, dtype=torch.float32), persistent=False)
-        self.lr = lr
-        self.val_seed = val_seed
+        self.lr, self.weight_decay, self.cosine_steps = lr, weight_decay, cosine_steps
         self.history: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_step: int | None = None
         self.best_val_mse = float("inf")
         self._sse = 0.0
         self._count = 0
+        self._train_losses: list[float] = []
 
-    def _squared_errors(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = batch["x"].masked_fill(hidden, 0.0)
-        pred = self.network(x, batch.get("visual"), batch["real"] & ~hidden)
-        scored = hidden[:, 0]
-        sq = (pred - batch["x"][:, 0]).square() * scored
-        return sq.sum(), scored.sum()
+    @property
+    def evaluated(self) -> SpackleNetwork:
+        """The weights that are validated and kept: the moving average when there is one."""
+        return self.network if self.averaged is None else self.averaged.module
+
+    def _predict(self, batch: dict[str, torch.Tensor], known: torch.Tensor, network: SpackleNetwork) -> torch.Tensor:
+        """The network's row-0 prediction reading only the ``known`` entries (it zeroes every other one)."""
+        return network(batch["x"], batch.get("visual"), known, batch.get("distance"))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        sse, count = self._squared_errors(batch, sample_mask(batch["real"], self.probs))
-        loss = sse / count.clamp(min=1)
-        self.log("train_mse", loss, prog_bar=True, batch_size=len(batch["x"]))
+        hidden = sample_mask(batch["real"], self.probs)
+        pred = self._predict(batch, batch["real"] & ~hidden, self.network)
+        scored = hidden[:, 0]
+        loss = ((pred - batch["x"][:, 0]).square() * scored).sum() / scored.sum().clamp(min=1)
         self.history["train"].append((int(self.global_step) + 1, float(loss.detach())))
+        self._train_losses.append(self.history["train"][-1][1])
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.network)
 
     def on_validation_epoch_start(self) -> None:
         self._sse, self._count = 0.0, 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        generator = torch.Generator().manual_seed(self.val_seed + batch_idx)
-        sse, count = self._squared_errors(batch, sample_mask(batch["real"], self.probs.cpu(), generator))
-        self._sse += float(sse)
-        self._count += int(count)
+        pred = self._predict(batch, batch["real"], self.evaluated)
+        self._sse += float(((pred - batch["target"]).square() * batch["hidden"]).sum())
+        self._count += int(batch["hidden"].sum())
 
     def on_validation_epoch_end(self) -> None:
         mse = self._sse / self._count if self._count else float("nan")
-        self.log("val_mse", mse, prog_bar=True)
         step = int(self.global_step)
+        self.log("val_mse", mse)
+        if self._train_losses:
+            self.log("train_mse", float(np.mean(self._train_losses)))
+            self._train_losses.clear()
         self.history["val"].append((step, mse))
         if mse < self.best_val_mse:
             self.best_val_mse, self.best_step = mse, step
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.evaluated.state_dict().items()}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.network.parameters(), lr=self.lr)
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.cosine_steps is None:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.cosine_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class StepProgress(L.Callback):
+    """A rich progress bar (on stderr) over optimiser steps showing the latest and the best validation MSE."""
+
+    def __init__(self) -> None:
+        self.progress = None
+        self.task = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: SpackleTask) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        # on stderr, so that a command's results on stdout (e.g. ``--json``) stay clean
+        self.progress = Progress(TextColumn("SpaCKLE"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[status]}"), console=Console(stderr=True),
+                                 transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=trainer.max_steps, status="")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: SpackleTask, *args) -> None:
+        self.progress.update(self.task, completed=trainer.global_step)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: SpackleTask) -> None:
+        if self.progress is not None and pl_module.history["val"]:
+            mse = pl_module.history["val"][-1][1]
+            self.progress.update(self.task, status=f"val MSE {mse:.4f} (best {pl_module.best_val_mse:.4f} at step "
+                                                   f"{pl_module.best_step})")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: SpackleTask) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=trainer.global_step)
+            self.progress.stop()
+            self.progress = None
+
+    on_exception = on_train_end
 
 
 def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
         run_dir: str | Path | None = None) -> SpackleModel:
-    """Train SpaCKLE on ``adata.layers[layer]`` and return the model with the best validation weights.
+    """Train SpaCKLE on the known entries of ``adata.layers[layer]``; return the best validation weights.
 
-    Targets are the train-split spots (their neighbours come from the whole slide, whatever its split);
-    validation uses the val split (the test split when there is no val split), at most
-    ``config.val_max_spots`` of them, with one seeded mask reused at every validation. Only real entries
-    (``layers["mask"]``) are ever hidden or scored.
+    Targets are the known entries of every spot (``config.train_on="all"``) or of the train split only
+    (``"train"``); neighbours always come from the spot's own slide. A seeded ``config.val_fraction`` of the
+    known entries of (at most ``config.val_max_spots``) val-split spots (test split when there is no val
+    split) is held out of training altogether and scored every ``config.val_every`` steps; training stops
+    after ``config.patience`` validations without improvement and the best weights are kept. Entries with
+    ``layers["mask"] == False`` are never read.
 
     Parameters
     ----------
@@ -104,22 +180,29 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
     The trained :class:`SpackleModel` (gene order = ``adata.var_names``).
     """
     config = config or SpackleConfig()
-    data = neighbourhoods(adata, layer, config.num_neighs, None, config.visual_key, config.slide_key,
-                          config.spatial_key)
-    train_spots, val_spots = _split_spots(adata, config)
-    probs = mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob)
-    visual_dim = None if data.visual is None else int(data.visual.shape[1])
-    with _quiet_lightning():
-        L.seed_everything(config.seed, workers=True, verbose=False)
-        network = SpackleNetwork.from_config(config, data.n_genes, visual_dim)
-        network.init_scaling(*_real_stats(data.values[train_spots].numpy(), data.real[train_spots].numpy()))
-        task = SpackleTask(network, probs, config.lr, val_seed=config.seed)
-        trainer = _trainer(config, run_dir)
-        train_loader = loader(data, train_spots, config.batch_size, shuffle=True, seed=config.seed)
-        val_loader = loader(data, val_spots, config.batch_size)
-        trainer.fit(task, train_loader, val_loader)
-        if task.best_state is None:
-            trainer.validate(task, val_loader, verbose=False)
+    with torch_threads(config.threads):
+        data = neighbourhoods(adata, layer, config.num_neighs, None, config.visual_key, config.slide_key,
+                              config.spatial_key, config.relative_positions)
+        targets, val_spots = _split_spots(adata, config)
+        train_data, held = data.hold_out(val_spots, config.val_fraction, config.seed)
+        if held.n_entries == 0:
+            raise ValueError(f"the {len(val_spots)} validation spots have no measured value to hold out; SpaCKLE "
+                             f"selects its weights on them, so check layers['mask'] of the val split")
+        probs = mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob)
+        visual_dim = None if data.visual is None else int(data.visual.shape[1])
+        with _quiet_lightning():
+            L.seed_everything(config.seed, workers=True, verbose=False)
+            network = SpackleNetwork.from_config(config, data.n_genes, visual_dim)
+            network.init_scaling(*_real_stats(train_data.values[targets].numpy(),
+                                              train_data.real[targets].numpy()))
+            task = SpackleTask(network, probs, config.lr, config.weight_decay, config.ema_decay,
+                               config.max_steps if config.lr_schedule == "cosine" else None)
+            trainer = _trainer(config, run_dir)
+            val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
+            trainer.fit(task, loader(train_data, targets, config.batch_size, shuffle=True, seed=config.seed),
+                        val_loader)
+            if not task.history["val"] or task.history["val"][-1][0] != trainer.global_step:
+                trainer.validate(task, val_loader, verbose=False)  # the last weights are candidates too
     network.load_state_dict(task.best_state)
     model = SpackleModel(network.cpu().eval(), config, [str(g) for g in adata.var_names], layer,
                          task.history, task.best_step, task.best_val_mse)
@@ -139,10 +222,11 @@ def _real_stats(values: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _split_spots(adata, config: SpackleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Spots whose known entries are training targets, and the validation spots."""
     train = split_rows(adata, config.split_key, ["train"])
-    if train.size == 0:
+    if config.train_on == "train" and train.size == 0:
         raise ValueError(f"no spot has obs[{config.split_key!r}] == 'train'; SpaCKLE learns from the train "
-                         f"split, so assign slides to splits first")
+                         f"split with train_on='train', so assign slides to splits first (or use train_on='all')")
     val = split_rows(adata, config.split_key, ["val"])
     if val.size == 0:
         val = split_rows(adata, config.split_key, ["test"])
@@ -152,17 +236,22 @@ def _split_spots(adata, config: SpackleConfig) -> tuple[np.ndarray, np.ndarray]:
     if val.size > config.val_max_spots:
         rng = np.random.default_rng(config.seed)
         val = np.sort(rng.choice(val, config.val_max_spots, replace=False))
-    return train, val
+    targets = train if config.train_on == "train" else np.arange(adata.n_obs)
+    return targets, val
 
 
 def _trainer(config: SpackleConfig, run_dir: str | Path | None) -> L.Trainer:
     progress = sys.stderr.isatty() if config.progress is None else config.progress
     logger = CSVLogger(Path(run_dir), name="logs") if run_dir is not None else False
     accelerator = "gpu" if config.accelerator == "cuda" else config.accelerator
+    callbacks: list[L.Callback] = [StepProgress()] if progress else []
+    if config.patience is not None:
+        callbacks.append(EarlyStopping("val_mse", patience=config.patience, mode="min", check_finite=True,
+                                       check_on_train_epoch_end=False))
     return L.Trainer(max_steps=config.max_steps, max_epochs=-1, val_check_interval=config.val_every,
                      check_val_every_n_epoch=None, accelerator=accelerator, devices=1, logger=logger,
-                     log_every_n_steps=config.val_every, enable_checkpointing=False,
-                     enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                     log_every_n_steps=config.val_every, enable_checkpointing=False, callbacks=callbacks,
+                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                      deterministic="warn", default_root_dir=run_dir)
 
 
@@ -184,4 +273,3 @@ def _quiet_lightning():
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
