@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,14 @@ class SlideInfo:
         fields = {name: get(name) for name in ("path", "image", "hires_image", "prefix", "counts", "spots")}
         return cls(id=str(slide_id), patient=str(get("patient") or slide_id), split=str(get("split") or "train"),
                    **{k: (str(v) if v is not None else None) for k, v in fields.items()})
+
+
+def collection_slides(path: str | Path, slides: Sequence[Any] | Any) -> tuple[Path, list[SlideInfo]]:
+    """A collection's folder (which must exist) and its normalised slide list."""
+    dataset_dir = Path(path)
+    if not dataset_dir.exists():
+        raise ReaderError(f"dataset folder {dataset_dir} does not exist; download the dataset first")
+    return dataset_dir, coerce_slides(slides)
 
 
 def coerce_slides(slides: Sequence[Any] | Any) -> list[SlideInfo]:

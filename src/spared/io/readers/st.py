@@ -31,7 +31,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spared.io.readers.common import ReaderError, SlideInfo, coerce_slides, concat_slides, examples, harmonise_genes
+from spared.io.readers.common import (
+    ReaderError,
+    SlideInfo,
+    collection_slides,
+    concat_slides,
+    examples,
+    harmonise_genes,
+)
 
 #: Spot size and centre-to-centre distance of the original ST arrays (Ståhl et al. 2016), in µm.
 SPOT_DIAMETER_UM = 100.0
@@ -533,10 +540,7 @@ def read_st(path: str | Path, slides: Sequence[Any], organism: str, spot_diamete
     if not (spot_diameter_um > 0 and spot_pitch_um > 0):
         raise ValueError(f"spot_diameter_um and spot_pitch_um must be positive, got {spot_diameter_um}, "
                          f"{spot_pitch_um}")
-    dataset_dir = Path(path)
-    if not dataset_dir.exists():
-        raise ReaderError(f"dataset folder {dataset_dir} does not exist; download the dataset first")
-    infos = coerce_slides(slides)
+    dataset_dir, infos = collection_slides(path, slides)
     adatas = []
     for slide in infos:
         root = dataset_dir / slide.path if slide.path else dataset_dir / slide.id

@@ -23,7 +23,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spared.io.readers.common import ReaderError, SlideInfo, coerce_slides, concat_slides, examples, harmonise_genes
+from spared.io.readers.common import (
+    ReaderError,
+    SlideInfo,
+    collection_slides,
+    concat_slides,
+    examples,
+    harmonise_genes,
+)
 from spared.io.readers.images import IMAGE_SUFFIXES, read_image
 from spared.io.readers.mtx import Counts, read_10x_h5, read_dense_table, read_mtx_triplet, select_genome
 from spared.io.scan import choose, visible_files
@@ -399,10 +406,7 @@ def slide_location(dataset_dir: Path, slide: SlideInfo, n_slides: int) -> tuple[
 def read_visium_collection(path: str | Path, slides: Sequence[Any], organism: str, fmt: str,
                            allow_tables: bool = False, force_prefix: bool = False) -> Any:
     """Read every slide of a collection and concatenate them (genes = intersection)."""
-    dataset_dir = Path(path)
-    if not dataset_dir.exists():
-        raise ReaderError(f"dataset folder {dataset_dir} does not exist; download the dataset first")
-    infos = coerce_slides(slides)
+    dataset_dir, infos = collection_slides(path, slides)
     adatas = []
     for slide in infos:
         root, prefix = slide_location(dataset_dir, slide, len(infos))
