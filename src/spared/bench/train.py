@@ -20,18 +20,14 @@ computed on the real entries (``layers["mask"]``) of the evaluation split (test,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import inspect
 import json
-import logging
 import os
 import shutil
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +38,12 @@ import torch
 from spared.bench.results import METRICS, METRICS_FILE, RUNS
 from spared.bench.runs import RunSpec, TrainingConfig, canonical_dataset, parse_dataset
 from spared.io.atomic import atomic_path, write_h5ad, write_text
+from spared.training_runtime import quiet_lightning, torch_threads
 
 DATA_CACHE = "_data"
+#: Lightning warnings a benchmark run silences: tips about logging intervals, our batch sampler (it covers every
+#: spot) and frozen encoders left in eval mode on purpose.
+BENCH_NOISE = (".*smaller than the logging interval.*", ".*custom batch sampler.*", ".*module\\(s\\) in eval mode.*")
 SIMULATED = "simulated"
 
 
@@ -69,15 +69,8 @@ def run_one(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
         :func:`spared.metrics.compute` on the evaluation split (real entries only, log space), the train-mean
         baseline's MSE, the best validation MSE, sizes, timings and the run folder.
     """
-    import torch
-
-    threads = torch.get_num_threads()
-    if spec.training.num_threads is not None:
-        torch.set_num_threads(spec.training.num_threads)
-    try:
+    with torch_threads(spec.training.num_threads or torch.get_num_threads()):
         return _run(spec, Path(out_dir), Path(data_dir) if data_dir else Path(out_dir) / DATA_CACHE, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -205,7 +198,7 @@ def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -
     run_dir = _fresh_run_dir(spec, out_dir, {"plan": plan.to_dict()})
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                                      monitor="val_MSE", mode="min", save_top_k=1)
-    with _quiet_lightning():
+    with quiet_lightning(BENCH_NOISE):
         trainer = L.Trainer(
             max_steps=total, max_epochs=-1, val_check_interval=parts.val_every, check_val_every_n_epoch=None,
             num_sanity_val_steps=0, callbacks=[checkpoint],
@@ -464,24 +457,6 @@ def make_loggers(names: tuple[str, ...], run_dir: Path, run_id: str, out_dir: Pa
         elif name == "wandb":
             out.append(loggers.WandbLogger(project="spared-bench", name=run_id, save_dir=str(run_dir)))
     return out
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's informational messages and tips during a run (warnings of substance stay)."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            warnings.filterwarnings("ignore", message=".*custom batch sampler.*")  # ours covers every spot
-            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen encoders
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _versions() -> dict[str, str]:

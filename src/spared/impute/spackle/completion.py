@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -13,6 +9,7 @@ from spared.data_model import dense, require_finite
 from spared.impute.spackle.data import loader, neighbourhoods
 from spared.impute.spackle.inputs import gene_order
 from spared.impute.spackle.model import SpackleModel
+from spared.training_runtime import torch_threads
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -20,18 +17,6 @@ def resolve_device(device: str | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[int]:
-    """Run torch on ``threads`` CPU threads (``None``: every core this process may use), then restore."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or available)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
 
 
 def complete(adata, model: SpackleModel, layer: str = "c_d_log1p", key_added: str = "c_t_log1p",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -16,12 +13,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.optim.swa_utils import AveragedModel
 
-from spared.impute.spackle.completion import torch_threads
 from spared.impute.spackle.config import SpackleConfig
 from spared.impute.spackle.data import held_out_loader, loader, neighbourhoods
 from spared.impute.spackle.inputs import split_rows
 from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, sample_mask
 from spared.impute.spackle.model import SpackleModel, SpackleNetwork
+from spared.training_runtime import quiet_lightning, torch_threads
 
 
 class WarmEMA:
@@ -190,7 +187,7 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
                              f"selects its weights on them, so check layers['mask'] of the val split")
         probs = mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob)
         visual_dim = None if data.visual is None else int(data.visual.shape[1])
-        with _quiet_lightning():
+        with quiet_lightning(categories=(PossibleUserWarning,)):
             L.seed_everything(config.seed, workers=True, verbose=False)
             network = SpackleNetwork.from_config(config, data.n_genes, visual_dim)
             network.init_scaling(*_real_stats(train_data.values[targets].numpy(),
@@ -253,23 +250,3 @@ def _trainer(config: SpackleConfig, run_dir: str | Path | None) -> L.Trainer:
                      log_every_n_steps=config.val_every, enable_checkpointing=False, callbacks=callbacks,
                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                      deterministic="warn", default_root_dir=run_dir)
-
-
-@contextmanager
-def _quiet_lightning():
-    """Silence Lightning's start-up banners and data-loader hints (we load in-process on purpose)."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-             "lightning.fabric.utilities.seed")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=PossibleUserWarning)
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
