@@ -43,7 +43,9 @@ def organoid_h5ad(key: str, cache_dir: str | Path = DEFAULT_CACHE, root: str | P
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(f"raw slides of {key} not found (expected {folder or '$SPARED_REALDATA/...'}); "
                                 "set SPARED_REALDATA to the shared realdata folder")
-    path = Path(cache_dir) / f"{key}.h5ad"
+    from spared.pp.protocol import PROTOCOL_REVISION
+
+    path = Path(cache_dir) / f"{key}.r{PROTOCOL_REVISION}.h5ad"  # a new protocol revision rebuilds
     if path.is_file():
         return path
     from spared.io.readers import read

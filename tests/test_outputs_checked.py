@@ -32,6 +32,7 @@ def collection(seed: int = 0) -> ad.AnnData:
     adata.layers["c_d_log1p"] = rng.uniform(1, 4, (128, len(GENES))).astype(np.float32)
     adata.layers["mask"] = rng.random((128, len(GENES))) > 0.25
     adata.obsm["spatial"] = np.vstack([coords, coords])
+    adata.obs["offpanel_counts"] = rng.integers(100, 1000, 128).astype(float)
     return adata
 
 

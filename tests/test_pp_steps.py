@@ -16,6 +16,7 @@ from spared.pp import (
     filter_spots,
     log1p,
     noisy_layers,
+    offpanel_counts,
     real_data_prefix,
     tpm,
     tpm_matrix,
@@ -43,6 +44,22 @@ def test_filter_spots_is_strict_on_both_bounds():
     out = filter_spots(a, lo, hi)
     expected = [name for name, t in zip(a.obs_names, totals, strict=True) if lo < t < hi]
     assert list(out.obs_names) == expected
+
+
+def test_offpanel_counts_are_the_totals_minus_the_panel():
+    a = counts_adata()
+    kept = filter_spots(a, 0, 1e9)
+    panel = kept[:, ::3].copy()
+    offpanel_counts(panel, layer=None)
+    dense = a.X.toarray()
+    for i in range(a.n_obs):
+        assert panel.obs["total_counts"].iloc[i] == dense[i].sum()
+        assert panel.obs["offpanel_counts"].iloc[i] == pytest.approx(dense[i].sum() - dense[i, ::3].sum())
+    with pytest.raises(KeyError, match="total_counts"):
+        offpanel_counts(a, layer=None)
+    panel.obs["total_counts"] = 0.0
+    with pytest.raises(ValueError, match="full gene set"):
+        offpanel_counts(panel, layer=None)
 
 
 def test_filter_spots_rejects_everything_with_clear_error():

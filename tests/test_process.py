@@ -28,6 +28,10 @@ def test_processed_collection_follows_the_data_model(processed_small, raw_small)
     # counts of kept spots/genes are the raw counts
     raw = raw_small[processed_small.obs_names, processed_small.var_names].X
     np.testing.assert_array_equal(processed_small.layers["counts"], raw.toarray())
+    # sequencing depth: the total over every gene read, and the counts outside the 32-gene panel
+    totals = np.asarray(raw_small[processed_small.obs_names].X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(processed_small.obs["total_counts"], totals)
+    np.testing.assert_allclose(processed_small.obs["offpanel_counts"], totals - raw.toarray().sum(axis=1))
     # no slide crosses splits; fractions reflect the final genes
     assert processed_small.var["glob_exp_frac"].to_numpy() == pytest.approx(real.mean(axis=0), rel=1e-4)
 

@@ -44,6 +44,7 @@ def smooth_field(n_slides: int = 3, side: int = 14, n_genes: int = 8, missing: f
     adata.layers["c_d_log1p"] = values
     adata.layers["mask"] = mask
     adata.obsm["spatial"] = np.vstack(xy)
+    adata.obs["offpanel_counts"] = rng.integers(500, 5000, adata.n_obs).astype(float)
     return adata
 
 
@@ -170,6 +171,21 @@ def test_early_stopping_keeps_the_best_weights():
     assert len(full.history["val"]) == 6
 
 
+def test_default_step_budget_is_sized_by_passes_over_the_spots(monkeypatch):
+    from spared.impute.spackle import config as config_module
+
+    default = SpackleConfig()
+    assert default.max_steps is None
+    assert default.steps(1832) == 500  # an organoid collection: the 500-step floor
+    assert default.steps(13_000) == int(np.ceil(60 * 13_000 / 256)) == 3047  # her2st
+    assert default.steps(10**6) == 5000
+    assert SpackleConfig(max_steps=7).steps(10**6) == 7
+    monkeypatch.setattr(config_module, "MIN_AUTO_STEPS", 1)
+    adata = smooth_field(side=8)  # 192 spots, all of them targets
+    model = spackle.fit(adata, config=TINY.replace(max_steps=None, passes=2, patience=None, val_every=1))
+    assert model.history["val"][-1][0] == int(np.ceil(2 * adata.n_obs / 64)) == 6
+
+
 def test_the_weights_returned_score_the_best_validation_mse():
     """The model returned (moving average of the weights, cosine schedule: the defaults) is the best validated one."""
     from spared.impute.spackle.data import held_out_loader, neighbourhoods
@@ -179,12 +195,12 @@ def test_the_weights_returned_score_the_best_validation_mse():
     cfg = TINY.replace(max_steps=40, val_every=10, patience=None, lr=3e-2)
     model = spackle.fit(adata, config=cfg)
     assert model.best_val_mse == min(mse for _, mse in model.history["val"])
-    data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs)
+    data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs, depth_key=cfg.depth_key)
     reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
     sse, count = 0.0, 0
     with torch.no_grad():
         for batch in held_out_loader(reduced, held, 1024):
-            pred = model.network(batch["x"], None, batch["real"])
+            pred = model.network(batch["x"], None, batch["real"], None, batch["depth"])
             sse += float(((pred - batch["target"]).square() * batch["hidden"]).sum())
             count += int(batch["hidden"].sum())
     assert sse / count == pytest.approx(model.best_val_mse, rel=1e-5)
@@ -249,7 +265,7 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
     adata, model = trained
     path = model.save(tmp_path / "ckpt")
     meta = json.loads((path / "config.json").read_text())
-    assert meta["format_version"] == 2 and meta["genes"] == list(adata.var_names)
+    assert meta["format_version"] == 3 and meta["genes"] == list(adata.var_names)
     assert (path / "model.safetensors").is_file()
     loaded = spackle.load(path)
     assert loaded.config == model.config and loaded.genes == model.genes
@@ -263,10 +279,11 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
 
 
 def test_a_version_1_checkpoint_loads_with_the_settings_it_implied(trained, tmp_path):
-    adata, model = trained
+    adata, _ = trained
+    model = spackle.fit(adata, config=TINY.replace(depth_key=None))
     path = model.save(tmp_path / "ckpt")
     meta = json.loads((path / "config.json").read_text())
-    added = ("relative_positions", "ema_decay", "lr_schedule")  # parameters version 2 introduced
+    added = ("relative_positions", "ema_decay", "lr_schedule", "depth_key")  # parameters added since version 1
     meta["config"] = {k: v for k, v in meta["config"].items() if k not in added}
     (path / "config.json").write_text(json.dumps({**meta, "format_version": 1}))
     loaded = spackle.load(path)
@@ -274,6 +291,40 @@ def test_a_version_1_checkpoint_loads_with_the_settings_it_implied(trained, tmp_
         False, None, "constant")
     np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"],
                                   spackle.complete(adata.copy(), model).layers["c_t_log1p"])
+
+
+def test_sequencing_depth_is_read_for_every_row_and_checked(trained):
+    adata, model = trained
+    assert model.config.depth_key == "offpanel_counts" and model.network.depth_input
+    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    deeper = adata.copy()
+    deeper.obs["offpanel_counts"] *= 50
+    missing = ~adata.layers["mask"]
+    assert not np.allclose(spackle.complete(deeper, model).layers["c_t_log1p"][missing], first[missing])
+    absent = adata.copy()
+    del absent.obs["offpanel_counts"]
+    with pytest.raises(KeyError, match="offpanel_counts"):
+        spackle.complete(absent, model)
+    bad = adata.copy()
+    bad.obs.loc[bad.obs_names[3], "offpanel_counts"] = -1.0
+    with pytest.raises(ValueError, match=f"counts >= 0.*{bad.obs_names[3]}"):
+        spackle.complete(bad, model)
+    with pytest.warns(UserWarning, match="without the sequencing-depth input"):
+        without = spackle.fit(absent, config=TINY.replace(max_steps=2))
+    assert without.config.depth_key is None and not without.network.depth_input
+
+
+def test_sequencing_depth_lowers_the_error_when_it_drives_expression():
+    """Both genes scale with a per-spot depth that neighbours do not share: the depth input recovers it."""
+    adata = smooth_field(side=10, n_genes=2, missing=0.3, seed=4)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=adata.n_obs).astype(np.float32)
+    adata.obs["offpanel_counts"] = np.expm1(6.0 + z)
+    adata.layers["c_d_log1p"] = adata.layers["c_d_log1p"] + z[:, None]
+    cfg = TINY.replace(max_steps=150, val_every=10, patience=None, lr=3e-3)
+    with_depth = spackle.fit(adata, config=cfg).best_val_mse
+    without = spackle.fit(adata, config=cfg.replace(depth_key=None)).best_val_mse
+    assert with_depth < 0.5 * without
 
 
 def test_gene_mismatch_names_the_missing_genes(trained):
@@ -387,6 +438,10 @@ def test_config_validation():
         SpackleConfig(ema_decay=1.0)
     with pytest.raises(KeyError, match="valid names"):
         SpackleConfig.from_dict({"steps": 3})
+    with pytest.raises(ValueError, match="max_steps"):
+        SpackleConfig(max_steps=0)
+    with pytest.raises(ValueError, match="passes"):
+        SpackleConfig(passes=0)
     with pytest.raises(ValueError, match="multiple of num_heads"):
         spackle.SpackleNetwork(n_genes=7, d_model=7, num_heads=2)
 

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from organoids import ORGANOIDS, organoid_h5ad
 
 #: SpaCKLE's masked MSE must be at least this much lower than each baseline's (same hidden entries). Measured at
-#: the defaults over seeds 0–2: vs the k-NN mean 22.4–24.5 % (lung) and ~33 % (kidney); vs the median filter
-#: 76.5–79.1 % (lung) and ~85 % (kidney). The issue's 25 % / 82.5 % are not met on lung: its hidden entries'
+#: the defaults over seeds 0–2: vs the k-NN mean 22.9–24.5 % (lung) and 31.6–33.2 % (kidney); vs the median filter
+#: 76.7–79.1 % (lung) and 83.2–85.0 % (kidney). The issue's 25 % / 82.5 % are not met on lung: its hidden entries'
 #: Poisson noise floor (MSE 0.41, ``benchmarks/bench_spackle.py``) is above the 0.38 that 82.5 % would need.
 MARGINS = {"knn": 0.20, "median": 0.75}
 

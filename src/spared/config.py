@@ -47,7 +47,7 @@ class ProcessingConfig:
     median_max_hops: int = 4
     spatial_graphs: str = "spared"
     complete_missing: bool = True
-    spackle_max_steps: int = 500
+    spackle_max_steps: int | None = None
     seed: int = 0
     slide_key: str = "slide_id"
     split_key: str = "split"
@@ -280,7 +280,8 @@ def _field_problems(cfg: ProcessingConfig) -> list[str]:
         "" if 0 <= cfg.real_data_percentage <= 1 else
         f"real_data_percentage must lie in [0, 1], got {cfg.real_data_percentage}",
         at_least("top_moran_genes", 1), at_least("patch_size", 1), at_least("patch_scale", 0, strict=True),
-        at_least("median_max_hops", 1), at_least("spackle_max_steps", 1), at_least("seed", 0),
+        at_least("median_max_hops", 1), at_least("seed", 0),
+        "" if cfg.spackle_max_steps is None else at_least("spackle_max_steps", 1),
         *(f"{name} must be a non-empty column name" for name in ("slide_key", "split_key")
           if not getattr(cfg, name).strip()),
         "combat_key must be a column name or None" if cfg.combat_key is not None and not cfg.combat_key.strip() else "",

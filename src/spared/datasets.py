@@ -21,8 +21,10 @@ __all__ = ["CacheError", "cache_paths", "download", "get", "get_local"]
 
 def _digest(payload: dict[str, Any]) -> str:
     from spared import __version__
+    from spared.pp.protocol import PROTOCOL_REVISION
 
-    blob = json.dumps({**payload, "spared": __version__}, sort_keys=True, default=str).encode()
+    blob = json.dumps({**payload, "spared": __version__, "protocol": PROTOCOL_REVISION}, sort_keys=True,
+                      default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -37,7 +39,8 @@ def cache_paths(name: str, config: ProcessingConfig | dict[str, Any] | None = No
                 data_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Where :func:`get` caches ``name`` processed with ``config``: ``(h5ad, patch store)``.
 
-    The file stem is a hash of the dataset key, the full processing configuration and the spared version.
+    The file stem is a hash of the dataset key, the full processing configuration, the spared version and the
+    protocol revision.
     """
     from spared.catalog import load_spec
 

@@ -16,7 +16,8 @@ from spared.impute.spackle.config import SpackleConfig
 
 _METHODS = ("spackle", "median", "mean", "knn")
 _SHOWN_METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch")
-_DEFAULT_STEPS = SpackleConfig.max_steps
+_STEPS_HELP = ("SpaCKLE training steps (default: sized to the collection, "
+               f"{SpackleConfig.passes:g} passes over its spots, at least 500).")
 
 
 def _busy(message: str, trains_spackle: bool):
@@ -38,7 +39,7 @@ def complete(
     method: Annotated[str, typer.Option(help=f"Completion method: {', '.join(_METHODS)}.")] = "spackle",
     checkpoint: Annotated[Path | None, typer.Option(help="SpaCKLE checkpoint folder to apply.")] = None,
     train: Annotated[bool, typer.Option("--train", help="Train SpaCKLE on the input first.")] = False,
-    max_steps: Annotated[int | None, typer.Option(help=f"SpaCKLE training steps (default {_DEFAULT_STEPS}).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help=_STEPS_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     save_checkpoint: Annotated[Path | None, typer.Option(help="Save the trained SpaCKLE here.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint at "
@@ -95,7 +96,7 @@ def evaluate_completion(
     methods: Annotated[str, typer.Option(help="Comma-separated methods to compare.")] = ",".join(_METHODS),
     mask_fraction: Annotated[float, typer.Option(help="Fraction of val/test real entries to hide.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the hidden entries and of SpaCKLE training.")] = 0,
-    max_steps: Annotated[int | None, typer.Option(help=f"SpaCKLE training steps (default {_DEFAULT_STEPS}).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help=_STEPS_HELP)] = None,
     layer: Annotated[str, typer.Option(help="Layer to complete.")] = "c_d_log1p",
     truth_layer: Annotated[str | None, typer.Option(
         help="Layer with the true values (default: c_true_log1p when present).")] = None,

@@ -7,6 +7,7 @@ from typing import Any
 
 _EXPORTS = {
     "filter_spots": "qc", "expression_fractions": "qc", "filter_genes": "qc", "real_data_prefix": "qc",
+    "offpanel_counts": "qc",
     "tpm": "normalize", "tpm_matrix": "normalize", "log1p": "normalize",
     "moran_genes": "moran", "morans_i": "moran", "select_top_moran": "moran",
     "combat": "combat", "combat_fit": "combat", "combat_apply": "combat",

@@ -12,6 +12,10 @@ import scipy.sparse as sp
 
 from spared.config import ProcessingConfig
 
+#: Revision of what :func:`process` writes; part of every cache key, so caches made before a change rebuild.
+#: 2: ``obs["total_counts"]`` and ``obs["offpanel_counts"]`` (the sequencing depth SpaCKLE reads).
+PROTOCOL_REVISION = 2
+
 
 class _StepLog:
     """Times each protocol step and records spots, genes and missing fraction after it."""
@@ -83,7 +87,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     from spared.pp.layers import compute_mask, deltas, noisy_layers
     from spared.pp.moran import moran_genes, select_top_moran
     from spared.pp.normalize import log1p, tpm, tpm_matrix
-    from spared.pp.qc import expression_fractions, filter_genes, filter_spots
+    from spared.pp.qc import expression_fractions, filter_genes, filter_spots, offpanel_counts
     from spared.pp.splits import apply_split_scheme
 
     cfg = config or ProcessingConfig()
@@ -117,7 +121,9 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     def moran(a):
         moran_genes(a, layer="d_log1p", n_neighs=n_neighs, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
-        return select_top_moran(a, cfg.top_moran_genes)
+        panel = select_top_moran(a, cfg.top_moran_genes)
+        offpanel_counts(panel, layer="counts")
+        return panel
 
     def batch_correct(a):
         combat(a, key=combat_key, layer="log1p", key_added="c_log1p")

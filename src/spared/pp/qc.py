@@ -19,14 +19,35 @@ def _counts(adata, layer: str | None):
 def filter_spots(adata, min_counts: float = 10, max_counts: float = 1e6, layer: str | None = None):
     """Keep spots whose total counts lie strictly between ``min_counts`` and ``max_counts``.
 
-    Returns a filtered copy (AnnData subsets are copies in spared's pipeline).
+    Returns a filtered copy (AnnData subsets are copies in spared's pipeline) with each spot's total over
+    every gene read in ``obs["total_counts"]`` (its sequencing depth, kept after the gene filter).
     """
     totals = np.asarray(_counts(adata, layer).sum(axis=1)).ravel()
     keep = (totals > min_counts) & (totals < max_counts)
     if not keep.any():
         raise ValueError(f"no spot has total counts in ({min_counts}, {max_counts}); totals range from "
                          f"{totals.min():g} to {totals.max():g}. Lower cell_min_counts or check the input")
-    return adata[keep].copy()
+    kept = adata[keep].copy()
+    kept.obs["total_counts"] = totals[keep].astype(np.float64)
+    return kept
+
+
+def offpanel_counts(adata, layer: str | None = "counts") -> None:
+    """Write ``obs["offpanel_counts"]``: each spot's counts outside the gene panel (``total_counts`` minus the
+    counts of the genes kept in ``adata``).
+
+    SpaCKLE reads it as the spot's sequencing depth; it never includes a panel gene, so hiding panel values
+    (to score completion) leaves it unchanged.
+    """
+    if "total_counts" not in adata.obs:
+        raise KeyError("obs['total_counts'] (each spot's counts over every gene read, written by filter_spots) "
+                       "not found; run the spot filter on the full gene set first")
+    panel = np.asarray(_counts(adata, layer).sum(axis=1), dtype=np.float64).ravel()
+    other = adata.obs["total_counts"].to_numpy(dtype=np.float64) - panel
+    if (other < -1e-6 * np.maximum(panel, 1)).any():
+        raise ValueError("obs['total_counts'] is below the panel's own counts for some spots: it was not "
+                         "computed on the full gene set of these counts")
+    adata.obs["offpanel_counts"] = np.maximum(other, 0.0)
 
 
 def expression_fractions(adata, slide_key: str = "slide_id", layer: str | None = None) -> None:

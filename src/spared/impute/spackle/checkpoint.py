@@ -17,9 +17,10 @@ from spared.impute.spackle.model import SpackleModel, SpackleNetwork
 from spared.io.atomic import atomic_dir, check_writable_dir
 
 FORMAT = "spared.spackle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions read, with the values version 1 implied for parameters added since (it predates them).
-READABLE = {1: {"relative_positions": False, "ema_decay": None, "lr_schedule": "constant"}, 2: {}}
+READABLE = {1: {"relative_positions": False, "ema_decay": None, "lr_schedule": "constant", "depth_key": None},
+            2: {"depth_key": None}, 3: {}}
 WEIGHTS = "model.safetensors"
 METADATA = "config.json"
 

@@ -24,9 +24,9 @@ def complete(adata, model: SpackleModel, layer: str = "c_d_log1p", key_added: st
     """Complete ``adata.layers[layer]`` with ``model`` into ``adata.layers[key_added]``.
 
     Each spot is read with its ``num_neighs`` nearest spots of the same slide, missing entries
-    (``layers["mask"] == False``) set to 0; the network's row-0 prediction replaces the spot's missing
-    entries only, so real entries are copied bit for bit (the layer's dtype is kept). Genes are matched by
-    name (reordered if needed).
+    (``layers["mask"] == False``) set to 0, and with ``obs[depth_key]`` when the model reads sequencing depth;
+    the network's row-0 prediction replaces the spot's missing entries only, so real entries are copied bit for
+    bit (the layer's dtype is kept). Genes are matched by name (reordered if needed).
 
     Parameters
     ----------
@@ -49,7 +49,7 @@ def complete(adata, model: SpackleModel, layer: str = "c_d_log1p", key_added: st
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cfg = model.config
     data = neighbourhoods(adata, layer, cfg.num_neighs, model.genes, cfg.visual_key, cfg.slide_key,
-                          cfg.spatial_key, cfg.relative_positions)
+                          cfg.spatial_key, cfg.relative_positions, cfg.depth_key)
     if cfg.visual_key is not None and data.visual.shape[1] != model.visual_dim:
         raise ValueError(f"obsm[{cfg.visual_key!r}] has {data.visual.shape[1]} features per spot but the model "
                          f"was trained on {model.visual_dim}; use the same patch encoder")
@@ -60,7 +60,7 @@ def complete(adata, model: SpackleModel, layer: str = "c_d_log1p", key_added: st
         for start, batch in zip(range(0, adata.n_obs, batch_size),
                                 loader(data, np.arange(adata.n_obs), batch_size), strict=True):
             batch = {key: value.to(target) for key, value in batch.items()}
-            pred = network(batch["x"], batch.get("visual"), batch["real"], batch.get("distance"))
+            pred = network(batch["x"], batch.get("visual"), batch["real"], batch.get("distance"), batch.get("depth"))
             predictions[start:start + len(pred)] = pred.float().cpu().numpy()
     order = np.argsort(gene_order(adata.var_names, model.genes))
     values = dense(adata.layers[layer])

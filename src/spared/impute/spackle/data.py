@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from spared.impute.spackle.inputs import neighbour_table, observed_layer
+from spared.impute.spackle.inputs import neighbour_table, observed_layer, spot_depth
 
 
 @dataclass
@@ -22,7 +22,8 @@ class Neighbourhoods:
     """A collection ready for SpaCKLE: observed values, real mask, neighbour table, optional extras.
 
     ``distances`` (``(n, 1 + k)``, in units of the slide's spot spacing; 0 for the spot itself) is present
-    when the network reads neighbour distances; ``visual`` holds per-spot patch embeddings.
+    when the network reads neighbour distances; ``visual`` holds per-spot patch embeddings; ``depth``
+    (``(n,)``, log counts outside the panel) each spot's sequencing depth.
     """
 
     values: torch.Tensor
@@ -30,6 +31,7 @@ class Neighbourhoods:
     neighbours: torch.Tensor
     visual: torch.Tensor | None = None
     distances: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
 
     @property
     def n_genes(self) -> int:
@@ -37,13 +39,15 @@ class Neighbourhoods:
 
     def gather(self, spots: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inputs of ``spots``: ``x`` ``(B, 1+k, G)`` (missing = 0), ``real`` ``(B, 1+k, G)``, ``visual``,
-        ``distance`` ``(B, 1+k)``."""
+        ``distance`` ``(B, 1+k)``, ``depth`` ``(B, 1+k)``."""
         rows = self.neighbours[spots]
         batch = {"x": self.values[rows], "real": self.real[rows]}
         if self.visual is not None:
             batch["visual"] = self.visual[spots]
         if self.distances is not None:
             batch["distance"] = self.distances[spots]
+        if self.depth is not None:
+            batch["depth"] = self.depth[rows]
         return batch
 
     def hold_out(self, spots: np.ndarray, fraction: float, seed: int) -> tuple[Neighbourhoods, HeldOut]:
@@ -65,7 +69,7 @@ class Neighbourhoods:
         real[spots] = known & ~hidden
         values = self.values.masked_fill(~real, 0.0)
         held = HeldOut(spots, hidden, self.values[spots].masked_fill(~hidden, 0.0))
-        return Neighbourhoods(values, real, self.neighbours, self.visual, self.distances), held
+        return Neighbourhoods(values, real, self.neighbours, self.visual, self.distances, self.depth), held
 
 
 @dataclass
@@ -83,7 +87,8 @@ class HeldOut:
 
 def neighbourhoods(adata, layer: str, num_neighs: int, genes: list[str] | None = None,
                    visual_key: str | None = None, slide_key: str = "slide_id",
-                   spatial_key: str = "spatial", distances: bool = False) -> Neighbourhoods:
+                   spatial_key: str = "spatial", distances: bool = False,
+                   depth_key: str | None = None) -> Neighbourhoods:
     """Check ``adata`` and build its :class:`Neighbourhoods` (genes reordered to ``genes`` when given).
 
     With ``distances``, each neighbour's distance to its spot is stored in units of its slide's spot spacing
@@ -108,8 +113,9 @@ def neighbourhoods(adata, layer: str, num_neighs: int, genes: list[str] | None =
         slides = pd.Series(np.asarray(adata.obs[slide_key]))
         nearest = pd.Series(dist[:, 1]).groupby(slides.to_numpy()).transform("median").to_numpy()
         spacing = torch.from_numpy((dist / np.where(nearest > 0, nearest, 1.0)[:, None]).astype(np.float32))
+    depth = None if depth_key is None else torch.from_numpy(spot_depth(adata, depth_key))
     return Neighbourhoods(torch.from_numpy(values), torch.from_numpy(real), torch.from_numpy(table), visual,
-                          spacing)
+                          spacing, depth)
 
 
 class SpotDataset(Dataset):

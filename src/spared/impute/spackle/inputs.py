@@ -55,6 +55,23 @@ def observed_layer(adata, layer: str, genes: Sequence[str] | None = None) -> tup
     return np.ascontiguousarray(np.where(real, values, np.float32(0))), np.ascontiguousarray(real)
 
 
+def spot_depth(adata, key: str) -> np.ndarray:
+    """``log(1 + obs[key])`` as float32: each spot's sequencing depth outside the gene panel.
+
+    Raises a ``KeyError`` when the column is absent and a ``ValueError`` naming a spot whose value is not a
+    finite count >= 0.
+    """
+    if key not in adata.obs:
+        raise KeyError(f"obs column {key!r} with each spot's counts outside the gene panel not found; available "
+                       f"columns: {list(adata.obs.columns)}; spared.pp.process writes it, or set depth_key=None")
+    values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if bad.size:
+        raise ValueError(f"obs[{key!r}] must hold counts >= 0, found {adata.obs[key].iloc[bad[0]]!r} at spot "
+                         f"{adata.obs_names[bad[0]]!r} ({bad.size} bad value(s))")
+    return np.log1p(values).astype(np.float32)
+
+
 def gene_order(available: pd.Index | Sequence[str], genes: Sequence[str]) -> np.ndarray:
     """Column positions of ``genes`` in ``available``; raise naming the genes that differ."""
     available = pd.Index(available)

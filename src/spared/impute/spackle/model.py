@@ -25,13 +25,16 @@ class SpackleNetwork(nn.Module):
     (0, flag 0) is distinguishable from a measured value; the visual token's flags are all 1.
     With ``relative_positions`` a small MLP of each row's distance to the spot (0 for the spot itself, in
     spot spacings) is added to the row's token, which tells the spot from its neighbours and near from far.
+    With ``depth_input`` each row also carries its spot's standardised log sequencing depth (one more input
+    column; the visual token's is 0).
     Values are standardised per gene (train-split statistics, :meth:`init_scaling`) on the way in and out.
     The last encoder layer is evaluated for row 0 only (identical result, about a quarter less work).
     """
 
     def __init__(self, n_genes: int, d_model: int, num_layers: int = 2, num_heads: int = 1,
                  ff_dim: int | None = None, dropout: float = 0.1, visual_dim: int | None = None,
-                 observed_indicator: bool = False, relative_positions: bool = False) -> None:
+                 observed_indicator: bool = False, relative_positions: bool = False,
+                 depth_input: bool = False) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"the transformer width ({d_model}) must be a multiple of num_heads ({num_heads}); "
@@ -39,7 +42,8 @@ class SpackleNetwork(nn.Module):
         self.n_genes = n_genes
         self.visual_dim = visual_dim
         self.observed_indicator = observed_indicator
-        self.embed = nn.Linear(2 * n_genes if observed_indicator else n_genes, d_model)
+        self.depth_input = depth_input
+        self.embed = nn.Linear((2 * n_genes if observed_indicator else n_genes) + int(depth_input), d_model)
         self.visual = nn.Linear(visual_dim, n_genes) if visual_dim else None
         self.relative_positions = relative_positions
         self.distance = (nn.Sequential(nn.Linear(1, d_model), nn.GELU(), nn.Linear(d_model, d_model))
@@ -49,12 +53,15 @@ class SpackleNetwork(nn.Module):
         self.head = nn.Linear(d_model, n_genes)
         self.register_buffer("gene_mean", torch.zeros(n_genes))
         self.register_buffer("gene_scale", torch.ones(n_genes))
+        if depth_input:
+            self.register_buffer("depth_mean", torch.zeros(()))
+            self.register_buffer("depth_scale", torch.ones(()))
 
     @classmethod
     def from_config(cls, config: SpackleConfig, n_genes: int, visual_dim: int | None = None) -> SpackleNetwork:
         return cls(n_genes, config.width(n_genes), config.num_layers, config.num_heads,
                    config.feedforward_width(n_genes), config.dropout, visual_dim, config.observed_indicator,
-                   config.relative_positions)
+                   config.relative_positions, config.depth_key is not None)
 
     def init_scaling(self, gene_means: np.ndarray, gene_scales: np.ndarray) -> None:
         """Set the per-gene standardisation (train-split mean and standard deviation of the real values).
@@ -67,17 +74,27 @@ class SpackleNetwork(nn.Module):
             self.gene_mean.copy_(torch.as_tensor(gene_means, dtype=self.gene_mean.dtype))
             self.gene_scale.copy_(torch.as_tensor(gene_scales, dtype=self.gene_scale.dtype).clamp_min(1e-3))
 
+    def init_depth_scaling(self, mean: float, scale: float) -> None:
+        """Set the standardisation of the log depth input (train-split mean and standard deviation)."""
+        with torch.no_grad():
+            self.depth_mean.fill_(float(mean))
+            self.depth_scale.fill_(max(float(scale), 1e-3))
+
     def forward(self, x: torch.Tensor, visual: torch.Tensor | None = None,
-                observed: torch.Tensor | None = None, distance: torch.Tensor | None = None) -> torch.Tensor:
+                observed: torch.Tensor | None = None, distance: torch.Tensor | None = None,
+                depth: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ``(B, G)`` expression of row 0 of each ``(1 + k, G)`` neighbourhood.
 
         ``observed`` (``(B, 1 + k, G)`` bool, True = a known value) is required with ``observed_indicator``,
-        ``distance`` (``(B, 1 + k)``) with ``relative_positions``.
+        ``distance`` (``(B, 1 + k)``) with ``relative_positions``, ``depth`` (``(B, 1 + k)`` log counts outside
+        the panel) with ``depth_input``.
         """
         if self.observed_indicator and observed is None:
             raise ValueError("this SpaCKLE model reads observed/missing flags; pass them as `observed`")
         if self.distance is not None and distance is None:
             raise ValueError("this SpaCKLE model reads neighbour distances; pass them as `distance`")
+        if self.depth_input and depth is None:
+            raise ValueError("this SpaCKLE model reads each spot's sequencing depth; pass it as `depth`")
         x = (x - self.gene_mean) / self.gene_scale
         if observed is not None:
             x = x.masked_fill(~observed, 0.0)
@@ -89,6 +106,11 @@ class SpackleNetwork(nn.Module):
                 observed = torch.cat([observed, observed.new_ones(observed[:, :1].shape)], dim=1)
         if self.observed_indicator:
             x = torch.cat([x, observed.to(x.dtype)], dim=-1)
+        if self.depth_input:
+            z = ((depth.to(x.dtype) - self.depth_mean) / self.depth_scale).unsqueeze(-1)
+            if z.shape[1] < x.shape[1]:  # the visual token: depth at the mean
+                z = torch.cat([z, z.new_zeros(z[:, :1].shape)], dim=1)
+            x = torch.cat([x, z], dim=-1)
         h = self.embed(x)
         if self.distance is not None:
             position = self.distance(distance.unsqueeze(-1).to(h.dtype))

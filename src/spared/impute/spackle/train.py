@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -70,7 +71,7 @@ class SpackleTask(L.LightningModule):
 
     def _predict(self, batch: dict[str, torch.Tensor], known: torch.Tensor, network: SpackleNetwork) -> torch.Tensor:
         """The network's row-0 prediction reading only the ``known`` entries (it zeroes every other one)."""
-        return network(batch["x"], batch.get("visual"), known, batch.get("distance"))
+        return network(batch["x"], batch.get("visual"), known, batch.get("distance"), batch.get("depth"))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hidden = sample_mask(batch["real"], self.probs)
@@ -176,10 +177,10 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
     -------
     The trained :class:`SpackleModel` (gene order = ``adata.var_names``).
     """
-    config = config or SpackleConfig()
+    config = _available_depth(adata, config or SpackleConfig())
     with torch_threads(config.threads):
         data = neighbourhoods(adata, layer, config.num_neighs, None, config.visual_key, config.slide_key,
-                              config.spatial_key, config.relative_positions)
+                              config.spatial_key, config.relative_positions, config.depth_key)
         targets, val_spots = _split_spots(adata, config)
         train_data, held = data.hold_out(val_spots, config.val_fraction, config.seed)
         if held.n_entries == 0:
@@ -192,9 +193,12 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
             network = SpackleNetwork.from_config(config, data.n_genes, visual_dim)
             network.init_scaling(*_real_stats(train_data.values[targets].numpy(),
                                               train_data.real[targets].numpy()))
+            if data.depth is not None:
+                network.init_depth_scaling(float(data.depth[targets].mean()), float(data.depth[targets].std()))
+            n_steps = config.steps(len(targets))
             task = SpackleTask(network, probs, config.lr, config.weight_decay, config.ema_decay,
-                               config.max_steps if config.lr_schedule == "cosine" else None)
-            trainer = _trainer(config, run_dir)
+                               n_steps if config.lr_schedule == "cosine" else None)
+            trainer = _trainer(config, n_steps, run_dir)
             val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
             trainer.fit(task, loader(train_data, targets, config.batch_size, shuffle=True, seed=config.seed),
                         val_loader)
@@ -206,6 +210,16 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
     if run_dir is not None:
         model.save(Path(run_dir) / "checkpoint")
     return model
+
+
+def _available_depth(adata, config: SpackleConfig) -> SpackleConfig:
+    """``config``, without the depth input (and a warning) when ``obs[config.depth_key]`` is absent."""
+    if config.depth_key is None or config.depth_key in adata.obs:
+        return config
+    warnings.warn(f"obs[{config.depth_key!r}] (each spot's counts outside the gene panel, written by "
+                  f"spared.pp.process) not found: SpaCKLE trains without the sequencing-depth input; set "
+                  f"depth_key=None to silence this", UserWarning, stacklevel=3)
+    return config.replace(depth_key=None)
 
 
 def _real_stats(values: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +251,7 @@ def _split_spots(adata, config: SpackleConfig) -> tuple[np.ndarray, np.ndarray]:
     return targets, val
 
 
-def _trainer(config: SpackleConfig, run_dir: str | Path | None) -> L.Trainer:
+def _trainer(config: SpackleConfig, n_steps: int, run_dir: str | Path | None) -> L.Trainer:
     progress = sys.stderr.isatty() if config.progress is None else config.progress
     logger = CSVLogger(Path(run_dir), name="logs") if run_dir is not None else False
     accelerator = "gpu" if config.accelerator == "cuda" else config.accelerator
@@ -245,7 +259,7 @@ def _trainer(config: SpackleConfig, run_dir: str | Path | None) -> L.Trainer:
     if config.patience is not None:
         callbacks.append(EarlyStopping("val_mse", patience=config.patience, mode="min", check_finite=True,
                                        check_on_train_epoch_end=False))
-    return L.Trainer(max_steps=config.max_steps, max_epochs=-1, val_check_interval=config.val_every,
+    return L.Trainer(max_steps=n_steps, max_epochs=-1, val_check_interval=config.val_every,
                      check_val_every_n_epoch=None, accelerator=accelerator, devices=1, logger=logger,
                      log_every_n_steps=config.val_every, enable_checkpointing=False, callbacks=callbacks,
                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
