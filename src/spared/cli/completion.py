@@ -12,12 +12,12 @@ from rich.table import Table
 
 from spared.cli.app import app, console, writable_file
 from spared.cli.processing import fail, read_h5ad, write_h5ad
-from spared.impute.spackle.config import SpackleConfig
+from spared.impute.spackle.config import MIN_AUTO_STEPS, SpackleConfig
 
 _METHODS = ("spackle", "median", "mean", "knn")
 _SHOWN_METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch")
 _STEPS_HELP = ("SpaCKLE training steps (default: sized to the collection, "
-               f"{SpackleConfig.passes:g} passes over its spots, at least 500).")
+               f"{SpackleConfig.passes:g} passes over its spots, at least {MIN_AUTO_STEPS}).")
 
 
 def _busy(message: str, trains_spackle: bool):
