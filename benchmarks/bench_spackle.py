@@ -172,10 +172,10 @@ def speed(path: Path, steps: list[int], original: Path | None, batch_size: int =
                   f"memory {r['peak_mib'] / theirs['peak_mib']:.2f}x the original's")
 
 
-def evaluation_wall_time(path: Path, seed: int = 0) -> list[dict]:
-    """Run ``spared evaluate-completion PATH --json`` at its defaults; print and return its records."""
+def evaluation_wall_time(path: Path, seed: int = 0, ensemble: int = 1) -> list[dict]:
+    """Run ``spared evaluate-completion PATH --json`` at its defaults (but ``--ensemble``); print its records."""
     spared = Path(sys.executable).with_name("spared")
-    cmd = [str(spared), "evaluate-completion", str(path), "--json", "--seed", str(seed)]
+    cmd = [str(spared), "evaluate-completion", str(path), "--json", "--seed", str(seed), "--ensemble", str(ensemble)]
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -183,17 +183,18 @@ def evaluation_wall_time(path: Path, seed: int = 0) -> list[dict]:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
     records = json.loads(res.stdout)
     per = ", ".join(f"{r['method']} {r['seconds']:.1f} s" for r in records if r["target"] == "masked")
-    print(f"`spared evaluate-completion {path.name} --seed {seed}`: {wall:.1f} s wall ({per})")
+    print(f"`spared evaluate-completion {path.name} --seed {seed} --ensemble {ensemble}`: {wall:.1f} s wall ({per})")
     return records
 
 
-def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None) -> None:
+def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None, ensemble: int = 1) -> None:
     """Masked MSE / PCC-Gene / seconds per method, mean ± std over ``seeds`` (one CLI run per seed)."""
     import pandas as pd
 
     frames = []
     for seed in seeds:
-        records = first if (seed == seeds[0] and first is not None) else evaluation_wall_time(path, seed)
+        records = (first if (seed == seeds[0] and first is not None)
+                   else evaluation_wall_time(path, seed, ensemble))
         frames.append(pd.DataFrame(records).assign(seed=seed))
     table = pd.concat(frames)
     table = table[table["target"] == "masked"]
@@ -285,6 +286,7 @@ def main() -> None:
                         default=Path(os.environ.get("SPARED_ORIGINAL_PYTHON", DEFAULT_ORIGINAL)),
                         help="Python of an environment with spared==2.2.1 (skipped when it does not exist)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="accuracy seeds (none: skip)")
+    parser.add_argument("--ensemble", type=int, default=1, help="SpaCKLE networks averaged in the accuracy runs")
     parser.add_argument("--no-speed", action="store_true", help="skip the side-by-side training timing")
     parser.add_argument("--scaling", action="store_true", help="simulated scaling benchmark instead")
     parser.add_argument("--quick", action="store_true", help="with --scaling: small sizes")
@@ -319,9 +321,9 @@ def main() -> None:
         print(f"== {path}")
         if not args.no_speed:
             speed(path, args.steps, original)
-        first = evaluation_wall_time(path, args.seeds[0] if args.seeds else 0)
+        first = evaluation_wall_time(path, args.seeds[0] if args.seeds else 0, args.ensemble)
         if args.seeds:
-            accuracy(path, args.seeds, first)
+            accuracy(path, args.seeds, first, args.ensemble)
 
 
 if __name__ == "__main__":

@@ -57,13 +57,19 @@ def test_knn_and_mean_baselines_match_plain_loops():
     np.testing.assert_array_equal(adata.layers["knn"][real], values[real])
 
 
-def test_median_baseline_fills_from_neighbours_and_keeps_real_values():
+@pytest.mark.parametrize(("lattice", "degree"), [("square", 8), ("hexagonal", 6)])
+def test_median_baseline_fills_from_neighbours_and_keeps_real_values(lattice, degree):
     adata = smooth_field(n_slides=2, side=8, n_genes=3, missing=0.4)
+    if lattice == "hexagonal":  # a Visium-like array: odd rows shifted by half a spacing, rows sqrt(3)/2 apart
+        x, y = adata.obsm["spatial"].T
+        adata.obsm["spatial"] = np.column_stack([x + 0.5 * (y % 2), y * np.sqrt(3) / 2])
     real = adata.layers["mask"]
     observed = np.where(real, adata.layers["c_d_log1p"], np.float32(0))
     adata.layers["c_d_log1p"][~real] = 99.0  # values behind the mask must be ignored
-    make_method("median").fit(adata, "c_d_log1p").complete(adata, "c_d_log1p", "med")
-    graph = spatial_graph(adata, n_neighs=6)
+    method = make_method("median")
+    assert method.graph_degree(adata) == degree  # the SPEC's graph: 8 neighbours on a square grid, 6 on Visium
+    method.fit(adata, "c_d_log1p").complete(adata, "c_d_log1p", "med")
+    graph = spatial_graph(adata, n_neighs=degree)
     expected = adaptive_median(observed, graph, adata.obs["slide_id"].to_numpy(), 4)
     np.testing.assert_array_equal(adata.layers["med"], np.where(real, adata.layers["c_d_log1p"], expected))
     assert (adata.layers["med"][~real] < 5).all()
@@ -204,6 +210,12 @@ def test_cli_complete_and_evaluate(tmp_path):
     np.testing.assert_array_equal(a.layers["c_t_log1p"], b.layers["c_t_log1p"])
     res = runner.invoke(app, ["complete", str(src), str(tmp_path / "c.h5ad")])
     assert res.exit_code == 1 and "exactly one of --checkpoint" in res.output
+    res = runner.invoke(app, ["complete", str(src), str(tmp_path / "e.h5ad"), "--train", "--max-steps", "3",
+                              "--ensemble", "2", "--save-checkpoint", str(tmp_path / "ens")])
+    assert res.exit_code == 0, res.output
+    assert len(spackle.load(tmp_path / "ens").network.members) == 2
+    res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "spackle", "--ensemble", "0"])
+    assert res.exit_code == 1 and "SpackleConfig.ensemble must be an integer >= 1, got 0" in res.output
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "mean,knn", "--json"])
     assert res.exit_code == 0, res.output
     assert [r["method"] for r in json.loads(res.output)] == ["mean", "knn"]

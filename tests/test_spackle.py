@@ -206,6 +206,47 @@ def test_the_weights_returned_score_the_best_validation_mse():
     assert sse / count == pytest.approx(model.best_val_mse, rel=1e-5)
 
 
+def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
+    from spared.impute.spackle.data import held_out_loader, neighbourhoods
+    from spared.impute.spackle.train import _split_spots
+
+    adata = smooth_field(side=8, seed=4)
+    cfg = TINY.replace(max_steps=20)
+    single = spackle.fit(adata, config=cfg)
+    model = spackle.fit(adata, config=cfg.replace(ensemble=3))
+    members = model.network.members
+    assert isinstance(model.network, spackle.SpackleEnsemble) and len(members) == 3
+    assert sorted(model.history) == ["train", "train.1", "train.2", "val", "val.1", "val.2"]
+    for (name, x), (_, y) in zip(members[0].state_dict().items(), single.network.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name  # member 0 is the single model of the same seed
+    assert not torch.equal(members[1].head.weight, members[0].head.weight)
+    # the ensemble fills each missing entry with the mean of what its members fill in
+    each = [spackle.complete(adata.copy(), spackle.SpackleModel(m, cfg, model.genes)).layers["c_t_log1p"]
+            for m in members]
+    completed = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    np.testing.assert_allclose(completed, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    # its validation MSE is the averaged prediction's, on the held-out entries every member was selected on
+    data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs, depth_key=cfg.depth_key)
+    reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
+    sse, count = 0.0, 0
+    with torch.no_grad():
+        for batch in held_out_loader(reduced, held, 1024):
+            preds = [m(batch["x"], None, batch["real"], None, batch["depth"]) for m in members]
+            sse += float(((sum(preds) / 3 - batch["target"]).square() * batch["hidden"]).sum())
+            count += int(batch["hidden"].sum())
+    assert model.best_val_mse == pytest.approx(sse / count, rel=1e-5)
+    # saved and loaded whole; a checkpoint whose member count does not fit its weights is refused
+    path = model.save(tmp_path / "ens")
+    loaded = spackle.load(path)
+    assert loaded.config.ensemble == 3
+    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"], completed)
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["ensemble"] = 2
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(spackle.CheckpointError, match="do not match the architecture"):
+        spackle.load(path)
+
+
 def test_neighbour_distances_are_in_spot_spacings_per_slide():
     from spared.impute.spackle.data import neighbourhoods
 
@@ -265,7 +306,7 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
     adata, model = trained
     path = model.save(tmp_path / "ckpt")
     meta = json.loads((path / "config.json").read_text())
-    assert meta["format_version"] == 3 and meta["genes"] == list(adata.var_names)
+    assert meta["format_version"] == 4 and meta["genes"] == list(adata.var_names)
     assert (path / "model.safetensors").is_file()
     loaded = spackle.load(path)
     assert loaded.config == model.config and loaded.genes == model.genes
@@ -442,6 +483,10 @@ def test_config_validation():
         SpackleConfig(max_steps=0)
     with pytest.raises(ValueError, match="passes"):
         SpackleConfig(passes=0)
+    with pytest.raises(ValueError, match="ensemble"):
+        SpackleConfig(ensemble=0)
+    with pytest.raises(ValueError, match="at least one member"):
+        spackle.SpackleEnsemble([])
     with pytest.raises(ValueError, match="multiple of num_heads"):
         spackle.SpackleNetwork(n_genes=7, d_model=7, num_heads=2)
 

@@ -53,7 +53,9 @@ class MedianBaseline:
     Parameters
     ----------
     n_neighs
-        Spatial graph degree (6 hexagonal Visium, 8 square grid).
+        Spatial graph degree: 6 (hexagonal Visium array) or 8 (legacy-ST square grid); ``None`` (default) reads
+        the lattice off the spot coordinates (:func:`spared.graph.detect_geometry`), as the processing protocol
+        does, and uses 6 when it cannot be told.
     max_hops
         Largest window in hops.
     slide_key
@@ -62,7 +64,7 @@ class MedianBaseline:
 
     name = "median"
 
-    def __init__(self, n_neighs: int = 6, max_hops: int = 4, slide_key: str = "slide_id") -> None:
+    def __init__(self, n_neighs: int | None = None, max_hops: int = 4, slide_key: str = "slide_id") -> None:
         self.n_neighs, self.max_hops, self.slide_key = n_neighs, max_hops, slide_key
 
     def fit(self, adata, layer: str) -> MedianBaseline:
@@ -70,11 +72,20 @@ class MedianBaseline:
         observed_layer(adata, layer)
         return self
 
+    def graph_degree(self, adata) -> int:
+        """``n_neighs``, or 8 when the coordinates form a square grid and 6 otherwise."""
+        from spared.graph import detect_geometry
+
+        if self.n_neighs is not None:
+            return self.n_neighs
+        lattice = detect_geometry(adata.obsm["spatial"], adata.obs[self.slide_key].to_numpy())
+        return 8 if lattice == "square" else 6
+
     def complete(self, adata, layer: str, key_added: str):
         from spared.impute.median import adaptive_median
 
         values, _ = observed_layer(adata, layer)
-        graph = spatial_graph(adata, n_neighs=self.n_neighs, slide_key=self.slide_key)
+        graph = spatial_graph(adata, n_neighs=self.graph_degree(adata), slide_key=self.slide_key)
         filled = adaptive_median(values, graph, adata.obs[self.slide_key].to_numpy(), self.max_hops)
         return _write(adata, layer, key_added, filled)
 

@@ -20,11 +20,12 @@ _ATTRIBUTES = {
     "CheckpointError": "checkpoint",
     "SpackleModel": "model",
     "SpackleNetwork": "model",
+    "SpackleEnsemble": "model",
     "mask_probabilities": "masking",
 }
 
-__all__ = ["CheckpointError", "SpackleConfig", "SpackleModel", "SpackleNetwork", "complete", "fit", "load",
-           "mask_probabilities", "save"]
+__all__ = ["CheckpointError", "SpackleConfig", "SpackleEnsemble", "SpackleModel", "SpackleNetwork", "complete",
+           "fit", "load", "mask_probabilities", "save"]
 
 
 def __getattr__(name: str) -> Any:

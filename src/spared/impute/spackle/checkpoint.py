@@ -13,14 +13,14 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from spared.impute.spackle.config import SpackleConfig
-from spared.impute.spackle.model import SpackleModel, SpackleNetwork
+from spared.impute.spackle.model import SpackleModel, network_from_config
 from spared.io.atomic import atomic_dir, check_writable_dir
 
 FORMAT = "spared.spackle"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Versions read, with the values version 1 implied for parameters added since (it predates them).
 READABLE = {1: {"relative_positions": False, "ema_decay": None, "lr_schedule": "constant", "depth_key": None},
-            2: {"depth_key": None}, 3: {}}
+            2: {"depth_key": None}, 3: {}, 4: {}}
 WEIGHTS = "model.safetensors"
 METADATA = "config.json"
 
@@ -77,7 +77,7 @@ def load(path: str | Path) -> SpackleModel:
                               f"reads versions {sorted(READABLE)}; retrain or use the spared release that wrote it")
     try:
         config = SpackleConfig.from_dict({**READABLE[meta["format_version"]], **meta["config"]})
-        network = SpackleNetwork.from_config(config, int(meta["n_genes"]), meta["visual_dim"])
+        network = network_from_config(config, int(meta["n_genes"]), meta["visual_dim"])
         genes, layer = [str(g) for g in meta["genes"]], str(meta["layer"])
         best_step, best_val_mse = meta["best_step"], meta["best_val_mse"]
     except (KeyError, TypeError, ValueError) as err:

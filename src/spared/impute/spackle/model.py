@@ -122,6 +122,35 @@ class SpackleNetwork(nn.Module):
         return self.head(_row0_layer(last, h)) * self.gene_scale + self.gene_mean
 
 
+class SpackleEnsemble(nn.Module):
+    """Several :class:`SpackleNetwork` members behind the same ``forward``: the mean of their predictions."""
+
+    def __init__(self, members: list[SpackleNetwork]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member network")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def n_genes(self) -> int:
+        return self.members[0].n_genes
+
+    @property
+    def visual_dim(self) -> int | None:
+        return self.members[0].visual_dim
+
+    def forward(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """Mean of the members' ``(B, G)`` predictions (same arguments as :meth:`SpackleNetwork.forward`)."""
+        return torch.stack([member(*inputs) for member in self.members]).mean(dim=0)
+
+
+def network_from_config(config: SpackleConfig, n_genes: int,
+                        visual_dim: int | None = None) -> SpackleNetwork | SpackleEnsemble:
+    """The untrained network ``config`` describes: one :class:`SpackleNetwork`, or ``config.ensemble`` of them."""
+    members = [SpackleNetwork.from_config(config, n_genes, visual_dim) for _ in range(config.ensemble)]
+    return members[0] if config.ensemble == 1 else SpackleEnsemble(members)
+
+
 def _row0_layer(layer: nn.TransformerEncoderLayer, h: torch.Tensor) -> torch.Tensor:
     """Row 0 of ``layer(h)`` without computing the other rows' outputs (post-norm, as built above).
 
@@ -142,7 +171,8 @@ class SpackleModel:
     Attributes
     ----------
     network
-        The :class:`SpackleNetwork` (best validation weights after :func:`fit`).
+        The :class:`SpackleNetwork` (best validation weights after :func:`fit`), or a
+        :class:`SpackleEnsemble` of them when ``config.ensemble > 1``.
     config
         Hyper-parameters it was built and trained with.
     genes
@@ -150,12 +180,14 @@ class SpackleModel:
     layer
         The layer it was trained on.
     history
-        ``{"train": [(step, mse), ...], "val": [(step, mse), ...]}`` (empty after :func:`load`).
+        ``{"train": [(step, mse), ...], "val": [(step, mse), ...]}`` (empty after :func:`load`); an ensemble's
+        member ``i > 0`` logs under ``"train.i"`` and ``"val.i"``.
     best_step, best_val_mse
-        Step and validation MSE of the kept weights.
+        Step and validation MSE of the kept weights (an ensemble: the first member's best step and the
+        validation MSE of the averaged prediction).
     """
 
-    network: SpackleNetwork
+    network: SpackleNetwork | SpackleEnsemble
     config: SpackleConfig
     genes: list[str]
     layer: str = "c_d_log1p"

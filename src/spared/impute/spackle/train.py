@@ -15,10 +15,10 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.optim.swa_utils import AveragedModel
 
 from spared.impute.spackle.config import SpackleConfig
-from spared.impute.spackle.data import held_out_loader, loader, neighbourhoods
+from spared.impute.spackle.data import Neighbourhoods, held_out_loader, loader, neighbourhoods
 from spared.impute.spackle.inputs import split_rows
 from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, sample_mask
-from spared.impute.spackle.model import SpackleModel, SpackleNetwork
+from spared.impute.spackle.model import SpackleEnsemble, SpackleModel, SpackleNetwork
 from spared.training_runtime import quiet_lightning, torch_threads
 
 
@@ -69,13 +69,9 @@ class SpackleTask(L.LightningModule):
         """The weights that are validated and kept: the moving average when there is one."""
         return self.network if self.averaged is None else self.averaged.module
 
-    def _predict(self, batch: dict[str, torch.Tensor], known: torch.Tensor, network: SpackleNetwork) -> torch.Tensor:
-        """The network's row-0 prediction reading only the ``known`` entries (it zeroes every other one)."""
-        return network(batch["x"], batch.get("visual"), known, batch.get("distance"), batch.get("depth"))
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hidden = sample_mask(batch["real"], self.probs)
-        pred = self._predict(batch, batch["real"] & ~hidden, self.network)
+        pred = _predict(self.network, batch, batch["real"] & ~hidden)
         scored = hidden[:, 0]
         loss = ((pred - batch["x"][:, 0]).square() * scored).sum() / scored.sum().clamp(min=1)
         self.history["train"].append((int(self.global_step) + 1, float(loss.detach())))
@@ -90,9 +86,9 @@ class SpackleTask(L.LightningModule):
         self._sse, self._count = 0.0, 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        pred = self._predict(batch, batch["real"], self.evaluated)
-        self._sse += float(((pred - batch["target"]).square() * batch["hidden"]).sum())
-        self._count += int(batch["hidden"].sum())
+        sse, count = _held_out_errors(self.evaluated, batch)
+        self._sse += sse
+        self._count += count
 
     def on_validation_epoch_end(self) -> None:
         mse = self._sse / self._count if self._count else float("nan")
@@ -114,10 +110,33 @@ class SpackleTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def _predict(network: SpackleNetwork | SpackleEnsemble, batch: dict[str, torch.Tensor],
+             known: torch.Tensor) -> torch.Tensor:
+    """The network's row-0 prediction reading only the ``known`` entries (it zeroes every other one)."""
+    return network(batch["x"], batch.get("visual"), known, batch.get("distance"), batch.get("depth"))
+
+
+def _held_out_errors(network: SpackleNetwork | SpackleEnsemble, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Summed squared error and number of a validation batch's held-out entries, predicted from the rest."""
+    pred = _predict(network, batch, batch["real"])
+    return float(((pred - batch["target"]).square() * batch["hidden"]).sum()), int(batch["hidden"].sum())
+
+
+def held_out_mse(network: SpackleNetwork | SpackleEnsemble, batches) -> float:
+    """MSE pooled over every held-out entry of a validation loader (network evaluated as it is)."""
+    sse, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            batch_sse, batch_count = _held_out_errors(network, batch)
+            sse, count = sse + batch_sse, count + batch_count
+    return sse / count if count else float("nan")
+
+
 class StepProgress(L.Callback):
     """A rich progress bar (on stderr) over optimiser steps showing the latest and the best validation MSE."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "SpaCKLE") -> None:
+        self.label = label
         self.progress = None
         self.task = None
 
@@ -126,7 +145,7 @@ class StepProgress(L.Callback):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         # on stderr, so that a command's results on stdout (e.g. ``--json``) stay clean
-        self.progress = Progress(TextColumn("SpaCKLE"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        self.progress = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TextColumn("{task.fields[status]}"), console=Console(stderr=True),
                                  transient=False)
         self.progress.start()
@@ -159,7 +178,9 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
     known entries of (at most ``config.val_max_spots``) val-split spots (test split when there is no val
     split) is held out of training altogether and scored every ``config.val_every`` steps; training stops
     after ``config.patience`` validations without improvement and the best weights are kept. Entries with
-    ``layers["mask"] == False`` are never read.
+    ``layers["mask"] == False`` are never read. With ``config.ensemble > 1`` that many networks are trained
+    one after the other (seeds ``seed``, ``seed + 1``, ...), each selected on the same held-out entries, and
+    their predictions averaged.
 
     Parameters
     ----------
@@ -187,29 +208,46 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
             raise ValueError(f"the {len(val_spots)} validation spots have no measured value to hold out; SpaCKLE "
                              f"selects its weights on them, so check layers['mask'] of the val split")
         probs = mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob)
-        visual_dim = None if data.visual is None else int(data.visual.shape[1])
-        with quiet_lightning(categories=(PossibleUserWarning,)):
-            L.seed_everything(config.seed, workers=True, verbose=False)
-            network = SpackleNetwork.from_config(config, data.n_genes, visual_dim)
-            network.init_scaling(*_real_stats(train_data.values[targets].numpy(),
-                                              train_data.real[targets].numpy()))
-            if data.depth is not None:
-                network.init_depth_scaling(float(data.depth[targets].mean()), float(data.depth[targets].std()))
-            n_steps = config.steps(len(targets))
-            task = SpackleTask(network, probs, config.lr, config.weight_decay, config.ema_decay,
-                               n_steps if config.lr_schedule == "cosine" else None)
-            trainer = _trainer(config, n_steps, run_dir)
-            val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
-            trainer.fit(task, loader(train_data, targets, config.batch_size, shuffle=True, seed=config.seed),
-                        val_loader)
-            if not task.history["val"] or task.history["val"][-1][0] != trainer.global_step:
-                trainer.validate(task, val_loader, verbose=False)  # the last weights are candidates too
-    network.load_state_dict(task.best_state)
-    model = SpackleModel(network.cpu().eval(), config, [str(g) for g in adata.var_names], layer,
-                         task.history, task.best_step, task.best_val_mse)
+        val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
+        members, history, best = [], {}, []
+        for i in range(config.ensemble):
+            label = "SpaCKLE" if config.ensemble == 1 else f"SpaCKLE {i + 1}/{config.ensemble}"
+            network, task = _train_member(config.replace(seed=config.seed + i), train_data, targets, probs,
+                                          val_loader, run_dir, label)
+            members.append(network.cpu().eval())
+            history.update({key if i == 0 else f"{key}.{i}": log for key, log in task.history.items()})
+            best.append((task.best_step, task.best_val_mse))
+        network = members[0] if config.ensemble == 1 else SpackleEnsemble(members).eval()
+        best_step, best_val_mse = best[0]
+        if config.ensemble > 1:
+            best_val_mse = held_out_mse(network, val_loader)
+    model = SpackleModel(network, config, [str(g) for g in adata.var_names], layer, history, best_step,
+                         best_val_mse)
     if run_dir is not None:
         model.save(Path(run_dir) / "checkpoint")
     return model
+
+
+def _train_member(config: SpackleConfig, train_data: Neighbourhoods, targets: np.ndarray, probs: np.ndarray,
+                  val_loader, run_dir: str | Path | None, label: str) -> tuple[SpackleNetwork, SpackleTask]:
+    """Train one network with ``config.seed``; return it with its best validated weights, and its task."""
+    visual_dim = None if train_data.visual is None else int(train_data.visual.shape[1])
+    with quiet_lightning(categories=(PossibleUserWarning,)):
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        network = SpackleNetwork.from_config(config, train_data.n_genes, visual_dim)
+        network.init_scaling(*_real_stats(train_data.values[targets].numpy(), train_data.real[targets].numpy()))
+        if train_data.depth is not None:
+            network.init_depth_scaling(float(train_data.depth[targets].mean()),
+                                       float(train_data.depth[targets].std()))
+        n_steps = config.steps(len(targets))
+        task = SpackleTask(network, probs, config.lr, config.weight_decay, config.ema_decay,
+                           n_steps if config.lr_schedule == "cosine" else None)
+        trainer = _trainer(config, n_steps, run_dir, label)
+        trainer.fit(task, loader(train_data, targets, config.batch_size, shuffle=True, seed=config.seed), val_loader)
+        if not task.history["val"] or task.history["val"][-1][0] != trainer.global_step:
+            trainer.validate(task, val_loader, verbose=False)  # the last weights are candidates too
+    network.load_state_dict(task.best_state)
+    return network, task
 
 
 def _available_depth(adata, config: SpackleConfig) -> SpackleConfig:
@@ -251,11 +289,11 @@ def _split_spots(adata, config: SpackleConfig) -> tuple[np.ndarray, np.ndarray]:
     return targets, val
 
 
-def _trainer(config: SpackleConfig, n_steps: int, run_dir: str | Path | None) -> L.Trainer:
+def _trainer(config: SpackleConfig, n_steps: int, run_dir: str | Path | None, label: str = "SpaCKLE") -> L.Trainer:
     progress = sys.stderr.isatty() if config.progress is None else config.progress
     logger = CSVLogger(Path(run_dir), name="logs") if run_dir is not None else False
     accelerator = "gpu" if config.accelerator == "cuda" else config.accelerator
-    callbacks: list[L.Callback] = [StepProgress()] if progress else []
+    callbacks: list[L.Callback] = [StepProgress(label)] if progress else []
     if config.patience is not None:
         callbacks.append(EarlyStopping("val_mse", patience=config.patience, mode="min", check_finite=True,
                                        check_on_train_epoch_end=False))
