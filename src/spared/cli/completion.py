@@ -18,8 +18,8 @@ _METHODS = ("spackle", "median", "mean", "knn")
 _SHOWN_METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch")
 _STEPS_HELP = ("SpaCKLE training steps (default: sized to the collection, "
                f"{SpackleConfig.passes:g} passes over its spots, at least {MIN_AUTO_STEPS}).")
-_ENSEMBLE_HELP = ("SpaCKLE networks trained (seeds seed, seed+1, ...) and averaged; 3 lower the error by about "
-                  "1 % for 3x the time.")
+_ENSEMBLE_HELP = ("SpaCKLE networks trained (seeds seed, seed+1, ...) and averaged; 3 lower the error by "
+                  "0.5-1.2 % for 3x the time.")
 
 
 def _busy(message: str, trains_spackle: bool):

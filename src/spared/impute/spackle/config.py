@@ -66,8 +66,8 @@ class SpackleConfig:
     ensemble
         Members trained and averaged (``1`` = a single network, the default). Member ``i`` is trained with
         seed ``seed + i`` (weights, batch order, masks) and selected on the same held-out entries; the
-        prediction is the mean of the members'. Three members lower the masked MSE by about 1 % on the real
-        collections for three times the training time.
+        prediction is the mean of the members'. Three members lower the masked MSE by 0.5 % (her2st) to
+        1.2 % (lung organoid) for three times the training time.
     visual_key
         ``obsm`` key of per-spot patch embeddings to add as an extra input token; ``None`` (default) = off.
     observed_indicator
