@@ -75,6 +75,9 @@ def test_median_baseline_fills_from_neighbours_and_keeps_real_values(lattice, de
     assert (adata.layers["med"][~real] < 5).all()
     with pytest.raises(ValueError, match="unknown completion method 'mode'"):
         make_method("mode")
+    del adata.obsm["spatial"]
+    with pytest.raises(KeyError, match="obsm\\['spatial'\\] with spot coordinates not found"):
+        method.complete(adata, "c_d_log1p", "med")
 
 
 class Recorder:

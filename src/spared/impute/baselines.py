@@ -23,7 +23,7 @@ import numpy as np
 from spared.data_model import dense
 from spared.graph import spatial_graph
 from spared.impute.spackle.config import SpackleConfig
-from spared.impute.spackle.inputs import neighbour_table, observed_layer, split_rows
+from spared.impute.spackle.inputs import neighbour_table, observed_layer, split_rows, spot_layout
 
 METHODS = ("spackle", "median", "mean", "knn")
 
@@ -76,9 +76,10 @@ class MedianBaseline:
         """``n_neighs``, or 8 when the coordinates form a square grid and 6 otherwise."""
         from spared.graph import detect_geometry
 
+        slides, coords = spot_layout(adata, self.slide_key)
         if self.n_neighs is not None:
             return self.n_neighs
-        lattice = detect_geometry(adata.obsm["spatial"], adata.obs[self.slide_key].to_numpy())
+        lattice = detect_geometry(coords, slides)
         return 8 if lattice == "square" else 6
 
     def complete(self, adata, layer: str, key_added: str):

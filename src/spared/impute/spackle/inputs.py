@@ -88,18 +88,23 @@ def gene_order(available: pd.Index | Sequence[str], genes: Sequence[str]) -> np.
     return available.get_indexer(list(genes))
 
 
+def spot_layout(adata, slide_key: str = "slide_id", spatial_key: str = "spatial") -> tuple[np.ndarray, np.ndarray]:
+    """Each spot's slide label and coordinates; a ``KeyError`` naming what is available when either is absent."""
+    if slide_key not in adata.obs:
+        raise KeyError(f"obs column {slide_key!r} with slide labels not found; available columns: "
+                       f"{list(adata.obs.columns)}")
+    if spatial_key not in adata.obsm:
+        raise KeyError(f"obsm[{spatial_key!r}] with spot coordinates not found; available: {list(adata.obsm)}")
+    return adata.obs[slide_key].to_numpy(), np.asarray(adata.obsm[spatial_key])
+
+
 def neighbour_table(adata, num_neighs: int, slide_key: str = "slide_id",
                     spatial_key: str = "spatial") -> np.ndarray:
     """``(n, 1 + num_neighs)`` int64: each spot followed by its ``num_neighs`` nearest spots of the same slide.
 
     Raises a ``ValueError`` naming the slide when a slide has a single spot or too few spots.
     """
-    if slide_key not in adata.obs:
-        raise KeyError(f"obs column {slide_key!r} with slide labels not found; available columns: "
-                       f"{list(adata.obs.columns)}")
-    if spatial_key not in adata.obsm:
-        raise KeyError(f"obsm[{spatial_key!r}] with spot coordinates not found; available: {list(adata.obsm)}")
-    slides = adata.obs[slide_key].to_numpy()
+    slides, coords = spot_layout(adata, slide_key, spatial_key)
     sizes = pd.Series(slides).value_counts()
     single = sizes[sizes == 1].index.tolist()
     if single:
@@ -110,7 +115,7 @@ def neighbour_table(adata, num_neighs: int, slide_key: str = "slide_id",
         raise ValueError(f"slide(s) {small.to_dict()} have fewer than {num_neighs + 1} spots but "
                          f"{num_neighs} same-slide neighbours per spot were requested; lower num_neighs to at "
                          f"most {int(small.min()) - 1} or drop these slides")
-    neighbours = knn_indices(np.asarray(adata.obsm[spatial_key]), slides, num_neighs)
+    neighbours = knn_indices(coords, slides, num_neighs)
     return np.hstack([np.arange(adata.n_obs, dtype=np.int64)[:, None], neighbours])
 
 
