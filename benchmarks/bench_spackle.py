@@ -200,11 +200,11 @@ def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None, ense
     table = table[table["target"] == "masked"]
     stats = table.groupby("method", sort=False)[["MSE", "PCC-Gene", "seconds"]].agg(["mean", "std"])
     print(f"accuracy on {path.name} (10% of val/test real values hidden; seeds {seeds}; mean ± std)")
-    print(f"  {'method':<10}{'masked MSE':>18}{'PCC-Gene':>18}{'seconds':>16}")
+    print(f"  {'method':<10}{'masked MSE':>18}{'PCC-Gene':>18}{'seconds':>20}")
     for method, row in stats.iterrows():
         cells = [f"{row[(m, 'mean')]:.3f} ± {0 if pd.isna(row[(m, 'std')]) else row[(m, 'std')]:.3f}"
                  for m in ("MSE", "PCC-Gene", "seconds")]
-        print(f"  {method:<10}{cells[0]:>18}{cells[1]:>18}{cells[2]:>16}")
+        print(f"  {method:<10}{cells[0]:>18}{cells[1]:>18}{cells[2]:>20}")
     mse = table.pivot(index="seed", columns="method", values="MSE")
     floor = poisson_floor(path, seeds[0])
     print(f"  Poisson noise floor of the hidden entries (seed {seeds[0]}): "
