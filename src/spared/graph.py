@@ -197,6 +197,9 @@ def recipe_graph(adata, graphs: str, n_neighs: int, slide_key: str) -> sp.csr_ma
     return original_spatial_graph(adata, hex_geometry=n_neighs == 6, slide_key=slide_key)
 
 
+#: Degree of the spatial graph (median filter, Moran's I) on each spot lattice (SPEC §2.6).
+GRAPH_DEGREE = {"hexagonal": 6, "square": 8}
+
 #: Neighbours within 1.2 lattice spacings of an interior spot: 6 on a hexagonal array, 4 on a square grid.
 _LATTICE_NEIGHBOURS = {"hexagonal": 6, "square": 4}
 

@@ -74,13 +74,12 @@ class MedianBaseline:
 
     def graph_degree(self, adata) -> int:
         """``n_neighs``, or 8 when the coordinates form a square grid and 6 otherwise."""
-        from spared.graph import detect_geometry
+        from spared.graph import GRAPH_DEGREE, detect_geometry
 
         slides, coords = spot_layout(adata, self.slide_key)
         if self.n_neighs is not None:
             return self.n_neighs
-        lattice = detect_geometry(coords, slides)
-        return 8 if lattice == "square" else 6
+        return GRAPH_DEGREE[detect_geometry(coords, slides) or "hexagonal"]
 
     def complete(self, adata, layer: str, key_added: str):
         from spared.impute.median import adaptive_median

@@ -219,7 +219,7 @@ def _graph_geometry(adata, cfg: ProcessingConfig) -> tuple[str, int, str | None]
     """
     import warnings
 
-    from spared.graph import detect_geometry
+    from spared.graph import GRAPH_DEGREE, detect_geometry
     from spared.io.readers import geometry
 
     configured = "hexagonal" if cfg.hex_geometry else "square"
@@ -227,7 +227,7 @@ def _graph_geometry(adata, cfg: ProcessingConfig) -> tuple[str, int, str | None]
     found = recorded or detect_geometry(adata.obsm["spatial"], adata.obs[cfg.slide_key].to_numpy())
     if found is None or found == configured:
         return configured, cfg.n_neighs, None
-    n_neighs = 6 if found == "hexagonal" else 8
+    n_neighs = GRAPH_DEGREE[found]
     how = "reader records" if recorded else "spot coordinates form"
     message = (f"the {how} a {found} lattice but hex_geometry={cfg.hex_geometry}; the spatial graphs (median "
                f"filter, Moran's I) use {n_neighs} neighbours, as on a {found} array")

@@ -209,16 +209,17 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
                              f"selects its weights on them, so check layers['mask'] of the val split")
         probs = mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob)
         val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
-        members, history, best = [], {}, []
+        scaling = _Scaling(train_data, targets)
+        members, history = [], {}
         for i in range(config.ensemble):
             label = "SpaCKLE" if config.ensemble == 1 else f"SpaCKLE {i + 1}/{config.ensemble}"
             network, task = _train_member(config.replace(seed=config.seed + i), train_data, targets, probs,
-                                          val_loader, run_dir, label)
+                                          scaling, val_loader, run_dir, label)
             members.append(network.cpu().eval())
             history.update({key if i == 0 else f"{key}.{i}": log for key, log in task.history.items()})
-            best.append((task.best_step, task.best_val_mse))
+            if i == 0:
+                best_step, best_val_mse = task.best_step, task.best_val_mse
         network = members[0] if config.ensemble == 1 else SpackleEnsemble(members).eval()
-        best_step, best_val_mse = best[0]
         if config.ensemble > 1:
             best_val_mse = held_out_mse(network, val_loader)
     model = SpackleModel(network, config, [str(g) for g in adata.var_names], layer, history, best_step,
@@ -228,17 +229,29 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
     return model
 
 
+class _Scaling:
+    """The input standardisation every member shares: per-gene and depth statistics of the target spots."""
+
+    def __init__(self, data: Neighbourhoods, targets: np.ndarray) -> None:
+        self.genes = _real_stats(data.values[targets].numpy(), data.real[targets].numpy())
+        self.depth = (None if data.depth is None
+                      else (float(data.depth[targets].mean()), float(data.depth[targets].std())))
+
+    def apply(self, network: SpackleNetwork) -> None:
+        network.init_scaling(*self.genes)
+        if self.depth is not None:
+            network.init_depth_scaling(*self.depth)
+
+
 def _train_member(config: SpackleConfig, train_data: Neighbourhoods, targets: np.ndarray, probs: np.ndarray,
-                  val_loader, run_dir: str | Path | None, label: str) -> tuple[SpackleNetwork, SpackleTask]:
+                  scaling: _Scaling, val_loader, run_dir: str | Path | None,
+                  label: str) -> tuple[SpackleNetwork, SpackleTask]:
     """Train one network with ``config.seed``; return it with its best validated weights, and its task."""
     visual_dim = None if train_data.visual is None else int(train_data.visual.shape[1])
     with quiet_lightning(categories=(PossibleUserWarning,)):
         L.seed_everything(config.seed, workers=True, verbose=False)
         network = SpackleNetwork.from_config(config, train_data.n_genes, visual_dim)
-        network.init_scaling(*_real_stats(train_data.values[targets].numpy(), train_data.real[targets].numpy()))
-        if train_data.depth is not None:
-            network.init_depth_scaling(float(train_data.depth[targets].mean()),
-                                       float(train_data.depth[targets].std()))
+        scaling.apply(network)
         n_steps = config.steps(len(targets))
         task = SpackleTask(network, probs, config.lr, config.weight_decay, config.ema_decay,
                            n_steps if config.lr_schedule == "cosine" else None)
