@@ -219,8 +219,10 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
             history.update({key if i == 0 else f"{key}.{i}": log for key, log in task.history.items()})
             if i == 0:
                 best_step, best_val_mse = task.best_step, task.best_val_mse
-        network = members[0] if config.ensemble == 1 else SpackleEnsemble(members).eval()
-        if config.ensemble > 1:
+        if config.ensemble == 1:
+            network = members[0]
+        else:
+            network = SpackleEnsemble(members).eval()
             best_val_mse = held_out_mse(network, val_loader)
     model = SpackleModel(network, config, [str(g) for g in adata.var_names], layer, history, best_step,
                          best_val_mse)
