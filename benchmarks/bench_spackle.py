@@ -23,6 +23,7 @@ Usage::
     python benchmarks/bench_spackle.py                                   # organoids, all three parts
     python benchmarks/bench_spackle.py her2st.h5ad --seeds 0 1 2         # any processed collection(s)
     python benchmarks/bench_spackle.py --steps 2 6 --seeds 0             # quicker
+    python benchmarks/bench_spackle.py --no-speed --preset accurate      # the slower, more accurate preset
     python benchmarks/bench_spackle.py --scaling [--quick]
 """
 
@@ -172,10 +173,13 @@ def speed(path: Path, steps: list[int], original: Path | None, batch_size: int =
                   f"memory {r['peak_mib'] / theirs['peak_mib']:.2f}x the original's")
 
 
-def evaluation_wall_time(path: Path, seed: int = 0, ensemble: int = 1) -> list[dict]:
-    """Run ``spared evaluate-completion PATH --json`` at its defaults (but ``--ensemble``); print its records."""
+def evaluation_wall_time(path: Path, seed: int = 0, ensemble: int | None = None,
+                         preset: str = "default") -> list[dict]:
+    """Run ``spared evaluate-completion PATH --json`` at its defaults (but ``--preset``, ``--ensemble``); print
+    its records."""
     spared = Path(sys.executable).with_name("spared")
-    cmd = [str(spared), "evaluate-completion", str(path), "--json", "--seed", str(seed), "--ensemble", str(ensemble)]
+    options = ["--seed", str(seed), "--preset", preset] + ([] if ensemble is None else ["--ensemble", str(ensemble)])
+    cmd = [str(spared), "evaluate-completion", str(path), "--json", *options]
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -183,18 +187,19 @@ def evaluation_wall_time(path: Path, seed: int = 0, ensemble: int = 1) -> list[d
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
     records = json.loads(res.stdout)
     per = ", ".join(f"{r['method']} {r['seconds']:.1f} s" for r in records if r["target"] == "masked")
-    print(f"`spared evaluate-completion {path.name} --seed {seed} --ensemble {ensemble}`: {wall:.1f} s wall ({per})")
+    print(f"`spared evaluate-completion {path.name} {' '.join(options)}`: {wall:.1f} s wall ({per})")
     return records
 
 
-def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None, ensemble: int = 1) -> None:
+def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None, ensemble: int | None = None,
+             preset: str = "default") -> None:
     """Masked MSE / PCC-Gene / seconds per method, mean ± std over ``seeds`` (one CLI run per seed)."""
     import pandas as pd
 
     frames = []
     for seed in seeds:
         records = (first if (seed == seeds[0] and first is not None)
-                   else evaluation_wall_time(path, seed, ensemble))
+                   else evaluation_wall_time(path, seed, ensemble, preset))
         frames.append(pd.DataFrame(records).assign(seed=seed))
     table = pd.concat(frames)
     table = table[table["target"] == "masked"]
@@ -286,7 +291,9 @@ def main() -> None:
                         default=Path(os.environ.get("SPARED_ORIGINAL_PYTHON", DEFAULT_ORIGINAL)),
                         help="Python of an environment with spared==2.2.1 (skipped when it does not exist)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="accuracy seeds (none: skip)")
-    parser.add_argument("--ensemble", type=int, default=1, help="SpaCKLE networks averaged in the accuracy runs")
+    parser.add_argument("--preset", default="default", help="SpaCKLE preset of the accuracy runs (e.g. accurate)")
+    parser.add_argument("--ensemble", type=int, help="SpaCKLE networks averaged in the accuracy runs (default: "
+                                                     "the preset's)")
     parser.add_argument("--no-speed", action="store_true", help="skip the side-by-side training timing")
     parser.add_argument("--scaling", action="store_true", help="simulated scaling benchmark instead")
     parser.add_argument("--quick", action="store_true", help="with --scaling: small sizes")
@@ -321,9 +328,9 @@ def main() -> None:
         print(f"== {path}")
         if not args.no_speed:
             speed(path, args.steps, original)
-        first = evaluation_wall_time(path, args.seeds[0] if args.seeds else 0, args.ensemble)
+        first = evaluation_wall_time(path, args.seeds[0] if args.seeds else 0, args.ensemble, args.preset)
         if args.seeds:
-            accuracy(path, args.seeds, first, args.ensemble)
+            accuracy(path, args.seeds, first, args.ensemble, args.preset)
 
 
 if __name__ == "__main__":

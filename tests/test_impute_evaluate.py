@@ -217,6 +217,17 @@ def test_cli_complete_and_evaluate(tmp_path):
                               "--ensemble", "2", "--save-checkpoint", str(tmp_path / "ens")])
     assert res.exit_code == 0, res.output
     assert len(spackle.load(tmp_path / "ens").network.members) == 2
+    res = runner.invoke(app, ["complete", str(src), str(tmp_path / "p.h5ad"), "--train", "--max-steps", "3",
+                              "--preset", "accurate", "--save-checkpoint", str(tmp_path / "acc")])
+    assert res.exit_code == 0, res.output
+    accurate = spackle.load(tmp_path / "acc")
+    assert len(accurate.network.members) == 3 and accurate.config.num_layers == 3
+    assert (accurate.config.mask_method, accurate.config.max_steps) == ("uniform", 3)
+    res = runner.invoke(app, ["complete", str(src), str(tmp_path / "q.h5ad"), "--checkpoint", str(tmp_path / "acc"),
+                              "--preset", "accurate"])
+    assert res.exit_code == 1 and "--preset set how SpaCKLE trains; add --train" in res.output
+    res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "spackle", "--preset", "fast"])
+    assert res.exit_code == 1 and "unknown SpaCKLE preset 'fast'" in res.output
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "spackle", "--ensemble", "0"])
     assert res.exit_code == 1 and "SpackleConfig.ensemble must be an integer >= 1, got 0" in res.output
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "mean,knn", "--json"])

@@ -15,7 +15,7 @@ import torch
 from spared.impute import spackle
 from spared.impute.spackle import SpackleConfig
 from spared.impute.spackle.inputs import neighbour_table
-from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, sample_mask
+from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, row_probabilities, sample_mask
 
 TINY = SpackleConfig(num_neighs=6, batch_size=64, max_steps=20, val_every=10)
 
@@ -83,6 +83,7 @@ def test_mask_probability_formulas():
     np.testing.assert_allclose(mask_probabilities(f, "mask_prob", 0.3), [1, 1, 0.6, 0.3 / 0.9, 0.3])
     np.testing.assert_allclose(mask_probabilities(f, "prob_median"), [1, 1, 1, 0.1 / 0.9, 0])
     np.testing.assert_allclose(mask_probabilities(f, "scale_factor"), [1, 1, 0.8, 0.8 * 0.1 / 0.9, 0])
+    np.testing.assert_allclose(mask_probabilities(f, "uniform", 0.3), [1, 0.3, 0.3, 0.3, 0.3])
     with pytest.raises(ValueError, match="prob_median"):
         mask_probabilities(f, "nope")
 
@@ -97,6 +98,34 @@ def test_sampled_masks_match_probabilities_and_hit_only_real_entries(method):
     assert not hidden[~real].any()
     freq = hidden[real.all(dim=(1, 2))].float().mean(dim=(0, 1)).numpy()
     np.testing.assert_allclose(freq, probs.numpy(), atol=0.01)
+
+
+def test_neighbours_are_masked_at_a_fraction_of_the_spots_rate():
+    probs = mask_probabilities(np.array([0.5, 0.8, 1.0]), "mask_prob", 0.3)  # 0.6, 0.375, 0.3
+    rows = row_probabilities(probs, 19, 1 / 3)
+    assert rows.shape == (19, 3)
+    np.testing.assert_allclose(rows[0], probs)
+    np.testing.assert_allclose(rows[1:], np.tile(probs / 3, (18, 1)))
+    np.testing.assert_allclose(row_probabilities(probs, 19), np.tile(probs, (19, 1)))
+    real = torch.ones(6000, 19, 3, dtype=torch.bool)
+    hidden = sample_mask(real, torch.as_tensor(rows, dtype=torch.float32), torch.Generator().manual_seed(2))
+    np.testing.assert_allclose(hidden[:, 0].float().mean(dim=0).numpy(), probs, atol=0.02)
+    np.testing.assert_allclose(hidden[:, 1:].float().mean(dim=(0, 1)).numpy(), probs / 3, atol=0.005)
+    assert not sample_mask(real, torch.as_tensor(row_probabilities(probs, 19, 0.0), dtype=torch.float32))[:, 1:].any()
+
+
+def test_presets_change_the_defaults_and_accept_overrides():
+    from spared.impute.spackle.config import PRESETS
+
+    assert SpackleConfig.preset("default") == SpackleConfig()
+    accurate = SpackleConfig.preset("accurate", seed=4)
+    assert (accurate.num_layers, accurate.mask_method, accurate.ensemble, accurate.seed) == (3, "uniform", 3, 4)
+    assert accurate.neighbour_mask_ratio == pytest.approx(1 / 3)
+    assert accurate.steps(1832) == 1000 and accurate.steps(13_000) == SpackleConfig().steps(13_000)
+    assert SpackleConfig.preset("accurate", ensemble=1).ensemble == 1
+    assert set(PRESETS) == {"default", "accurate"}
+    with pytest.raises(ValueError, match="unknown SpaCKLE preset 'fast'; choose one of"):
+        SpackleConfig.preset("fast")
 
 
 def test_glob_exp_frac_from_var_or_from_mask():
@@ -171,18 +200,18 @@ def test_early_stopping_keeps_the_best_weights():
     assert len(full.history["val"]) == 6
 
 
-def test_default_step_budget_is_sized_by_passes_over_the_spots(monkeypatch):
-    from spared.impute.spackle import config as config_module
-
+def test_default_step_budget_is_sized_by_passes_over_the_spots():
     default = SpackleConfig()
     assert default.max_steps is None
     assert default.steps(1832) == 500  # an organoid collection: the 500-step floor
     assert default.steps(13_000) == int(np.ceil(60 * 13_000 / 256)) == 3047  # her2st
     assert default.steps(10**6) == 5000
     assert SpackleConfig(max_steps=7).steps(10**6) == 7
-    monkeypatch.setattr(config_module, "MIN_AUTO_STEPS", 1)
+    assert SpackleConfig(min_steps=1000).steps(1832) == 1000
+    assert SpackleConfig(min_steps=1000).steps(13_000) == 3047
     adata = smooth_field(side=8)  # 192 spots, all of them targets
-    model = spackle.fit(adata, config=TINY.replace(max_steps=None, passes=2, patience=None, val_every=1))
+    model = spackle.fit(adata, config=TINY.replace(max_steps=None, min_steps=1, passes=2, patience=None,
+                                                   val_every=1))
     assert model.history["val"][-1][0] == int(np.ceil(2 * adata.n_obs / 64)) == 6
 
 
@@ -485,6 +514,10 @@ def test_config_validation():
         SpackleConfig(passes=0)
     with pytest.raises(ValueError, match="ensemble"):
         SpackleConfig(ensemble=0)
+    with pytest.raises(ValueError, match="min_steps"):
+        SpackleConfig(min_steps=0)
+    with pytest.raises(ValueError, match=r"neighbour_mask_ratio must lie in \[0, 1\]"):
+        SpackleConfig(neighbour_mask_ratio=1.5)
     with pytest.raises(ValueError, match="at least one member"):
         spackle.SpackleEnsemble([])
     with pytest.raises(ValueError, match="multiple of num_heads"):

@@ -7,11 +7,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-MASK_METHODS = ("mask_prob", "prob_median", "scale_factor")
+MASK_METHODS = ("mask_prob", "prob_median", "scale_factor", "uniform")
 TRAIN_ON = ("all", "train")
 LR_SCHEDULES = ("cosine", "constant")
 MIN_AUTO_STEPS = 500
 MAX_AUTO_STEPS = 5000
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "accurate": {"num_layers": 3, "mask_method": "uniform", "neighbour_mask_ratio": 1 / 3, "min_steps": 1000,
+                 "ensemble": 3},
+}
+"""Named starting points for :meth:`SpackleConfig.preset`: the changes each makes to the defaults.
+
+``accurate`` stacks the changes that each lowered the masked MSE a little on the real organoid collections
+(3 encoder layers, one masking rate for every gene, neighbours masked at a third of the spot's rate, at least
+1,000 steps) and averages three networks: 1–2 % lower masked MSE for 3–4 times the training time.
+"""
 
 
 @dataclass(frozen=True)
@@ -33,13 +45,18 @@ class SpackleConfig:
         Dropout inside the encoder layers (training only).
     mask_method, mask_prob
         Training-mask scheme, see :func:`spared.impute.spackle.masking.mask_probabilities`.
+    neighbour_mask_ratio
+        The neighbours' known entries are hidden during training with this fraction of the spot's per-gene
+        probability (``1`` = the same, as in the paper; ``0`` = neighbours always read in full).
     lr, weight_decay, batch_size
         AdamW learning rate and weight decay, and spots per batch.
     max_steps
         The most optimiser steps; ``None`` (default) sizes the budget to the collection:
-        ``passes`` passes over the training spots, at least 500 and at most 5,000 steps (500 for collections
-        up to about 2,100 spots; her2st's 13,000 spots get about 3,000, which it needs: 500 steps leave its
-        masked MSE 5 % higher).
+        ``passes`` passes over the training spots, at least ``min_steps`` and at most 5,000 steps (500 for
+        collections up to about 2,100 spots; her2st's 13,000 spots get about 3,000, which it needs: 500 steps
+        leave its masked MSE 5 % higher).
+    min_steps
+        The fewest steps of the budget sized by ``passes``.
     passes
         Passes over the training spots when ``max_steps`` is ``None``.
     lr_schedule
@@ -100,6 +117,7 @@ class SpackleConfig:
     dropout: float = 0.0
     mask_method: str = "mask_prob"
     mask_prob: float = 0.3
+    neighbour_mask_ratio: float = 1.0
     lr: float = 3e-3
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
@@ -107,6 +125,7 @@ class SpackleConfig:
     batch_size: int = 256
     max_steps: int | None = None
     passes: float = 60.0
+    min_steps: int = MIN_AUTO_STEPS
     train_on: str = "all"
     val_every: int = 10
     val_fraction: float = 0.1
@@ -127,7 +146,7 @@ class SpackleConfig:
 
     def __post_init__(self) -> None:
         positive = ("num_neighs", "num_layers", "num_heads", "batch_size", "val_every", "val_max_spots",
-                    "ensemble")
+                    "ensemble", "min_steps")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -141,6 +160,9 @@ class SpackleConfig:
                              f"got {self.mask_method!r}")
         if not 0 < self.mask_prob <= 1:
             raise ValueError(f"SpackleConfig.mask_prob must lie in (0, 1], got {self.mask_prob}")
+        if not 0 <= self.neighbour_mask_ratio <= 1:
+            raise ValueError(f"SpackleConfig.neighbour_mask_ratio must lie in [0, 1], "
+                             f"got {self.neighbour_mask_ratio}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"SpackleConfig.dropout must lie in [0, 1), got {self.dropout}")
         if isinstance(self.passes, bool) or not isinstance(self.passes, (int, float)) or not self.passes > 0:
@@ -161,6 +183,13 @@ class SpackleConfig:
             raise ValueError(f"SpackleConfig.accelerator must be 'auto', 'cpu', 'gpu' or 'cuda', "
                              f"got {self.accelerator!r}")
 
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> SpackleConfig:
+        """The configuration preset ``name`` describes (see :data:`PRESETS`), with ``changes`` applied on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown SpaCKLE preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **changes})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -180,7 +209,7 @@ class SpackleConfig:
         """Optimiser steps for ``n_spots`` training spots: ``max_steps``, or the budget sized by ``passes``."""
         if self.max_steps is not None:
             return self.max_steps
-        return int(min(MAX_AUTO_STEPS, max(MIN_AUTO_STEPS, math.ceil(self.passes * n_spots / self.batch_size))))
+        return int(min(MAX_AUTO_STEPS, max(self.min_steps, math.ceil(self.passes * n_spots / self.batch_size))))
 
     def width(self, n_genes: int) -> int:
         """Transformer width for ``n_genes`` genes."""

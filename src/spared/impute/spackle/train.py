@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel
 from spared.impute.spackle.config import SpackleConfig
 from spared.impute.spackle.data import Neighbourhoods, held_out_loader, loader, neighbourhoods
 from spared.impute.spackle.inputs import split_rows
-from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, sample_mask
+from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, row_probabilities, sample_mask
 from spared.impute.spackle.model import SpackleEnsemble, SpackleModel, SpackleNetwork
 from spared.training_runtime import quiet_lightning, torch_threads
 
@@ -207,7 +207,9 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
         if held.n_entries == 0:
             raise ValueError(f"the {len(val_spots)} validation spots have no measured value to hold out; SpaCKLE "
                              f"selects its weights on them, so check layers['mask'] of the val split")
-        probs = mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob)
+        probs = row_probabilities(
+            mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob),
+            data.neighbours.shape[1], config.neighbour_mask_ratio)
         val_loader = held_out_loader(train_data, held, max(config.batch_size, 1024))
         scaling = _Scaling(train_data, targets)
         members, history = [], {}
