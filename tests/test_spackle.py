@@ -209,6 +209,7 @@ def test_default_step_budget_is_sized_by_passes_over_the_spots():
     assert SpackleConfig(max_steps=7).steps(10**6) == 7
     assert SpackleConfig(min_steps=1000).steps(1832) == 1000
     assert SpackleConfig(min_steps=1000).steps(13_000) == 3047
+    assert SpackleConfig(min_steps=6000).steps(10**6) == 6000  # the floor wins over the automatic ceiling
     adata = smooth_field(side=8)  # 192 spots, all of them targets
     model = spackle.fit(adata, config=TINY.replace(max_steps=None, min_steps=1, passes=2, patience=None,
                                                    val_every=1))

@@ -56,7 +56,7 @@ class SpackleConfig:
         collections up to about 2,100 spots; her2st's 13,000 spots get about 3,000, which it needs: 500 steps
         leave its masked MSE 5 % higher).
     min_steps
-        The fewest steps of the budget sized by ``passes``.
+        The fewest steps of the budget sized by ``passes`` (it overrides the 5,000-step ceiling).
     passes
         Passes over the training spots when ``max_steps`` is ``None``.
     lr_schedule
@@ -209,7 +209,7 @@ class SpackleConfig:
         """Optimiser steps for ``n_spots`` training spots: ``max_steps``, or the budget sized by ``passes``."""
         if self.max_steps is not None:
             return self.max_steps
-        return int(min(MAX_AUTO_STEPS, max(self.min_steps, math.ceil(self.passes * n_spots / self.batch_size))))
+        return int(max(self.min_steps, min(MAX_AUTO_STEPS, math.ceil(self.passes * n_spots / self.batch_size))))
 
     def width(self, n_genes: int) -> int:
         """Transformer width for ``n_genes`` genes."""
