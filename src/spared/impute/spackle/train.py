@@ -103,7 +103,7 @@ class SpackleTask(L.LightningModule):
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.evaluated.state_dict().items()}
 
     def configure_optimizers(self):
-        # the fused kernel (one pass over all parameters) is ~8 % faster per step on 2 CPU cores
+        # the fused kernel (one pass over all parameters): 5-10 % less time per step on 2 CPU cores
         fused = next(self.network.parameters()).device.type in {"cpu", "cuda"}
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay,
                                       fused=fused or None)
