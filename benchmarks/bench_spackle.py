@@ -12,9 +12,9 @@ For each processed collection (``.h5ad`` paths; default: the shared organoid col
 2. **``spared evaluate-completion`` at its defaults** (all four methods, seed 0): wall time of the command.
 3. **Accuracy** (``--seeds``): masked MSE, PCC-Gene and seconds per method, mean ± std over the seeds, and
    SpaCKLE's MSE reduction versus the adaptive median filter and the k-NN mean (same hidden entries), beside
-   the issue's targets (82.5 % and 25 %) and the Poisson noise floor of the hidden entries
-   (:func:`poisson_floor`): no method can go much below it, so a target that needs an MSE under the floor is
-   out of reach for any method.
+   the issue's targets (82.5 % and 25 %) and the counting-noise floor of the hidden entries
+   (:func:`spared.impute.noise_floor.noise_floor`, reported by ``evaluate-completion``): no method can go much
+   below it, so a target that needs an MSE under the floor is out of reach for any method.
 
 ``--scaling`` instead measures throughput and memory growth on simulated collections of 10k–50k spots.
 
@@ -211,9 +211,14 @@ def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None, ense
                  for m in ("MSE", "PCC-Gene", "seconds")]
         print(f"  {method:<10}{cells[0]:>18}{cells[1]:>18}{cells[2]:>20}")
     mse = table.pivot(index="seed", columns="method", values="MSE")
-    floor = poisson_floor(path, seeds[0])
-    print(f"  Poisson noise floor of the hidden entries (seed {seeds[0]}): "
-          + ("n/a (no counts/tpm layers)" if floor is None else f"MSE {floor:.3f}"))
+    floors = table.groupby("seed")["noise_floor"].first()
+    floor = None if floors.isna().any() else float(floors.mean())
+    if floor is None:
+        print("  counting-noise floor of the hidden entries: n/a (no counts/tpm layers)")
+    else:
+        ratio = (mse["spackle"] / floors).mean() if "spackle" in mse.columns else float("nan")
+        print(f"  counting-noise floor of the hidden entries (spared.impute.noise_floor): MSE {floor:.3f}; "
+              f"SpaCKLE at {ratio:.2f}x the floor")
     for other, target in TARGETS.items():
         if {"spackle", other} <= set(mse.columns):
             gain = 1 - mse["spackle"] / mse[other]
@@ -221,44 +226,6 @@ def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None, ense
             print(f"  SpaCKLE vs {other}: {gain.mean():.1%} ± {gain.std() if len(gain) > 1 else 0:.1%} lower MSE "
                   f"(per seed {', '.join(f'{g:.1%}' for g in gain)}); the {target:.1%} target needs MSE "
                   f"<= {needed:.3f}" + ("" if floor is None else f" ({needed / floor:.2f}x the noise floor)"))
-
-
-def poisson_floor(path: Path, seed: int = 0, draws: int = 400) -> float | None:
-    """Masked MSE left by counting noise alone: what an oracle knowing every hidden entry's rate would score.
-
-    Each hidden entry is ``log2(s·C + 1)`` of a count ``C`` (``s``: its TPM per count), mapped to the completed
-    layer by ComBat's per-slide, per-gene scale (estimated as the ratio of the real values' standard deviations
-    in ``c_d_log1p`` and ``d_log1p``). With ``C ~ Poisson(λ)``, conditioned on ``C >= 1`` as a real entry is,
-    and ``λ`` set to the observed count, the variance of that value is the error the best prediction from
-    the rate still makes; its mean over the hidden entries (:func:`spared.impute.evaluate.hide_values`, the
-    same entries as the evaluation) is returned. Real counts vary more than Poisson ones, so this is a low
-    estimate of the floor. ``None`` when the collection lacks a layer it needs.
-    """
-    import anndata as ad
-    import numpy as np
-    import pandas as pd
-
-    from spared.data_model import dense
-    from spared.impute.evaluate import hide_values
-
-    adata = ad.read_h5ad(path)
-    if not {"counts", "tpm", "d_log1p", "c_d_log1p"} <= set(adata.layers):
-        return None
-    hidden = hide_values(adata, 0.1, seed)
-    real = dense(adata.layers["mask"]).astype(bool)
-    rows, cols = np.nonzero(hidden)
-    counts = dense(adata.layers["counts"])[rows, cols].astype(np.float64)
-    per_count = dense(adata.layers["tpm"])[rows, cols] / counts
-    slides = np.asarray(adata.obs["slide_id"])
-    scales = np.ones(real.shape)
-    for layer, sign in (("c_d_log1p", 1), ("d_log1p", -1)):
-        values = pd.DataFrame(np.where(real, dense(adata.layers[layer]), np.nan))
-        scales *= values.groupby(slides).transform("std").to_numpy() ** sign
-    scales = np.where(np.isfinite(scales), scales, 1.0)
-    rng = np.random.default_rng(seed)
-    sampled = rng.poisson(np.repeat(counts[:, None], draws, axis=1))
-    logs = np.where(sampled >= 1, np.log2(per_count[:, None] * sampled + 1), np.nan)
-    return float(np.mean(np.nanvar(logs, axis=1) * scales[rows, cols] ** 2))
 
 
 def scaling(quick: bool, steps: int) -> None:

@@ -17,9 +17,11 @@ from organoids import ORGANOIDS, organoid_h5ad
 
 #: SpaCKLE's masked MSE must be at least this much lower than each baseline's (same hidden entries). Measured at
 #: the defaults over seeds 0–2: vs the k-NN mean 22.9–24.5 % (lung) and 31.6–33.2 % (kidney); vs the median filter
-#: 76.7–79.1 % (lung) and 83.2–85.0 % (kidney). The issue's 25 % / 82.5 % are not met on lung: its hidden entries'
-#: Poisson noise floor (MSE 0.41, ``benchmarks/bench_spackle.py``) is above the 0.38 that 82.5 % would need.
+#: 76.7–79.1 % (lung) and 83.2–85.0 % (kidney). The issue's 25 % / 82.5 % are not met on lung: the counting-noise
+#: floor of its hidden entries (MSE 0.40, :mod:`spared.impute.noise_floor`) is above the 0.38 that 82.5 % needs.
 MARGINS = {"knn": 0.20, "median": 0.75}
+#: ... and at most this multiple of that floor (measured 1.20–1.23x on both organoids, 1.15x on her2st).
+FLOOR_RATIO = 1.3
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +47,15 @@ def default_tables(organoid_files):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", list(ORGANOIDS))
-def test_spackle_defaults_beat_knn_and_median_on_real_organoids(default_tables, key):
+def test_spackle_defaults_beat_knn_and_median_and_near_the_noise_floor_on_real_organoids(default_tables, key):
     table = default_tables(key)
     mse = table.set_index("method")["MSE"]
     print(key, table[["method", "MSE", "PCC-Gene", "seconds"]].to_string())
     for baseline, margin in MARGINS.items():
         assert mse["spackle"] <= (1 - margin) * mse[baseline], (
             f"{key}: SpaCKLE {mse['spackle']:.3f} is not {margin:.1%} below {baseline} {mse[baseline]:.3f}")
+    floor = table.set_index("method")["noise_floor"]["spackle"]
+    assert mse["spackle"] <= FLOOR_RATIO * floor, f"{key}: SpaCKLE {mse['spackle']:.3f} vs noise floor {floor:.3f}"
 
 
 @pytest.mark.slow

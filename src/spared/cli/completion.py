@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from spared.cli.app import app, console, writable_file
-from spared.cli.processing import fail, read_h5ad, write_h5ad
+from spared.cli.processing import fail, noise_floor_line, read_h5ad, write_h5ad
 from spared.impute.spackle.config import MIN_AUTO_STEPS, PRESETS, SpackleConfig
 
 _METHODS = ("spackle", "median", "mean", "knn")
@@ -148,4 +148,5 @@ def evaluate_completion(
         out.add_row(rec["method"], rec["target"], str(rec["n_entries"]),
                     *("n/a" if rec[m] is None else f"{rec[m]:.4f}" for m in _SHOWN_METRICS),
                     f"{rec['seconds']:.1f}")
+    out.caption = noise_floor_line(table)
     console.print(out)

@@ -224,3 +224,17 @@ def print_completion(table) -> None:
         console.print("SpaCKLE's masked MSE is " + "; ".join(
             f"{1 - masked['spackle'] / masked[m]:.1%} lower than {labels[m]}'s ({masked['spackle']:.3f} vs "
             f"{masked[m]:.3f})" for m in shown) + ".")
+    floor = noise_floor_line(table)
+    if floor:
+        console.print(floor)
+
+
+def noise_floor_line(table) -> str | None:
+    """One sentence on the hidden entries' counting-noise floor (``evaluate``'s ``noise_floor``), if known."""
+    if "noise_floor" not in table:
+        return None
+    floors = table.loc[table["target"] == "masked", "noise_floor"].dropna()
+    if floors.empty:
+        return None
+    return (f"counting-noise floor of the hidden entries: MSE {floors.iloc[0]:.4f} (what an oracle knowing each "
+            f"entry's expected count would score; no method can go much below it)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBMODULES = ("baselines", "evaluate", "median", "spackle")
+_SUBMODULES = ("baselines", "evaluate", "median", "noise_floor", "spackle")
 
 __all__ = list(_SUBMODULES)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import anndata as ad
@@ -90,7 +91,10 @@ def evaluate(
     Returns
     -------
     One row per method and target: ``method``, ``target``, ``n_entries``, ``seconds`` (fit + complete),
-    then the metrics (``MSE``, ``MAE``, ``PCC-Gene``, ``PCC-Patch``, ...).
+    then the metrics (``MSE``, ``MAE``, ``PCC-Gene``, ``PCC-Patch``, ...), and ``noise_floor``: on the
+    ``"masked"`` rows, the counting-noise floor of the hidden entries (:func:`spared.impute.noise_floor.noise_floor`,
+    the MSE an oracle knowing every entry's expected count would still make; NaN when the collection lacks
+    the ``counts``/``tpm`` layers or ``layer`` is not an affine map of ``log2(tpm + 1)``).
     """
     from spared.metrics import compute
 
@@ -108,6 +112,7 @@ def evaluate(
         held_out = np.zeros(adata.n_obs, dtype=bool)
         held_out[split_rows(adata, split_key, EVAL_SPLITS)] = True
         targets.append(("vs truth", dense(adata.layers[truth_layer]), ~real & held_out[:, None]))
+    floor = _floor_or_nan(adata, hidden, layer, spackle_config)
     rows = []
     for method in methods:
         impl = make_method(method, spackle_config) if isinstance(method, str) else method
@@ -119,8 +124,23 @@ def evaluate(
         prediction = dense(data.layers[PREDICTION_KEY])
         for target, truth, scored in targets:
             rows.append({"method": impl.name, "target": target, "n_entries": int(scored.sum()),
-                         "seconds": seconds, **compute(truth, prediction, scored)})
+                         "seconds": seconds, **compute(truth, prediction, scored),
+                         "noise_floor": floor if target == "masked" else np.nan})
     return pd.DataFrame(rows)
+
+
+def _floor_or_nan(adata, hidden: np.ndarray, layer: str, spackle_config: SpackleConfig | None) -> float:
+    """The hidden entries' counting-noise floor, or NaN (with a warning when it should exist but cannot)."""
+    from spared.impute.noise_floor import noise_floor
+
+    if not {"counts", "tpm"} <= set(adata.layers):
+        return np.nan
+    slide_key = (spackle_config or SpackleConfig()).slide_key
+    try:
+        return noise_floor(adata, hidden, layer, slide_key)
+    except ValueError as exc:
+        warnings.warn(f"no counting-noise floor for the hidden entries: {exc}", UserWarning, stacklevel=3)
+        return np.nan
 
 
 def evaluate_fractions(adata, fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.4),
