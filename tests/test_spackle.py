@@ -251,9 +251,9 @@ def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
         assert torch.equal(x, y), name  # member 0 is the single model of the same seed
     assert not torch.equal(members[1].head.weight, members[0].head.weight)
     # the ensemble fills each missing entry with the mean of what its members fill in
-    each = [spackle.complete(adata.copy(), spackle.SpackleModel(m, cfg, model.genes)).layers["c_t_log1p"]
+    each = [spackle.complete(adata, spackle.SpackleModel(m, cfg, model.genes), copy=True).layers["c_t_log1p"]
             for m in members]
-    completed = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    completed = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
     np.testing.assert_allclose(completed, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
     # its validation MSE is the averaged prediction's, on the held-out entries every member was selected on
     data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs, depth_key=cfg.depth_key)
@@ -269,7 +269,7 @@ def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
     path = model.save(tmp_path / "ens")
     loaded = spackle.load(path)
     assert loaded.config.ensemble == 3
-    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"], completed)
+    np.testing.assert_array_equal(spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"], completed)
     meta = json.loads((path / "config.json").read_text())
     meta["config"]["ensemble"] = 2
     (path / "config.json").write_text(json.dumps(meta))
@@ -315,7 +315,7 @@ def test_complete_replaces_only_missing_entries(trained):
     adata, model = trained
     adata.layers["c_d_log1p_64"] = adata.layers["c_d_log1p"].astype(np.float64)
     for layer in ("c_d_log1p", "c_d_log1p_64"):
-        out = spackle.complete(adata, model, layer=layer, key_added="done").layers["done"]
+        out = spackle.complete(adata, model, layer=layer, key_added="done", copy=True).layers["done"]
         real = adata.layers["mask"]
         assert out.dtype == adata.layers[layer].dtype
         np.testing.assert_array_equal(out[real].view(np.uint8), adata.layers[layer][real].view(np.uint8))
@@ -340,11 +340,11 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
     assert (path / "model.safetensors").is_file()
     loaded = spackle.load(path)
     assert loaded.config == model.config and loaded.genes == model.genes
-    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
-    again = spackle.complete(adata.copy(), loaded).layers["c_t_log1p"]
+    first = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
+    again = spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"]
     np.testing.assert_array_equal(first, again)
     shuffled = adata[:, adata.var_names[::-1]].copy()
-    np.testing.assert_array_equal(spackle.complete(shuffled, loaded).layers["c_t_log1p"], first[:, ::-1])
+    np.testing.assert_array_equal(spackle.complete(shuffled, loaded, copy=True).layers["c_t_log1p"], first[:, ::-1])
     model.save(path)  # overwriting a checkpoint is allowed and leaves no temporary folder behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
@@ -360,18 +360,18 @@ def test_a_version_1_checkpoint_loads_with_the_settings_it_implied(trained, tmp_
     loaded = spackle.load(path)
     assert (loaded.config.relative_positions, loaded.config.ema_decay, loaded.config.lr_schedule) == (
         False, None, "constant")
-    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"],
-                                  spackle.complete(adata.copy(), model).layers["c_t_log1p"])
+    np.testing.assert_array_equal(spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"],
+                                  spackle.complete(adata, model, copy=True).layers["c_t_log1p"])
 
 
 def test_sequencing_depth_is_read_for_every_row_and_checked(trained):
     adata, model = trained
     assert model.config.depth_key == "offpanel_counts" and model.network.depth_input
-    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    first = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
     deeper = adata.copy()
     deeper.obs["offpanel_counts"] *= 50
     missing = ~adata.layers["mask"]
-    assert not np.allclose(spackle.complete(deeper, model).layers["c_t_log1p"][missing], first[missing])
+    assert not np.allclose(spackle.complete(deeper, model, copy=True).layers["c_t_log1p"][missing], first[missing])
     absent = adata.copy()
     del absent.obs["offpanel_counts"]
     with pytest.raises(KeyError, match="offpanel_counts"):
@@ -432,11 +432,11 @@ def test_visual_features_are_an_optional_extra_token(tmp_path):
     model = spackle.fit(adata, config=TINY.replace(max_steps=5, visual_key="patch_emb"))
     assert model.visual_dim == 5 and model.network.visual.in_features == 5
     loaded = spackle.load(model.save(tmp_path / "v"))
-    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
-    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"], first)
+    first = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
+    np.testing.assert_array_equal(spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"], first)
     shifted = adata.copy()
     shifted.obsm["patch_emb"] = shifted.obsm["patch_emb"] + 3
-    assert not np.array_equal(spackle.complete(shifted, model).layers["c_t_log1p"], first)
+    assert not np.array_equal(spackle.complete(shifted, model, copy=True).layers["c_t_log1p"], first)
     del adata.obsm["patch_emb"]
     with pytest.raises(KeyError, match="patch_emb"):
         spackle.complete(adata, model)

@@ -115,7 +115,8 @@ def _build(read_raw: Callable[[], Any], cfg: ProcessingConfig, dataset: str, h5a
            patches: bool, sources: list[dict[str, Any]], progress: bool, allow_non_integer: bool = False) -> Any:
     from spared.pp import process
 
-    adata = process(read_raw(), cfg, progress=progress, dataset=dataset, allow_non_integer=allow_non_integer)
+    adata = read_raw()
+    process(adata, cfg, progress=progress, dataset=dataset, allow_non_integer=allow_non_integer)
     adata.uns["spared"]["sources"] = {"url": [s.get("url", "") for s in sources],
                                       "sha256": [s.get("sha256") or "" for s in sources],
                                       "check": [s.get("state", "") for s in sources]}

@@ -416,9 +416,9 @@ def _simulated(params: dict[str, Any], path: Path):
                        f"{sorted(sim_keys)}, processing {sorted(proc_keys - {'extra'})}")
     raw = make_collection(**{k: v for k, v in params.items() if k in sim_keys})
     config = ProcessingConfig(complete_missing=True).replace(**{k: v for k, v in params.items() if k in proc_keys})
-    adata = process(raw, config, progress=False, dataset=SIMULATED)
-    write_h5ad(adata, path)
-    return adata
+    process(raw, config, progress=False, dataset=SIMULATED)
+    write_h5ad(raw, path)
+    return raw
 
 
 def _read_h5ad(path: Path):

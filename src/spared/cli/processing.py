@@ -92,11 +92,11 @@ def process(
     cfg = load_config(config, set_)
     adata = read_h5ad(Path(input))
     try:
-        result = run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
+        run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
     except (ValidationError, ValueError, KeyError) as exc:
         raise fail(str(exc).strip("'\"")) from exc
-    write_h5ad(result, out)
-    print_summary(result)
+    write_h5ad(adata, out)
+    print_summary(adata)
     console.print(f"wrote {out}")
 
 
@@ -168,7 +168,7 @@ def demo(
 
     console.rule("2. process: SpaRED protocol + SpaCKLE completion")
     cfg = ProcessingConfig(top_moran_genes=64, spackle_max_steps=spackle_steps, seed=seed)
-    processed = run_protocol(raw, cfg, progress=True, dataset="simulated")
+    processed = run_protocol(raw, cfg, progress=True, dataset="simulated", copy=True)
     print_summary(processed)
     data_path = write_h5ad(processed, out / "simulated.h5ad")
 

@@ -206,11 +206,11 @@ class SpackleModel:
                 "best_val_mse": self.best_val_mse}
 
     def complete(self, adata, layer: str | None = None, key_added: str = "c_t_log1p",
-                 batch_size: int = 1024, device: str | None = None):
+                 batch_size: int = 1024, device: str | None = None, copy: bool = False):
         """Shortcut for :func:`spared.impute.spackle.complete` (``layer`` defaults to the training layer)."""
         from spared.impute.spackle.completion import complete
 
-        return complete(adata, self, layer or self.layer, key_added, batch_size, device)
+        return complete(adata, self, layer or self.layer, key_added, batch_size, device, copy)
 
     def save(self, path: str | Path) -> Path:
         """Shortcut for :func:`spared.impute.spackle.save`."""
