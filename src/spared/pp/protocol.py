@@ -76,10 +76,11 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     :class:`~spared.data_model.ValidationError`: start again from the raw collection), the data model
     (:func:`spared.validate`), that ``X`` holds integer counts (else a
     :class:`~spared.data_model.ValidationError`; ``allow_non_integer=True`` processes the values anyway with a
-    warning) and that the train split has spots (the deltas' reference; again after the spot filter). A collection without val/test slides (one slide, one sample) is completed too: SpaCKLE then selects
-    its weights on held-out blocks of its own spots (:func:`spared.impute.spackle.fit`). The steps run on a
-    working copy, so an error leaves ``adata`` as it was even with ``copy=False``. Warnings raised by the steps
-    (genes missing from the annotation, ...) are re-emitted and kept in ``uns['spared']['input_warnings']``.
+    warning) and that the train split has spots (the deltas' reference; again after the spot filter). A
+    collection without val/test slides (one slide, one sample) is completed too: SpaCKLE then selects its
+    weights on held-out blocks of its own spots (:func:`spared.impute.spackle.fit`). The steps run on a working
+    copy, so an error leaves ``adata`` as it was even with ``copy=False``. Warnings raised by the steps (genes
+    missing from the annotation, ...) are re-emitted and kept in ``uns['spared']['input_warnings']``.
     """
     from spared import __version__
     from spared.data_model import ValidationError, check_not_processed, check_splits, count_problem, dense, validate
