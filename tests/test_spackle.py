@@ -169,12 +169,12 @@ def test_fit_never_reads_unknown_entries():
 
 def test_validation_entries_are_held_out_of_training():
     from spared.impute.spackle.data import neighbourhoods
-    from spared.impute.spackle.train import _split_spots
+    from spared.impute.spackle.selection import selection_spots
 
     adata = smooth_field(side=8, seed=6)
     cfg = TINY.replace(max_steps=10, val_fraction=0.2)
     data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs)
-    _, val_spots = _split_spots(adata, cfg)
+    val_spots = selection_spots(adata, cfg).validation
     reduced, held = data.hold_out(val_spots, cfg.val_fraction, cfg.seed)
     known_val = data.real[val_spots]
     assert held.n_entries == round(0.2 * int(known_val.sum())) and not (held.hidden & ~known_val).any()
@@ -482,11 +482,51 @@ def test_small_and_single_spot_slides_are_rejected(trained):
         spackle.complete(single, model)
 
 
-def test_missing_splits_are_rejected():
-    adata = smooth_field(side=6)
-    adata.obs["split"] = "train"
-    with pytest.raises(ValueError, match="'val' or 'test'"):
-        spackle.fit(adata, config=TINY)
+def test_held_out_blocks_are_square_separated_and_sized():
+    from spared.impute.spackle.selection import BLOCK_SIDE, held_out_blocks
+
+    rows, cols = np.meshgrid(np.arange(60), np.arange(60), indexing="ij")
+    hexagonal = np.column_stack([cols.ravel() + 0.5 * (rows.ravel() % 2), rows.ravel() * np.sqrt(3) / 2]) * 137.0
+    coords = np.vstack([hexagonal, hexagonal[:900] + 5.0])  # two slides, the second a smaller piece
+    slides = np.repeat(["a", "b"], [3600, 900])
+    blocks = held_out_blocks(slides, coords, 0.15, seed=3)
+    for slide in ("a", "b"):
+        held = (blocks[slides == slide] >= 0).mean()
+        assert 0.15 <= held <= 0.30, (slide, held)
+    labels = np.unique(blocks[blocks >= 0])
+    assert len(labels) >= 4 and set(np.unique(blocks[slides == "a"])) & set(np.unique(blocks[slides == "b"])) == {-1}
+    spacing = 137.0
+    for i, first in enumerate(labels):  # plain loop: spots of two blocks are at least a block side apart
+        a = coords[blocks == first]
+        assert np.ptp(a, axis=0).max() <= BLOCK_SIDE * spacing  # a block fits in one cell
+        for second in labels[i + 1:]:
+            if slides[blocks == first][0] != slides[blocks == second][0]:
+                continue
+            b = coords[blocks == second]
+            gap = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min()
+            assert gap > BLOCK_SIDE * spacing * 0.99
+    again = held_out_blocks(slides, coords, 0.15, seed=3)
+    np.testing.assert_array_equal(again, blocks)  # seeded
+
+
+def test_single_slide_selects_on_held_out_blocks_and_says_so():
+    from spared.impute.spackle.selection import selection_spots
+
+    adata = smooth_field(n_slides=1, side=24, seed=2)
+    adata.obs["split"] = "train"  # one sample: no val/test slide
+    with pytest.warns(UserWarning, match="no val/test slide: SpaCKLE selects its weights on .* blocks"):
+        chosen = selection_spots(adata, TINY)
+    assert np.intersect1d(chosen.targets, chosen.validation).size == 0  # held-out spots are never targets
+    np.testing.assert_array_equal(np.union1d(chosen.targets, chosen.validation), np.arange(adata.n_obs))
+    with pytest.warns(UserWarning, match="no val/test slide"):
+        model = spackle.fit(adata, config=TINY)
+    assert "blocks held out of 1 slide" in model.selection and np.isfinite(model.best_val_mse)
+    completed = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
+    assert np.isfinite(completed).all()
+    tiny = smooth_field(n_slides=1, side=6)
+    tiny.obs["split"] = "train"
+    with pytest.raises(ValueError, match="too few to hold out a block"):
+        spackle.fit(tiny, config=TINY)
     adata.obs["split"] = "val"
     with pytest.raises(ValueError, match="== 'train'"):
         spackle.fit(adata, config=TINY.replace(train_on="train"))

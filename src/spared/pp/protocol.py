@@ -153,6 +153,9 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
                                              progress=None if progress else False)
             model = spackle.fit(a, layer="c_d_log1p", config=settings)
             spackle.complete(a, model, layer="c_d_log1p", key_added="c_t_log1p")
+            a.uns.setdefault("spared", {})["completion"] = {
+                "method": "spackle", "layer": "c_d_log1p", "key_added": "c_t_log1p", "selection": model.selection,
+                "best_step": int(model.best_step or 0), "best_val_mse": float(model.best_val_mse or np.nan)}
 
     def spot_filter(a):
         filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)
