@@ -116,3 +116,33 @@ def test_patches_of_a_collection_never_written_are_cached_in_the_data_folder(tmp
     assert first.path.is_relative_to(tmp_path / "data" / "patches") and first.path.name == "patches_8_1.h5"
     assert patch_store(adata.copy(), 8, 1.0).path == first.path  # same spots and images: found again
     assert len(list((tmp_path / "data" / "patches").iterdir())) == 1
+
+
+def test_info_describes_a_processed_file_and_a_raw_one(processed, tmp_path):
+    import json
+
+    result = runner.invoke(app, ["info", str(processed), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["kind"] == "processed" and summary["spots"] > 0 and summary["genes"] == 16
+    assert {row["slide"] for row in summary["slides"]} == {"slide0", "slide1"}
+    assert set(summary["splits"]) <= {"train", "val", "test"} and summary["splits"]["train"]["slides"] >= 1
+    layers = {row["name"]: row["meaning"] for row in summary["layers"]}
+    assert layers["c_d_log1p"].startswith("d_log1p after ComBat") and "mask" in layers
+    assert layers["noisy_c_d_log1p"].startswith("c_d_log1p with missing entries")
+    assert 0 < summary["missing"]["kept_genes"] < 1 and summary["missing"]["raw_all_genes"] > 0
+    assert summary["processing"]["parameters"]["top_moran_genes"] == 16 and summary["processing"]["preset"]
+    assert summary["patches"] == {**summary["patches"], "recorded": True, "present": True, "size": 16}
+    assert summary["completion"] is None  # processed with complete_missing=false
+    text = runner.invoke(app, ["info", str(processed)])
+    assert text.exit_code == 0 and "layers" in text.output and "present" in text.output, text.output
+    alone = tmp_path / "alone.h5ad"
+    shutil.copy2(processed, alone)  # without its store
+    summary = json.loads(runner.invoke(app, ["info", str(alone), "--json"]).output)
+    assert summary["patches"]["present"] is False and summary["patches"]["path"].endswith("sample.patches.h5")
+    assert "MISSING" in runner.invoke(app, ["info", str(alone)]).output
+    raw = tmp_path / "raw.h5ad"
+    make_collection(n_slides=1, n_spots=50, n_genes=40, seed=7).write_h5ad(raw)
+    summary = json.loads(runner.invoke(app, ["info", str(raw), "--json"]).output)
+    assert summary["kind"] == "raw" and summary["processing"] is None and summary["patches"] == {"recorded": False}
+    assert summary["slides"][0]["image"] == "hires" and 0 < summary["missing"]["X_zero_fraction"] < 1
