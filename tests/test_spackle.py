@@ -219,14 +219,14 @@ def test_default_step_budget_is_sized_by_passes_over_the_spots():
 def test_the_weights_returned_score_the_best_validation_mse():
     """The model returned (moving average of the weights, cosine schedule: the defaults) is the best validated one."""
     from spared.impute.spackle.data import held_out_loader, neighbourhoods
-    from spared.impute.spackle.train import _split_spots
+    from spared.impute.spackle.selection import selection_spots
 
     adata = smooth_field(side=8, seed=8)
     cfg = TINY.replace(max_steps=40, val_every=10, patience=None, lr=3e-2)
     model = spackle.fit(adata, config=cfg)
     assert model.best_val_mse == min(mse for _, mse in model.history["val"])
     data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs, depth_key=cfg.depth_key)
-    reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
+    reduced, held = data.hold_out(selection_spots(adata, cfg).validation, cfg.val_fraction, cfg.seed)
     sse, count = 0.0, 0
     with torch.no_grad():
         for batch in held_out_loader(reduced, held, 1024):
@@ -238,7 +238,7 @@ def test_the_weights_returned_score_the_best_validation_mse():
 
 def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
     from spared.impute.spackle.data import held_out_loader, neighbourhoods
-    from spared.impute.spackle.train import _split_spots
+    from spared.impute.spackle.selection import selection_spots
 
     adata = smooth_field(side=8, seed=4)
     cfg = TINY.replace(max_steps=20)
@@ -257,7 +257,7 @@ def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
     np.testing.assert_allclose(completed, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
     # its validation MSE is the averaged prediction's, on the held-out entries every member was selected on
     data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs, depth_key=cfg.depth_key)
-    reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
+    reduced, held = data.hold_out(selection_spots(adata, cfg).validation, cfg.val_fraction, cfg.seed)
     sse, count = 0.0, 0
     with torch.no_grad():
         for batch in held_out_loader(reduced, held, 1024):
