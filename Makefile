@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spared-installed
 export SPARED_REALDATA ?= $(abspath ../shared/realdata)
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser demo test lint bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ browser:
 
 test: install browser
 	$(PY) -m pytest -q
+	$(MAKE) docs
+
+# The docs site (MkDocs + mkdocstrings, offline) into site/, strict: a broken link or reference fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts
@@ -39,4 +44,4 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf demo_output .pytest_cache .ruff_cache
+	rm -rf demo_output site .pytest_cache .ruff_cache

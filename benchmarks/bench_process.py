@@ -23,7 +23,7 @@ t0 = time.perf_counter()
 raw = make_collection(n_slides=args["slides"], n_spots=args["spots"], n_genes=args["genes"], seed=0)
 t1 = time.perf_counter()
 rss_sim = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-out = process(raw, ProcessingConfig(complete_missing=False), progress=False)
+out = process(raw, ProcessingConfig(complete_missing=False), progress=False, copy=True)
 t2 = time.perf_counter()
 steps = step_table(out)
 print(json.dumps({"simulate_s": t1 - t0, "process_s": t2 - t1, "rss_after_simulate_gib": rss_sim,

@@ -98,12 +98,12 @@ def simulated() -> ad.AnnData:
 
 def to_log1p(raw: ad.AnnData, cfg: ProcessingConfig) -> ad.AnnData:
     """spared's SpaRED steps from raw counts up to the ``log1p`` layer (the median filter's input)."""
-    a = filter_spots(raw, cfg.cell_min_counts, cfg.cell_max_counts)
+    a = filter_spots(raw, cfg.cell_min_counts, cfg.cell_max_counts, copy=True)
     expression_fractions(a, cfg.slide_key)
-    a = filter_genes(a, cfg.gene_min_counts, cfg.gene_max_counts, cfg.min_exp_frac, cfg.min_glob_exp_frac,
-                     cfg.real_data_percentage, cfg.wildcard_genes, cfg.slide_key)
+    filter_genes(a, cfg.gene_min_counts, cfg.gene_max_counts, cfg.min_exp_frac, cfg.min_glob_exp_frac,
+                 cfg.real_data_percentage, cfg.wildcard_genes, cfg.slide_key)
     a.layers["counts"] = a.X.copy()
-    a = tpm(a, cfg.organism, layer="counts", key_added="tpm")
+    tpm(a, cfg.organism, layer="counts", key_added="tpm")
     log1p(a, "tpm", "log1p")
     dense = a.layers["log1p"].toarray() if hasattr(a.layers["log1p"], "toarray") else a.layers["log1p"]
     out = ad.AnnData(obs=a.obs[["slide_id"]].copy(), var=a.var[[]].copy(),

@@ -54,7 +54,8 @@ def organoid_h5ad(key: str, cache_dir: str | Path = DEFAULT_CACHE, root: str | P
     spec = load_spec(key)
     slides = [{"id": s.id, "patient": s.patient, "split": s.split, "path": s.id} for s in spec.slides]
     raw = read(spec.format, folder, slides, spec.organism)
-    processed = process(raw, spec.processing_config().replace(complete_missing=False), progress=False, dataset=key)
+    processed = process(raw, spec.processing_config().replace(complete_missing=False), progress=False, dataset=key,
+                        copy=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_h5ad(processed, path)
     return path

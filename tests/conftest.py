@@ -25,7 +25,7 @@ def processed_small(raw_small):
     from spared.config import ProcessingConfig
     from spared.pp import process
 
-    return process(raw_small, ProcessingConfig(top_moran_genes=32, complete_missing=False), progress=False)
+    return process(raw_small, ProcessingConfig(top_moran_genes=32, complete_missing=False), progress=False, copy=True)
 
 
 @pytest.fixture(scope="session")

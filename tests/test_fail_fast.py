@@ -126,8 +126,8 @@ def test_existing_checkpoint_folder_is_refused_before_training(raw_file, tmp_pat
     assert (existing / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("splits", [("train",), ("train", "train")], ids=["one slide", "no held-out slide"])
-def test_a_split_spackle_cannot_use_is_refused_before_processing(tmp_path, no_work, splits):
+@pytest.mark.parametrize("splits", [("val",), ("val", "test")], ids=["one val slide", "no train slide"])
+def test_a_collection_without_train_spots_is_refused_before_processing(tmp_path, no_work, splits):
     raw = make_collection(n_slides=len(splits), n_spots=60, n_genes=40, seed=0)
     raw.obs["split"] = raw.obs["slide_id"].map(dict(zip(sorted(raw.obs["slide_id"].unique()), splits,
                                                         strict=True))).astype(str)
@@ -135,8 +135,8 @@ def test_a_split_spackle_cannot_use_is_refused_before_processing(tmp_path, no_wo
     raw.write_h5ad(path)
     result = runner.invoke(app, ["process", str(path), str(tmp_path / "out.h5ad")])
     assert result.exit_code == 1 and no_traceback(result), result.output
-    assert "val" in said(result) and "complete_missing=false" in said(result)
-    with pytest.raises(ValueError, match="val"):
+    assert "train split" in said(result) and "'train'" in said(result)
+    with pytest.raises(ValueError, match="train split"):
         spared.pp.process(raw, progress=False)
 
 
@@ -219,14 +219,14 @@ def test_zero_spot_collection_cli(tmp_path, processed_small):
     assert not (tmp_path / "out.h5ad").exists()
 
 
-def test_spot_filter_removing_a_held_out_slide_is_named_early(no_work_after_spot_filter):
+def test_spot_filter_removing_the_train_slides_is_named_early(no_work_after_spot_filter):
     raw = make_collection(n_slides=3, n_spots=60, n_genes=40, seed=0)
     counts = raw.X.toarray()
-    held_out = raw.obs["split"].isin(["val", "test"]).to_numpy()
-    counts[held_out] = 0
-    counts[held_out, 0] = 3  # every val/test spot has 3 counts: below cell_min_counts=5
+    train = (raw.obs["split"] == "train").to_numpy()
+    counts[train] = 0
+    counts[train, 0] = 3  # every train spot has 3 counts: below cell_min_counts=5
     raw.X = sp.csr_matrix(counts)
-    with pytest.raises(ValueError, match=r"after the spot filter \(cell_min_counts=5"):
+    with pytest.raises(ValueError, match=r"train split after the spot filter \(cell_min_counts=5"):
         spared.pp.process(raw, spared.config.ProcessingConfig(cell_min_counts=5), progress=False)
 
 

@@ -23,7 +23,7 @@ def test_symbol_indexed_collection_keeps_its_genes(raw_small, processed_small):
     """The same collection indexed by symbols processes to the same genes and layers (it kept 2 of 128 before)."""
     raw = symbol_indexed(raw_small)
     assert not raw.var_names.str.startswith("ENSG").all()
-    out = process(raw, ProcessingConfig(top_moran_genes=32, complete_missing=False), progress=False)
+    out = process(raw, ProcessingConfig(top_moran_genes=32, complete_missing=False), progress=False, copy=True)
     assert list(out.var_names) == list(processed_small.var_names)
     np.testing.assert_array_equal(out.layers["d_log1p"], processed_small.layers["d_log1p"])
     report = out.uns["spared"]["genes"]
@@ -50,7 +50,7 @@ def test_ensembl_ids_maps_symbols_merges_duplicates_and_reports():
     adata = small_collection(names)
     adata.var["gene_symbol"] = symbols_for
     with pytest.warns(GeneMappingWarning, match=r"5 of 6 genes \(83.3%\).*NOT_A_GENE.*TBCE -> ENSG00000284770"):
-        out = ensembl_ids(adata, "human")
+        out = ensembl_ids(adata, "human", copy=True)
     assert list(out.var_names) == ["ENSG00000141510", "ENSG00000111640", "ENSG00000015479", "ENSG00000284770"]
     assert list(out.var["gene_symbol"]) == ["TP53", "GAPDH", "MATR3", "TBCE"]
     x = adata.X.toarray()
@@ -66,10 +66,11 @@ def test_ensembl_ids_maps_symbols_merges_duplicates_and_reports():
 def test_ids_column_wins_and_ensembl_collections_pass_unchanged(raw_small):
     """scanpy's read_visium layout: symbols as var_names, ids in var['gene_ids']."""
     adata = small_collection(["TP53", "GAPDH"], gene_ids=["ENSG00000141510", "ENSG00000111640"])
-    out = ensembl_ids(adata, "human")
-    assert list(out.var_names) == ["ENSG00000141510", "ENSG00000111640"]
-    assert list(out.var["gene_symbol"]) == ["TP53", "GAPDH"]
-    assert ensembl_ids(raw_small, "human") is raw_small
+    assert ensembl_ids(adata, "human") is None  # in place
+    assert list(adata.var_names) == ["ENSG00000141510", "ENSG00000111640"]
+    assert list(adata.var["gene_symbol"]) == ["TP53", "GAPDH"]
+    same = ensembl_ids(raw_small, "human", copy=True)
+    assert same is not raw_small and (same.var_names == raw_small.var_names).all()
 
 
 def test_too_few_mapped_genes_fail_unless_accepted(raw_small):
@@ -77,7 +78,7 @@ def test_too_few_mapped_genes_fail_unless_accepted(raw_small):
     with pytest.raises(GeneMappingError, match=r"only 1 of 5 genes \(20.0%\).*human.*is the organism 'mouse'"):
         ensembl_ids(mouse, "human")
     with pytest.warns(GeneMappingWarning, match="1 of 5 genes"):
-        assert list(ensembl_ids(mouse, "human", min_mapped_fraction=0).var_names) == ["ENSG00000141510"]
+        assert list(ensembl_ids(mouse, "human", min_mapped_fraction=0, copy=True).var_names) == ["ENSG00000141510"]
     with pytest.raises(GeneMappingError, match="is the organism 'human'"):
         process(raw_small, ProcessingConfig(organism="mouse", complete_missing=False), progress=False)
     with pytest.raises(GeneMappingError, match=r"only 0 of the 5 genes.*spared.pp.ensembl_ids"):
@@ -110,13 +111,13 @@ def test_real_organoid_slides_rewritten_with_symbols_only(realdata, tmp_path):
             fout["matrix/features/id"] = fin["matrix/features/name"][:]
     cfg = ProcessingConfig(complete_missing=False)
     with pytest.warns(GeneMappingWarning):
-        by_id = process(read("visium_spaceranger", source, slides, "human"), cfg, progress=False)
+        by_id = process(read("visium_spaceranger", source, slides, "human"), cfg, progress=False, copy=True)
     with pytest.warns(GeneMappingWarning, match="symbol.*unknown to GENCODE v43"):
         raw = read("visium_spaceranger", tmp_path, slides, "human")
     report = raw.uns["spared"]["reader"]["slides"]["V19D02-088_A1"]
     assert report["n_genes_by_symbol"] == 33538
     assert 0.6 < report["fraction_mapped"] < 0.75  # 10x's GENCODE v32 clone names (AL627309.1, ...) are gone in v43
     assert report["n_genes_ambiguous"] > 0 and report["n_genes_merged"] > 0
-    by_symbol = process(raw, cfg, progress=False)  # every mapped symbol has a v43 id: nothing more to warn
+    by_symbol = process(raw, cfg, progress=False, copy=True)  # every mapped symbol has a v43 id: nothing more to warn
     assert by_symbol.n_obs == by_id.n_obs == 1832
     assert len(set(by_symbol.var_names) & set(by_id.var_names)) >= 125

@@ -290,7 +290,7 @@ def test_hest_samples_go_through_the_protocol_spackle_patches_and_benchmark(hest
     cfg = ProcessingConfig(top_moran_genes=16, spackle_max_steps=10)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        out = process(raw, cfg, progress=False, dataset="hest_toy")
+        out = process(raw, cfg, progress=False, dataset="hest_toy", copy=True)
     assert {"c_t_log1p", "c_t_deltas", "mask"} <= set(out.layers)
     assert np.isfinite(out.layers["c_t_log1p"]).all()
     extract_patches(out, tmp_path / "p.h5", patch_size=int(DIAMETER_PX), progress=False)

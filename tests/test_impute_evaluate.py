@@ -149,7 +149,6 @@ class Keeper:
     def complete(self, adata, layer, key_added):
         self.inner.complete(adata, layer, key_added)
         self.completed = adata.layers[key_added].copy()
-        return adata
 
 
 def test_spackle_predictions_do_not_depend_on_the_hidden_values():
@@ -185,9 +184,10 @@ def test_evaluate_rejects_bad_arguments():
         evaluate(adata, ["mean"], mask_fraction=1.5)
     with pytest.raises(KeyError, match="truth layer 'c_true_log1p' not found"):
         evaluate(adata, ["mean"], truth_layer="c_true_log1p")
-    adata.obs["split"] = "train"
-    with pytest.raises(ValueError, match="val/test spots but obs\\['split'\\] only has \\['train'\\]"):
-        evaluate(adata, ["mean"])
+    adata.obs["split"] = "train"  # one sample: every spot's values are hidden and scored, and it says so
+    with pytest.warns(UserWarning, match=r"no val/test spot \(obs\['split'\] only has \['train'\]\)"):
+        hidden = hide_values(adata, 0.1, 0)
+    assert set(adata.obs["slide_id"][hidden.any(axis=1)]) == set(adata.obs["slide_id"])  # all slides scored
     with pytest.raises(ValueError, match="no completion method"):
         evaluate(adata, [])
 
@@ -211,8 +211,9 @@ def test_cli_complete_and_evaluate(tmp_path):
 
     a, b = ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_h5ad(tmp_path / "b.h5ad")
     np.testing.assert_array_equal(a.layers["c_t_log1p"], b.layers["c_t_log1p"])
-    res = runner.invoke(app, ["complete", str(src), str(tmp_path / "c.h5ad")])
-    assert res.exit_code == 1 and "exactly one of --checkpoint" in res.output
+    res = runner.invoke(app, ["complete", str(src), str(tmp_path / "c.h5ad"), "--train", "--checkpoint",
+                              str(tmp_path / "ckpt")])
+    assert res.exit_code == 1 and "give one of them" in res.output
     res = runner.invoke(app, ["complete", str(src), str(tmp_path / "e.h5ad"), "--train", "--max-steps", "3",
                               "--ensemble", "2", "--save-checkpoint", str(tmp_path / "ens")])
     assert res.exit_code == 0, res.output
@@ -225,7 +226,7 @@ def test_cli_complete_and_evaluate(tmp_path):
     assert (accurate.config.mask_method, accurate.config.max_steps) == ("uniform", 3)
     res = runner.invoke(app, ["complete", str(src), str(tmp_path / "q.h5ad"), "--checkpoint", str(tmp_path / "acc"),
                               "--preset", "accurate"])
-    assert res.exit_code == 1 and "--preset set how SpaCKLE trains; add --train" in res.output
+    assert res.exit_code == 1 and "--preset set how SpaCKLE trains, but --checkpoint" in res.output
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "spackle", "--preset", "fast"])
     assert res.exit_code == 1 and "unknown SpaCKLE preset 'fast'" in res.output
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "spackle", "--ensemble", "0"])
@@ -245,7 +246,7 @@ def test_spackle_halves_the_median_filter_mse_on_a_simulated_collection():
 
     # 700 simulated genes leave >= 128 after the 70%-real-data gene filter; the top 128 by Moran's I are kept
     raw = make_collection(n_slides=3, n_spots=2000, n_genes=700, dropout=0.5, seed=0, image=False)
-    adata = process(raw, ProcessingConfig(complete_missing=False), progress=False)
+    adata = process(raw, ProcessingConfig(complete_missing=False), progress=False, copy=True)
     assert adata.obs["slide_id"].nunique() >= 3 and adata.n_obs >= 5000 and adata.n_vars == 128
     # 400 steps: SpaCKLE 0.96 vs median 2.44 (60% lower) and k-NN mean 1.13 on this collection
     table = evaluate(adata, ["spackle", "median"], mask_fraction=0.1, seed=0, truth_layer="c_true_log1p",

@@ -114,12 +114,13 @@ def test_select_top_moran_orders_and_warns():
     rng = np.random.default_rng(5)
     adata = make_adata(rng.random((270, 6)))
     adata.var["d_log1p_moran"] = [0.1, np.nan, 0.7, 0.3, 0.7, -0.2]
-    top = select_top_moran(adata, 3)
+    top = select_top_moran(adata, 3, copy=True)
     assert top.var_names.tolist() == ["g2", "g4", "g3"]
     np.testing.assert_array_equal(top.layers["d_log1p"], adata.layers["d_log1p"][:, [2, 4, 3]])
     assert adata.n_vars == 6  # the input is untouched
     with pytest.warns(UserWarning, match="top 10 Moran genes but only 6"):
-        everything = select_top_moran(adata, 10)
+        everything = select_top_moran(adata, 10, copy=True)
+    assert select_top_moran(adata, 3) is None and adata.var_names.tolist() == ["g2", "g4", "g3"]  # in place
     assert everything.var_names.tolist() == ["g2", "g4", "g3", "g0", "g5", "g1"]
 
 

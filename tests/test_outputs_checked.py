@@ -44,7 +44,7 @@ def checkpoint(tmp_path):
 
 
 def test_a_sound_checkpoint_completes_every_missing_entry(checkpoint):
-    adata = spackle.complete(collection(), spackle.load(checkpoint))
+    adata = spackle.complete(collection(), spackle.load(checkpoint), copy=True)
     assert np.isfinite(adata.layers["c_t_log1p"]).all()
 
 

@@ -41,14 +41,14 @@ def test_filter_spots_is_strict_on_both_bounds():
     a = counts_adata()
     totals = np.asarray(a.X.sum(axis=1)).ravel()
     lo, hi = np.sort(totals)[5], np.sort(totals)[-5]
-    out = filter_spots(a, lo, hi)
+    out = filter_spots(a, lo, hi, copy=True)
     expected = [name for name, t in zip(a.obs_names, totals, strict=True) if lo < t < hi]
     assert list(out.obs_names) == expected
 
 
 def test_offpanel_counts_are_the_totals_minus_the_panel():
     a = counts_adata()
-    kept = filter_spots(a, 0, 1e9)
+    kept = filter_spots(a, 0, 1e9, copy=True)
     panel = kept[:, ::3].copy()
     offpanel_counts(panel, layer=None)
     dense = a.X.toarray()
@@ -92,7 +92,7 @@ def test_expression_fractions_are_exact_and_genes_at_the_cut_are_kept():
     expression_fractions(a)
     np.testing.assert_array_equal(a.var["glob_exp_frac"].to_numpy(), [700 / n, 700 / n, 100 / n])
     np.testing.assert_array_equal(a.var["exp_frac"].to_numpy(), [200 / 500, 200 / 500, 0.0])
-    out = filter_genes(a, real_data_percentage=0.7)
+    out = filter_genes(a, real_data_percentage=0.7, copy=True)
     assert list(out.var_names) == list(a.var_names[:2])
 
 
@@ -112,7 +112,7 @@ def test_real_data_prefix_is_the_longest_prefix_meeting_the_threshold():
 
 def test_filter_genes_keeps_at_least_the_requested_real_fraction():
     a = counts_adata(zero_frac=0.5)
-    out = filter_genes(a, min_counts=0, real_data_percentage=0.55)
+    out = filter_genes(a, min_counts=0, real_data_percentage=0.55, copy=True)
     assert 0 < out.n_vars < a.n_vars
     assert out.var["glob_exp_frac"].mean() >= 0.55
     assert (np.asarray(out.X.sum(axis=1)).ravel() > 0).all()
@@ -121,7 +121,7 @@ def test_filter_genes_keeps_at_least_the_requested_real_fraction():
 def test_filter_genes_wildcards_keep_exactly_the_list_and_reject_unknown():
     a = counts_adata()
     wanted = list(a.var_names[[3, 1, 7]])
-    assert list(filter_genes(a, wildcard_genes=wanted).var_names) == wanted
+    assert list(filter_genes(a, wildcard_genes=wanted, copy=True).var_names) == wanted
     with pytest.raises(KeyError, match="not in the data"):
         filter_genes(a, wildcard_genes=["ENSG_NOT_A_GENE"])
 
@@ -130,7 +130,7 @@ def test_tpm_formula_and_row_sums():
     a = counts_adata()
     a.X[0, :] = 0
     a.X.eliminate_zeros()
-    out = tpm(a, "human", layer=None)
+    out = tpm(a, "human", layer=None, copy=True)
     with pytest.raises(KeyError, match="layer=None"):
         tpm(a, "human", layer="nope")
     assert out.n_obs == a.n_obs - 1  # the all-zero spot is dropped
@@ -149,7 +149,7 @@ def test_tpm_drops_unannotated_genes_and_rejects_all_unknown():
     from spared.annotation import GeneMappingWarning
 
     with pytest.warns(GeneMappingWarning, match=r"dropping 1 of 30 gene\(s\).*'ENSG_UNKNOWN'"):
-        out = tpm(a, "human", layer=None)
+        out = tpm(a, "human", layer=None, copy=True)
     assert out.n_vars == a.n_vars - 1 and out.uns["spared"]["tpm_dropped_genes"] == 1
     a.var_names = [f"NOPE{i}" for i in range(a.n_vars)]
     with pytest.raises(ValueError, match="Ensembl ids"):

@@ -62,7 +62,7 @@ def test_all_zero_genes_are_dropped_and_counts_strict(raw_small):
     x = raw.X.tolil()
     x[:, 0] = 0
     raw.X = sp.csr_matrix(x)
-    out = process(raw, ProcessingConfig(top_moran_genes=16, complete_missing=False), progress=False)
+    out = process(raw, ProcessingConfig(top_moran_genes=16, complete_missing=False), progress=False, copy=True)
     assert raw.var_names[0] not in out.var_names
 
 
@@ -87,7 +87,7 @@ def test_bad_input_is_rejected_before_work(raw_small):
 def test_grid_geometry_option_yields_to_the_detected_lattice_with_a_warning(raw_small):
     with pytest.warns(UserWarning, match="hexagonal lattice but hex_geometry=False"):
         out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False, hex_geometry=False),
-                      progress=False)
+                      progress=False, copy=True)
     assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
     assert out.uns["spared"]["geometry"] == "hexagonal" and "6 neighbours" in out.uns["spared"]["warnings"][-1]
     assert out.n_vars == 16
@@ -100,7 +100,7 @@ def test_original_spatial_graphs_option_reaches_median_filter_and_moran(raw_smal
     with pytest.raises(ValueError, match="spatial_graphs must be 'spared'"):
         ProcessingConfig(spatial_graphs="squidpy")
     out = process(raw_small, ProcessingConfig(top_moran_genes=16, complete_missing=False,
-                                              spatial_graphs="original"), progress=False)
+                                              spatial_graphs="original"), progress=False, copy=True)
     check = adaptive_median_filter(out, key_added="again", graphs="original", copy=True)
     np.testing.assert_array_equal(check.layers["again"], out.layers["d_log1p"])
     ours = adaptive_median_filter(out, key_added="again", copy=True)

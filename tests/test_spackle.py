@@ -169,12 +169,12 @@ def test_fit_never_reads_unknown_entries():
 
 def test_validation_entries_are_held_out_of_training():
     from spared.impute.spackle.data import neighbourhoods
-    from spared.impute.spackle.train import _split_spots
+    from spared.impute.spackle.selection import selection_spots
 
     adata = smooth_field(side=8, seed=6)
     cfg = TINY.replace(max_steps=10, val_fraction=0.2)
     data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs)
-    _, val_spots = _split_spots(adata, cfg)
+    val_spots = selection_spots(adata, cfg).validation
     reduced, held = data.hold_out(val_spots, cfg.val_fraction, cfg.seed)
     known_val = data.real[val_spots]
     assert held.n_entries == round(0.2 * int(known_val.sum())) and not (held.hidden & ~known_val).any()
@@ -219,14 +219,14 @@ def test_default_step_budget_is_sized_by_passes_over_the_spots():
 def test_the_weights_returned_score_the_best_validation_mse():
     """The model returned (moving average of the weights, cosine schedule: the defaults) is the best validated one."""
     from spared.impute.spackle.data import held_out_loader, neighbourhoods
-    from spared.impute.spackle.train import _split_spots
+    from spared.impute.spackle.selection import selection_spots
 
     adata = smooth_field(side=8, seed=8)
     cfg = TINY.replace(max_steps=40, val_every=10, patience=None, lr=3e-2)
     model = spackle.fit(adata, config=cfg)
     assert model.best_val_mse == min(mse for _, mse in model.history["val"])
     data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs, depth_key=cfg.depth_key)
-    reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
+    reduced, held = data.hold_out(selection_spots(adata, cfg).validation, cfg.val_fraction, cfg.seed)
     sse, count = 0.0, 0
     with torch.no_grad():
         for batch in held_out_loader(reduced, held, 1024):
@@ -238,7 +238,7 @@ def test_the_weights_returned_score_the_best_validation_mse():
 
 def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
     from spared.impute.spackle.data import held_out_loader, neighbourhoods
-    from spared.impute.spackle.train import _split_spots
+    from spared.impute.spackle.selection import selection_spots
 
     adata = smooth_field(side=8, seed=4)
     cfg = TINY.replace(max_steps=20)
@@ -251,13 +251,13 @@ def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
         assert torch.equal(x, y), name  # member 0 is the single model of the same seed
     assert not torch.equal(members[1].head.weight, members[0].head.weight)
     # the ensemble fills each missing entry with the mean of what its members fill in
-    each = [spackle.complete(adata.copy(), spackle.SpackleModel(m, cfg, model.genes)).layers["c_t_log1p"]
+    each = [spackle.complete(adata, spackle.SpackleModel(m, cfg, model.genes), copy=True).layers["c_t_log1p"]
             for m in members]
-    completed = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    completed = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
     np.testing.assert_allclose(completed, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
     # its validation MSE is the averaged prediction's, on the held-out entries every member was selected on
     data = neighbourhoods(adata, "c_d_log1p", cfg.num_neighs, depth_key=cfg.depth_key)
-    reduced, held = data.hold_out(_split_spots(adata, cfg)[1], cfg.val_fraction, cfg.seed)
+    reduced, held = data.hold_out(selection_spots(adata, cfg).validation, cfg.val_fraction, cfg.seed)
     sse, count = 0.0, 0
     with torch.no_grad():
         for batch in held_out_loader(reduced, held, 1024):
@@ -269,7 +269,7 @@ def test_an_ensemble_averages_members_trained_with_successive_seeds(tmp_path):
     path = model.save(tmp_path / "ens")
     loaded = spackle.load(path)
     assert loaded.config.ensemble == 3
-    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"], completed)
+    np.testing.assert_array_equal(spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"], completed)
     meta = json.loads((path / "config.json").read_text())
     meta["config"]["ensemble"] = 2
     (path / "config.json").write_text(json.dumps(meta))
@@ -315,7 +315,7 @@ def test_complete_replaces_only_missing_entries(trained):
     adata, model = trained
     adata.layers["c_d_log1p_64"] = adata.layers["c_d_log1p"].astype(np.float64)
     for layer in ("c_d_log1p", "c_d_log1p_64"):
-        out = spackle.complete(adata, model, layer=layer, key_added="done").layers["done"]
+        out = spackle.complete(adata, model, layer=layer, key_added="done", copy=True).layers["done"]
         real = adata.layers["mask"]
         assert out.dtype == adata.layers[layer].dtype
         np.testing.assert_array_equal(out[real].view(np.uint8), adata.layers[layer][real].view(np.uint8))
@@ -340,11 +340,11 @@ def test_save_load_complete_is_identical_and_genes_are_matched_by_name(trained, 
     assert (path / "model.safetensors").is_file()
     loaded = spackle.load(path)
     assert loaded.config == model.config and loaded.genes == model.genes
-    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
-    again = spackle.complete(adata.copy(), loaded).layers["c_t_log1p"]
+    first = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
+    again = spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"]
     np.testing.assert_array_equal(first, again)
     shuffled = adata[:, adata.var_names[::-1]].copy()
-    np.testing.assert_array_equal(spackle.complete(shuffled, loaded).layers["c_t_log1p"], first[:, ::-1])
+    np.testing.assert_array_equal(spackle.complete(shuffled, loaded, copy=True).layers["c_t_log1p"], first[:, ::-1])
     model.save(path)  # overwriting a checkpoint is allowed and leaves no temporary folder behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
@@ -360,18 +360,18 @@ def test_a_version_1_checkpoint_loads_with_the_settings_it_implied(trained, tmp_
     loaded = spackle.load(path)
     assert (loaded.config.relative_positions, loaded.config.ema_decay, loaded.config.lr_schedule) == (
         False, None, "constant")
-    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"],
-                                  spackle.complete(adata.copy(), model).layers["c_t_log1p"])
+    np.testing.assert_array_equal(spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"],
+                                  spackle.complete(adata, model, copy=True).layers["c_t_log1p"])
 
 
 def test_sequencing_depth_is_read_for_every_row_and_checked(trained):
     adata, model = trained
     assert model.config.depth_key == "offpanel_counts" and model.network.depth_input
-    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
+    first = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
     deeper = adata.copy()
     deeper.obs["offpanel_counts"] *= 50
     missing = ~adata.layers["mask"]
-    assert not np.allclose(spackle.complete(deeper, model).layers["c_t_log1p"][missing], first[missing])
+    assert not np.allclose(spackle.complete(deeper, model, copy=True).layers["c_t_log1p"][missing], first[missing])
     absent = adata.copy()
     del absent.obs["offpanel_counts"]
     with pytest.raises(KeyError, match="offpanel_counts"):
@@ -432,11 +432,11 @@ def test_visual_features_are_an_optional_extra_token(tmp_path):
     model = spackle.fit(adata, config=TINY.replace(max_steps=5, visual_key="patch_emb"))
     assert model.visual_dim == 5 and model.network.visual.in_features == 5
     loaded = spackle.load(model.save(tmp_path / "v"))
-    first = spackle.complete(adata.copy(), model).layers["c_t_log1p"]
-    np.testing.assert_array_equal(spackle.complete(adata.copy(), loaded).layers["c_t_log1p"], first)
+    first = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
+    np.testing.assert_array_equal(spackle.complete(adata, loaded, copy=True).layers["c_t_log1p"], first)
     shifted = adata.copy()
     shifted.obsm["patch_emb"] = shifted.obsm["patch_emb"] + 3
-    assert not np.array_equal(spackle.complete(shifted, model).layers["c_t_log1p"], first)
+    assert not np.array_equal(spackle.complete(shifted, model, copy=True).layers["c_t_log1p"], first)
     del adata.obsm["patch_emb"]
     with pytest.raises(KeyError, match="patch_emb"):
         spackle.complete(adata, model)
@@ -482,11 +482,51 @@ def test_small_and_single_spot_slides_are_rejected(trained):
         spackle.complete(single, model)
 
 
-def test_missing_splits_are_rejected():
-    adata = smooth_field(side=6)
-    adata.obs["split"] = "train"
-    with pytest.raises(ValueError, match="'val' or 'test'"):
-        spackle.fit(adata, config=TINY)
+def test_held_out_blocks_are_square_separated_and_sized():
+    from spared.impute.spackle.selection import BLOCK_SIDE, held_out_blocks
+
+    rows, cols = np.meshgrid(np.arange(60), np.arange(60), indexing="ij")
+    hexagonal = np.column_stack([cols.ravel() + 0.5 * (rows.ravel() % 2), rows.ravel() * np.sqrt(3) / 2]) * 137.0
+    coords = np.vstack([hexagonal, hexagonal[:900] + 5.0])  # two slides, the second a smaller piece
+    slides = np.repeat(["a", "b"], [3600, 900])
+    blocks = held_out_blocks(slides, coords, 0.15, seed=3)
+    for slide in ("a", "b"):
+        held = (blocks[slides == slide] >= 0).mean()
+        assert 0.15 <= held <= 0.30, (slide, held)
+    labels = np.unique(blocks[blocks >= 0])
+    assert len(labels) >= 4 and set(np.unique(blocks[slides == "a"])) & set(np.unique(blocks[slides == "b"])) == {-1}
+    spacing = 137.0
+    for i, first in enumerate(labels):  # plain loop: spots of two blocks are at least a block side apart
+        a = coords[blocks == first]
+        assert np.ptp(a, axis=0).max() <= BLOCK_SIDE * spacing  # a block fits in one cell
+        for second in labels[i + 1:]:
+            if slides[blocks == first][0] != slides[blocks == second][0]:
+                continue
+            b = coords[blocks == second]
+            gap = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min()
+            assert gap > BLOCK_SIDE * spacing * 0.99
+    again = held_out_blocks(slides, coords, 0.15, seed=3)
+    np.testing.assert_array_equal(again, blocks)  # seeded
+
+
+def test_single_slide_selects_on_held_out_blocks_and_says_so():
+    from spared.impute.spackle.selection import selection_spots
+
+    adata = smooth_field(n_slides=1, side=24, seed=2)
+    adata.obs["split"] = "train"  # one sample: no val/test slide
+    with pytest.warns(UserWarning, match="no val/test slide: SpaCKLE selects its weights on .* blocks"):
+        chosen = selection_spots(adata, TINY)
+    assert np.intersect1d(chosen.targets, chosen.validation).size == 0  # held-out spots are never targets
+    np.testing.assert_array_equal(np.union1d(chosen.targets, chosen.validation), np.arange(adata.n_obs))
+    with pytest.warns(UserWarning, match="no val/test slide"):
+        model = spackle.fit(adata, config=TINY)
+    assert "blocks held out of 1 slide" in model.selection and np.isfinite(model.best_val_mse)
+    completed = spackle.complete(adata, model, copy=True).layers["c_t_log1p"]
+    assert np.isfinite(completed).all()
+    tiny = smooth_field(n_slides=1, side=6)
+    tiny.obs["split"] = "train"
+    with pytest.raises(ValueError, match="too few to hold out a block"):
+        spackle.fit(tiny, config=TINY)
     adata.obs["split"] = "val"
     with pytest.raises(ValueError, match="== 'train'"):
         spackle.fit(adata, config=TINY.replace(train_on="train"))

@@ -79,7 +79,7 @@ def test_process_uses_the_scheme_for_splits_and_train_means(raw_small):
     raw = raw_small.copy()
     raw.obs["patient"] = raw.obs["slide_id"].map({"slide0": "p0", "slide1": "p1", "slide2": "p2"}).astype(str)
     cfg = ProcessingConfig(top_moran_genes=16, complete_missing=False, split_scheme="lopo:p0")
-    out = process(raw, cfg, progress=False)
+    out = process(raw, cfg, progress=False, copy=True)
     splits = out.obs.groupby("slide_id", observed=True)["split"].first().to_dict()
     assert splits == {"slide0": "test", "slide1": "val", "slide2": "train"}
     train = (out.obs["split"] == "train").to_numpy()

@@ -309,7 +309,7 @@ def test_local_st_sections_default_to_the_square_grid_and_hex_is_warned(tmp_path
     assert json.loads(out.uns["spared"]["config"])["hex_geometry"] is False
     raw = read_one(tmp_path)
     with pytest.warns(UserWarning, match=r"reader records a square lattice but hex_geometry=True.*use 8 neighbours"):
-        hexed = process(raw, ProcessingConfig(**settings), progress=False)
+        hexed = process(raw, ProcessingConfig(**settings), progress=False, copy=True)
     assert hexed.uns["spared"]["geometry"] == "square"
 
 
@@ -419,7 +419,7 @@ def test_her2st_through_the_protocol_with_graph_and_patch_centres(realdata, tmp_
     cfg = load_spec("andersson_human_breast_cancer").processing_config().replace(complete_missing=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        out = process(raw, cfg, progress=False, dataset="her2st")
+        out = process(raw, cfg, progress=False, dataset="her2st", copy=True)
     assert out.n_vars == 256 and 0 < out.n_obs <= raw.n_obs
     assert set(out.obs["slide_id"]) == {"B4", "C2", "C3"}
     assert cfg.n_neighs == 8

@@ -241,7 +241,8 @@ def test_square_grid_is_detected_and_used_for_the_graphs(realdata, tmp_path):
     raw = read("visium_spaceranger", tmp_path, [{"id": "B1", "patient": "P", "path": "B1"}], "human")
     assert detect_geometry(raw.obsm["spatial"], raw.obs["slide_id"]) == "square"
     with pytest.warns(UserWarning, match="square lattice but hex_geometry=True"):
-        adata = process(raw, ProcessingConfig(complete_missing=False, top_moran_genes=16), progress=False)
+        adata = process(raw, ProcessingConfig(complete_missing=False, top_moran_genes=16), progress=False,
+                        copy=True)
     assert adata.uns["spared"]["geometry"] == "square"
     assert "8 neighbours" in adata.uns["spared"]["warnings"][-1]
     expected = adata.copy()

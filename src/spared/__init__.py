@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "annotation", "bench", "catalog", "config", "data_model", "datasets", "graph", "impute", "io",
+    "annotation", "bench", "catalog", "config", "data_model", "datasets", "graph", "impute", "info", "io",
     "metrics", "models", "pl", "pp", "report", "synthetic",
 }
 _ATTRIBUTES = {"validate": "spared.data_model"}

@@ -108,26 +108,36 @@ def count_problem(x, name: str = "X") -> str | None:
     return found
 
 
-def check_completion_splits(obs, split_key: str = "split", slide_key: str = "slide_id", when: str = "") -> None:
-    """Raise ``ValueError`` unless ``obs`` has train spots and held-out (val or test) spots for SpaCKLE.
+def check_splits(obs, split_key: str = "split", slide_key: str = "slide_id", when: str = "") -> None:
+    """Raise ``ValueError`` unless ``obs`` has spots in the train split.
 
-    SpaCKLE learns on the train split and keeps the weights that score best on held-out slides, so a collection
-    with one slide, or with every slide in train, cannot be completed. ``when`` says at which point it was
-    found (e.g. after the spot filter).
+    The protocol's deltas are taken from the train split's gene means. Val/test slides are not needed: SpaCKLE
+    selects its weights on them when there are some, and on held-out blocks of the spots otherwise (one slide,
+    one sample). ``when`` says at which point the problem was found (e.g. after the spot filter).
     """
     if split_key not in obs:
-        raise ValueError(f"obs has no split column {split_key!r} (columns: {list(obs.columns)}); SpaCKLE completion "
-                         f"needs train and val slides")
+        raise ValueError(f"obs has no split column {split_key!r} (columns: {list(obs.columns)}); put each slide in "
+                         f"'train', 'val' or 'test' (a single sample: 'train')")
     splits = obs[split_key].astype(str)
-    if (splits == "train").any() and splits.isin(["val", "test"]).any():
+    if (splits == "train").any():
         return
     slides = obs[slide_key].astype(str).groupby(splits.to_numpy(), observed=True).nunique().to_dict() \
         if slide_key in obs else splits.value_counts().to_dict()
     shown = ", ".join(f"{k}: {v} slide(s)" for k, v in slides.items()) or "no spots"
-    raise ValueError(f"SpaCKLE completion needs slides in the train split and at least one held-out slide (val or "
-                     f"test){' ' + when if when else ''}; found {shown}. SpaCKLE learns on train slides and selects "
-                     f"its weights on a val slide: assign a slide to 'val' in obs[{split_key!r}], or process without "
-                     f"completion (--set complete_missing=false)")
+    raise ValueError(f"processing needs spots in the train split{' ' + when if when else ''}; found {shown}. The "
+                     f"deltas are taken from the train split's gene means: assign at least one slide to 'train' in "
+                     f"obs[{split_key!r}] (a single sample: all of it)")
+
+
+def check_not_processed(adata) -> None:
+    """Raise :class:`ValidationError` when ``adata`` was already processed by :func:`spared.pp.process`."""
+    info = adata.uns.get("spared", {}) if hasattr(adata.uns, "get") else {}
+    derived = [name for name in ("tpm", "log1p", "d_log1p", "c_d_log1p", "mask") if name in adata.layers]
+    if "steps" in info or derived:
+        what = "uns['spared']['steps'] records its processing" if "steps" in info else f"it has layers {derived}"
+        raise ValidationError(f"this collection is already processed ({what}); spared.pp.process takes a raw "
+                              f"collection (raw counts in X). To process again with other parameters, start from "
+                              f"the raw file (e.g. `spared process RAW.h5ad OUT.h5ad --set key=value`)")
 
 
 def require(adata, layer: str | None = None, obs: str | None = None, hint: str = "") -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from spared.config import ProcessingConfig
 from spared.io.atomic import write_h5ad
+from spared.io.patch_paths import read_h5ad
 
 __all__ = ["CacheError", "cache_paths", "download", "get", "get_local"]
 
@@ -63,12 +64,10 @@ class CacheError(OSError):
 
 def _load_cached(h5ad: Path, patch_file: Path, patches: bool, cfg: ProcessingConfig,
                  rebuild: str = "force=True") -> Any | None:
-    import anndata as ad
-
     if not h5ad.is_file():
         return None
     try:
-        adata = ad.read_h5ad(h5ad)
+        adata = read_h5ad(h5ad)
     except Exception as exc:  # h5py/anndata raise many types for a damaged file
         raise CacheError(f"the processed cache {h5ad} cannot be read ({type(exc).__name__}: {exc}); it is damaged "
                          f"(interrupted copy, full disk?). Rebuild it with {rebuild}") from exc
@@ -83,23 +82,33 @@ def _load_cached(h5ad: Path, patch_file: Path, patches: bool, cfg: ProcessingCon
 
 
 def _add_patches(adata: Any, h5ad: Path, patch_file: Path, cfg: ProcessingConfig, progress: bool = True) -> Any:
-    """Cut patches from the best image of each slide; with no image at all for some slide, skip them (recorded
-    in ``uns['spared']['warnings']``) and still write the AnnData."""
+    """:func:`add_patches` with the configuration's size and scale, then write the AnnData to ``h5ad``."""
+    add_patches(adata, patch_file, cfg.patch_size, cfg.patch_scale, cfg.slide_key, progress)
+    write_h5ad(adata, h5ad)
+    return adata
+
+
+def add_patches(adata: Any, patch_file: str | Path, patch_size: int = 224, patch_scale: float = 1.0,
+                slide_key: str = "slide_id", progress: bool = True) -> bool:
+    """Cut patches from the best image of each slide into ``patch_file`` and record them in ``adata``.
+
+    With no image at all for some slide, patches are skipped (recorded in ``uns['spared']['warnings']``) and
+    ``False`` is returned; the expression data stays usable.
+    """
     from spared.io.patches import extract_patches, image_source
     from spared.io.provenance import record_warning
 
     spatial = adata.uns.get("spatial", {})
-    blind = sorted(str(s) for s in adata.obs[cfg.slide_key].astype(str).unique()
+    blind = sorted(str(s) for s in adata.obs[slide_key].astype(str).unique()
                    if image_source(spatial.get(s, {})) is None)
     if blind:
         record_warning(adata, f"patches skipped: slide(s) {', '.join(blind)} have no image (no full-resolution "
                               f"image, no hires or lowres image with its scale factor); the expression data is "
                               f"complete, but image-based models cannot use this collection until an image is "
                               f"added (then rebuild with force=True / --force)")
-    else:
-        extract_patches(adata, patch_file, patch_size=cfg.patch_size, patch_scale=cfg.patch_scale, progress=progress)
-    write_h5ad(adata, h5ad)
-    return adata
+        return False
+    extract_patches(adata, patch_file, patch_size=patch_size, patch_scale=patch_scale, progress=progress)
+    return True
 
 
 def _reader_warnings(raw: Any, notes: list[str]) -> None:
@@ -115,7 +124,8 @@ def _build(read_raw: Callable[[], Any], cfg: ProcessingConfig, dataset: str, h5a
            patches: bool, sources: list[dict[str, Any]], progress: bool, allow_non_integer: bool = False) -> Any:
     from spared.pp import process
 
-    adata = process(read_raw(), cfg, progress=progress, dataset=dataset, allow_non_integer=allow_non_integer)
+    adata = read_raw()
+    process(adata, cfg, progress=progress, dataset=dataset, allow_non_integer=allow_non_integer)
     adata.uns["spared"]["sources"] = {"url": [s.get("url", "") for s in sources],
                                       "sha256": [s.get("sha256") or "" for s in sources],
                                       "check": [s.get("state", "") for s in sources]}

@@ -11,7 +11,6 @@ embeddings (:meth:`SpotTable.attach_stage1`). :class:`SpotDataModule` wires the 
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,35 +166,50 @@ class SpotTable:
 
 
 def patch_store(adata: Any, patch_size: int, patch_scale: float = 1.0, patch_dir: str | Path | None = None):
-    """The collection's patch store, extracting one when none of the right size exists.
+    """The collection's patch store, cutting one (once, then cached) when none of the right size exists.
 
     Order of preference: the store recorded in ``uns['spared']['patches']`` when it has ``patch_size`` and
-    ``patch_scale``; ``patch_dir/patches_{size}_{scale}.h5`` when it was cut for these spots; a new extraction
-    from the slide images into ``patch_dir`` (a temporary folder when ``None``) with
-    :func:`spared.io.patches.extract_patches`; and, when the images are not available, the recorded store of
-    another size (its patches are resized as they are read).
+    ``patch_scale``; patches of that size and scale cut earlier for these spots, in ``patch_dir`` as
+    ``patches_{size}_{scale}.h5`` or, without ``patch_dir``, beside the collection's ``.h5ad`` as
+    ``NAME.patches_{size}_{scale}.h5`` (:func:`spared.io.patch_paths.on_demand_file`: under
+    ``$SPARED_DATA/patches/`` for a collection never written or in a read-only folder); a new extraction from the
+    slide images into that file with :func:`spared.io.patches.extract_patches`; and, when the images are not
+    available, the recorded store of another size (its patches are resized as they are read).
     """
+    from spared.io.patch_paths import on_demand_file, recorded, store_path
     from spared.io.patches import PatchStore, extract_patches
     from spared.io.readers.common import ReaderError
 
-    recorded = dict(adata.uns.get("spared", {}).get("patches", {}))
-    path = recorded.get("path")
-    exists = bool(path) and Path(path).is_file()
-    if exists and int(recorded.get("size", -1)) == patch_size and float(recorded.get("scale", -1)) == patch_scale:
+    entry = recorded(adata)
+    try:
+        path = store_path(adata) if entry.get("path") else None
+    except FileNotFoundError:
+        path = None
+    if path is not None and int(entry.get("size", -1)) == patch_size and float(entry.get("scale", -1)) == patch_scale:
         return PatchStore(path)
-    folder = Path(patch_dir) if patch_dir is not None else Path(tempfile.mkdtemp(prefix="spared-patches-"))
-    target = folder / f"patches_{patch_size}_{patch_scale:g}.h5"
+    target = (Path(patch_dir) / f"patches_{patch_size}_{patch_scale:g}.h5" if patch_dir is not None
+              else on_demand_file(adata, patch_size, patch_scale))
     if target.is_file():
         store = PatchStore(target)
         if len(store) == adata.n_obs and store.obs_names.equals(adata.obs_names):
             return store
     try:
-        return PatchStore(extract_patches(adata, target, patch_size=patch_size, patch_scale=patch_scale,
+        # the spots and images alone: extract_patches records its store in uns, which stays the collection's own
+        return PatchStore(extract_patches(_image_view(adata), target, patch_size=patch_size, patch_scale=patch_scale,
                                           progress=False))
     except ReaderError:
-        if exists:
+        if path is not None:
             return PatchStore(path)
         raise
+
+
+def _image_view(adata: Any) -> Any:
+    """A new AnnData holding only what patches are cut from: spot names, slides, coordinates, slide images."""
+    import anndata as ad
+
+    obs = adata.obs[[c for c in ("slide_id",) if c in adata.obs]].copy()
+    return ad.AnnData(obs=obs, obsm={"spatial": np.asarray(adata.obsm["spatial"])} if "spatial" in adata.obsm else {},
+                      uns={"spatial": adata.uns.get("spatial", {})})
 
 
 def _dense(x: Any, dtype: type) -> np.ndarray:

@@ -400,14 +400,12 @@ def _source_stamp(name: str) -> list[Any]:
 
 def _simulated(params: dict[str, Any], path: Path):
     """The processed simulated collection of ``params`` (read from ``path`` when it was built before)."""
-    import anndata as ad
-
     from spared.config import ProcessingConfig
     from spared.pp import process
     from spared.synthetic import make_collection
 
     if path.is_file():
-        return ad.read_h5ad(path)
+        return _read_h5ad(path)
     sim_keys = set(inspect.signature(make_collection).parameters)
     proc_keys = set(ProcessingConfig().to_dict())
     unknown = set(params) - sim_keys - proc_keys
@@ -416,17 +414,17 @@ def _simulated(params: dict[str, Any], path: Path):
                        f"{sorted(sim_keys)}, processing {sorted(proc_keys - {'extra'})}")
     raw = make_collection(**{k: v for k, v in params.items() if k in sim_keys})
     config = ProcessingConfig(complete_missing=True).replace(**{k: v for k, v in params.items() if k in proc_keys})
-    adata = process(raw, config, progress=False, dataset=SIMULATED)
-    write_h5ad(adata, path)
-    return adata
+    process(raw, config, progress=False, dataset=SIMULATED)
+    write_h5ad(raw, path)
+    return raw
 
 
 def _read_h5ad(path: Path):
-    import anndata as ad
+    from spared.io.patch_paths import read_h5ad
 
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
-    return ad.read_h5ad(path)
+    return read_h5ad(path)
 
 
 def _catalogue(name: str, params: dict[str, Any]):

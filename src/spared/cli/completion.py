@@ -46,7 +46,9 @@ def complete(
     output: Annotated[Path, typer.Argument(help="Where to write the completed collection (.h5ad).")],
     method: Annotated[str, typer.Option(help=f"Completion method: {', '.join(_METHODS)}.")] = "spackle",
     checkpoint: Annotated[Path | None, typer.Option(help="SpaCKLE checkpoint folder to apply.")] = None,
-    train: Annotated[bool, typer.Option("--train", help="Train SpaCKLE on the input first.")] = False,
+    train: Annotated[bool, typer.Option("--train", help="Train SpaCKLE on the input (the default without "
+                                                         "--checkpoint; a single slide or sample selects its "
+                                                         "weights on held-out blocks of its spots).")] = False,
     max_steps: Annotated[int | None, typer.Option(help=_STEPS_HELP)] = None,
     ensemble: Annotated[int | None, typer.Option(help=_ENSEMBLE_HELP, show_default=False)] = None,
     preset: Annotated[str, typer.Option(help=_PRESET_HELP)] = "default",
@@ -57,22 +59,26 @@ def complete(
     layer: Annotated[str, typer.Option(help="Layer to complete.")] = "c_d_log1p",
     key_added: Annotated[str, typer.Option(help="Layer to write.")] = "c_t_log1p",
 ) -> None:
-    """Complete the missing entries (layers['mask'] == False) of a layer; real entries are kept as they are."""
+    """Complete the missing entries (layers['mask'] == False) of a layer; real entries are kept as they are.
+
+    With no option SpaCKLE is trained on the input and applied to it (one slide or one sample included).
+    """
     from spared.data_model import dense, require_finite
     from spared.impute.baselines import SpackleMethod, make_method
 
     if method not in _METHODS:
         raise fail(f"unknown method {method!r}; choose one of {', '.join(_METHODS)}")
     spackle_config = _spackle_config(max_steps, seed, ensemble, preset)
-    if method == "spackle" and (checkpoint is None) == (not train):
-        raise fail("SpaCKLE needs exactly one of --checkpoint DIR (apply a saved model) or --train")
+    if method == "spackle" and checkpoint is not None and train:
+        raise fail("--checkpoint DIR applies a saved model and --train trains a new one: give one of them")
     if method != "spackle" and (checkpoint or train or save_checkpoint):
         raise fail(f"--checkpoint, --train and --save-checkpoint apply to --method spackle, not {method!r}")
     training = {"--max-steps": max_steps is not None, "--ensemble": ensemble is not None,
                 "--preset": preset != "default"}
-    if not train and any(training.values()):
-        raise fail(f"{', '.join(k for k, v in training.items() if v)} set how SpaCKLE trains; add --train "
-                   "(a --checkpoint keeps the settings it was trained with)")
+    if checkpoint is not None and any(training.values()):
+        raise fail(f"{', '.join(k for k, v in training.items() if v)} set how SpaCKLE trains, but --checkpoint "
+                   "applies a saved model, which keeps the settings it was trained with; drop --checkpoint to "
+                   "train")
     writable_file(output)
     if save_checkpoint is not None:
         from spared.impute.spackle.checkpoint import check_destination

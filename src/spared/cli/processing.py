@@ -13,13 +13,13 @@ from spared.io.atomic import write_h5ad
 
 
 def read_h5ad(path: Path):
-    """Read an h5ad file with a clear error when it is missing or not an h5ad."""
-    import anndata as ad
+    """Read an h5ad file (its patch store found beside it) with a clear error when it is missing or not an h5ad."""
+    from spared.io.patch_paths import read_h5ad as read_with_store
 
     if not path.is_file():
         raise fail(f"{path} does not exist")
     try:
-        adata = ad.read_h5ad(path)
+        adata = read_with_store(path)
     except Exception as exc:  # h5py/anndata raise many types for a broken file
         raise fail(f"could not read {path} as h5ad ({type(exc).__name__}: {exc})") from exc
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -72,10 +72,14 @@ def process(
     allow_non_integer: Annotated[bool, typer.Option(
         "--allow-non-integer", help="Process an X that is not integer counts (normalised or log values) anyway, "
                                     "with a warning recorded in the output.")] = False,
+    patches: Annotated[bool, typer.Option(
+        "--patches/--no-patches", help="Cut image patches beside OUT (OUT stem + .patches.h5) when the input "
+                                       "carries a slide image.")] = True,
 ) -> None:
     """Run the SpaRED processing protocol on a raw collection file, or on a catalogue dataset by name.
 
-    ``spared process IN.h5ad OUT.h5ad`` processes a file; ``spared process NAME`` is ``spared prepare NAME``
+    ``spared process IN.h5ad OUT.h5ad`` processes a file (SpaCKLE completion included, one slide or one sample
+    too) and cuts its patches when it has an image; ``spared process NAME`` is ``spared prepare NAME``
     (download → read → process → patches → cache).
     """
     from spared.data_model import ValidationError
@@ -86,18 +90,37 @@ def process(
             raise fail(f"{input} looks like a file: give the output path too (spared process {input} OUT.h5ad)")
         from spared.cli.data import prepare_dataset
 
-        prepare_dataset(input, config, set_)
+        prepare_dataset(input, config, set_, patches=patches)
         return
     writable_file(out)
     cfg = load_config(config, set_)
     adata = read_h5ad(Path(input))
     try:
-        result = run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
+        run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
     except (ValidationError, ValueError, KeyError) as exc:
         raise fail(str(exc).strip("'\"")) from exc
-    write_h5ad(result, out)
-    print_summary(result)
-    console.print(f"wrote {out}")
+    store = _cut_patches(adata, out, cfg) if patches else None
+    write_h5ad(adata, out)
+    print_summary(adata)
+    console.print(f"wrote {out}" + (f" and its patches {store}" if store else ""))
+
+
+def _cut_patches(adata, out: Path, cfg) -> Path | None:
+    """Cut the patches of a processed collection beside ``out`` when its slides carry an image; the store, or
+    ``None`` (no image at all: nothing to cut; an image missing for some slides: recorded as a warning)."""
+    from spared.datasets import add_patches
+    from spared.io.patch_paths import store_file
+    from spared.io.patches import image_source
+    from spared.io.readers.common import ReaderError
+
+    if not any(image_source(dict(entry)) for entry in dict(adata.uns.get("spatial", {})).values()):
+        console.print("no slide image in the input: no patches cut")
+        return None
+    store = store_file(out)
+    try:
+        return store if add_patches(adata, store, cfg.patch_size, cfg.patch_scale, cfg.slide_key) else None
+    except (ReaderError, OSError) as exc:
+        raise fail(f"cutting the patches into {store} failed: {exc}; rerun with --no-patches to skip them") from exc
 
 
 def print_summary(adata) -> None:
@@ -168,7 +191,7 @@ def demo(
 
     console.rule("2. process: SpaRED protocol + SpaCKLE completion")
     cfg = ProcessingConfig(top_moran_genes=64, spackle_max_steps=spackle_steps, seed=seed)
-    processed = run_protocol(raw, cfg, progress=True, dataset="simulated")
+    processed = run_protocol(raw, cfg, progress=True, dataset="simulated", copy=True)
     print_summary(processed)
     data_path = write_h5ad(processed, out / "simulated.h5ad")
 

@@ -3,7 +3,8 @@
 Every method reads ``adata.layers[layer]`` and treats the entries where ``adata.layers["mask"]`` is False as
 unknown (it never looks at their values), then writes a completed copy of the layer in which only those
 entries changed. ``fit`` learns whatever the method needs from the same data (train-split statistics,
-SpaCKLE's weights); ``complete`` writes ``adata.layers[key_added]`` and returns ``adata``.
+SpaCKLE's weights) and returns the method; ``complete`` writes ``adata.layers[key_added]`` in place and returns
+``None`` (the in-place convention of ``docs/data_model.md``).
 
 - ``median``: the adaptive median filter (:func:`spared.impute.median.adaptive_median`) run on the layer with
   the unknown entries set to 0, so each is recomputed from its spatial neighbours.
@@ -36,15 +37,14 @@ class CompletionMethod(Protocol):
 
     def fit(self, adata, layer: str) -> CompletionMethod: ...
 
-    def complete(self, adata, layer: str, key_added: str): ...
+    def complete(self, adata, layer: str, key_added: str) -> None: ...
 
 
-def _write(adata, layer: str, key_added: str, filled: np.ndarray):
+def _write(adata, layer: str, key_added: str, filled: np.ndarray) -> None:
     """Store the layer with its missing entries replaced by ``filled`` (real entries kept bit for bit)."""
     values = dense(adata.layers[layer])
     adata.layers[key_added] = np.where(dense(adata.layers["mask"]), values,
                                        filled.astype(values.dtype, copy=False))
-    return adata
 
 
 class MedianBaseline:
@@ -81,13 +81,13 @@ class MedianBaseline:
             return self.n_neighs
         return GRAPH_DEGREE[detect_geometry(coords, slides) or "hexagonal"]
 
-    def complete(self, adata, layer: str, key_added: str):
+    def complete(self, adata, layer: str, key_added: str) -> None:
         from spared.impute.median import adaptive_median
 
         values, _ = observed_layer(adata, layer)
         graph = spatial_graph(adata, n_neighs=self.graph_degree(adata), slide_key=self.slide_key)
         filled = adaptive_median(values, graph, adata.obs[self.slide_key].to_numpy(), self.max_hops)
-        return _write(adata, layer, key_added, filled)
+        _write(adata, layer, key_added, filled)
 
 
 class GeneMeanBaseline:
@@ -124,9 +124,9 @@ class GeneMeanBaseline:
                              "on; fit on the same collection")
         return self.means
 
-    def complete(self, adata, layer: str, key_added: str):
+    def complete(self, adata, layer: str, key_added: str) -> None:
         filled = np.broadcast_to(self.gene_means(adata), (adata.n_obs, adata.n_vars))
-        return _write(adata, layer, key_added, filled)
+        _write(adata, layer, key_added, filled)
 
 
 class KnnMeanBaseline(GeneMeanBaseline):
@@ -151,7 +151,7 @@ class KnnMeanBaseline(GeneMeanBaseline):
             raise ValueError(f"k must be >= 1, got {k}")
         self.k, self.slide_key, self.spatial_key, self.chunk = k, slide_key, spatial_key, chunk
 
-    def complete(self, adata, layer: str, key_added: str):
+    def complete(self, adata, layer: str, key_added: str) -> None:
         fallback = self.gene_means(adata)
         values, real = observed_layer(adata, layer)
         neighbours = neighbour_table(adata, self.k, self.slide_key, self.spatial_key)[:, 1:]
@@ -161,7 +161,7 @@ class KnnMeanBaseline(GeneMeanBaseline):
             sums = values[nb].sum(axis=1, dtype=np.float64)
             counts = real[nb].sum(axis=1)
             filled[start:start + self.chunk] = np.where(counts > 0, sums / np.maximum(counts, 1), fallback)
-        return _write(adata, layer, key_added, filled)
+        _write(adata, layer, key_added, filled)
 
 
 class SpackleMethod:
@@ -189,12 +189,12 @@ class SpackleMethod:
             self.model = spackle.fit(adata, layer, self.config, self.run_dir)
         return self
 
-    def complete(self, adata, layer: str, key_added: str):
+    def complete(self, adata, layer: str, key_added: str) -> None:
         from spared.impute import spackle
 
         if self.model is None:
             raise RuntimeError("SpackleMethod is not fitted; call .fit(adata, layer) or pass a trained model")
-        return spackle.complete(adata, self.model, layer, key_added)
+        spackle.complete(adata, self.model, layer, key_added)
 
 
 def make_method(name: str, spackle_config: SpackleConfig | None = None) -> CompletionMethod:

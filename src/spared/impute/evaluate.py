@@ -19,19 +19,28 @@ EVAL_SPLITS = ("val", "test")
 PREDICTION_KEY = "completed"
 
 
+def scored_spots(adata, split_key: str = "split") -> np.ndarray:
+    """Positions of the spots whose values an evaluation hides: the val/test spots, or every spot (with a
+    warning) when there are none (one slide, one sample)."""
+    rows = split_rows(adata, split_key, EVAL_SPLITS)
+    if rows.size:
+        return rows
+    warnings.warn(f"no val/test spot (obs[{split_key!r}] only has "
+                  f"{sorted(adata.obs[split_key].astype(str).unique())}): values of every spot are hidden and "
+                  f"scored, as for a single sample", UserWarning, stacklevel=3)
+    return np.arange(adata.n_obs)
+
+
 def hide_values(adata, mask_fraction: float = 0.1, seed: int = 0, split_key: str = "split") -> np.ndarray:
-    """Pick ``round(mask_fraction × R)`` of the ``R`` real entries of the val/test spots, uniformly at random.
+    """Pick ``round(mask_fraction × R)`` of the ``R`` real entries of the val/test spots (of every spot when
+    there are none: :func:`scored_spots`), uniformly at random.
 
     Returns the ``(n, G)`` boolean matrix of hidden entries (the same for a given data set and seed).
     """
     if not 0 < mask_fraction < 1:
         raise ValueError(f"mask_fraction must lie in (0, 1), got {mask_fraction}")
     real = dense(adata.layers["mask"]).astype(bool, copy=False)
-    rows = split_rows(adata, split_key, EVAL_SPLITS)
-    if rows.size == 0:
-        found = sorted(adata.obs[split_key].astype(str).unique())
-        raise ValueError(f"evaluation hides values of val/test spots but obs[{split_key!r}] only has {found}; "
-                         f"put at least one slide in the val or test split")
+    rows = scored_spots(adata, split_key)
     held_out = np.zeros(adata.n_obs, dtype=bool)
     held_out[rows] = True
     candidates = np.flatnonzero(real & held_out[:, None])
@@ -58,12 +67,14 @@ def evaluate(
 
     Protocol:
 
-    1. Among the real entries (``layers["mask"]``) of the val/test spots, a fraction ``mask_fraction`` is
-       hidden uniformly at random with ``seed`` (:func:`hide_values`); the same entries for every method.
+    1. Among the real entries (``layers["mask"]``) of the val/test spots (every spot of a collection without
+       val/test slides, e.g. one sample), a fraction ``mask_fraction`` is hidden uniformly at random with
+       ``seed`` (:func:`hide_values`); the same entries for every method.
     2. Every method receives a fresh, minimal AnnData: ``obs``, the gene names, ``obsm``, ``layers[layer]``
        with every hidden **and** every originally missing entry set to 0, and ``layers["mask"]`` False on
        both. Nothing else of ``adata`` (other layers, ``var`` statistics) is passed, so no method can see a
-       hidden value. SpaCKLE is trained on this AnnData (train spots as targets, val spots for selection).
+       hidden value. SpaCKLE is trained on this AnnData (every spot's known entries as targets; val spots, or
+       blocks of spots held out of a single sample, for selection).
     3. Each method's ``fit(data, layer)`` then ``complete(data, layer, "completed")`` fills the unknown
        entries, and the hidden entries are scored against the original values with
        :func:`spared.metrics.compute` (target ``"masked"``).
@@ -110,7 +121,9 @@ def evaluate(
     targets = [("masked", values, hidden)]
     if truth_layer is not None:
         held_out = np.zeros(adata.n_obs, dtype=bool)
-        held_out[split_rows(adata, split_key, EVAL_SPLITS)] = True
+        with warnings.catch_warnings():  # hide_values said so already
+            warnings.simplefilter("ignore", UserWarning)
+            held_out[scored_spots(adata, split_key)] = True
         targets.append(("vs truth", dense(adata.layers[truth_layer]), ~real & held_out[:, None]))
     floor = _floor_or_nan(adata, hidden, layer, spackle_config)
     rows = []

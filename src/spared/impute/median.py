@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from spared.data_model import require
 from spared.graph import check_within_groups, khop_neighborhoods, recipe_graph
+from spared.inplace import target
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -141,13 +142,13 @@ def adaptive_median_filter(
     The modified copy when ``copy`` is True, else ``None``.
     """
     require(adata, layer, slide_key, hint="compute it first (SpaRED applies the filter to 'log1p')")
-    if copy:
-        adata = adata.copy()
     data = adata.layers[layer]
     dense = data.toarray() if sp.issparse(data) else np.asarray(data)
     adjacency = recipe_graph(adata, graphs, n_neighs, slide_key)
-    adata.layers[key_added] = adaptive_median(dense, adjacency, adata.obs[slide_key].to_numpy(), max_hops,
-                                              directed=graphs == "original")
+    filled = adaptive_median(dense, adjacency, adata.obs[slide_key].to_numpy(), max_hops,
+                             directed=graphs == "original")
+    adata = target(adata, copy)
+    adata.layers[key_added] = filled
     return adata if copy else None
 
 

@@ -230,8 +230,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def write_h5ad(adata: Any, path: str | Path, compression: str | None = None) -> Path:
-    """Write ``adata`` to ``path`` atomically; returns the path."""
-    with atomic_path(path, ".h5ad") as tmp:
+    """Write ``adata`` to ``path`` atomically; returns the path.
+
+    A recorded patch store travels with the file: it is placed beside ``path`` and recorded relative to it
+    (:func:`spared.io.patch_paths.portable_store`).
+    """
+    from spared.io.patch_paths import portable_store
+
+    with portable_store(adata, path), atomic_path(path, ".h5ad") as tmp:
         adata.write_h5ad(tmp, compression=compression)
     return Path(path)
 

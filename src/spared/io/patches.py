@@ -299,7 +299,7 @@ class PatchStore:
 
     Examples
     --------
-    >>> store = PatchStore(adata.uns["spared"]["patches"]["path"])  # doctest: +SKIP
+    >>> store = PatchStore.from_adata(adata)                       # doctest: +SKIP
     >>> store[0].shape, store[[3, 1]].shape                        # doctest: +SKIP
     ((224, 224, 3), (2, 224, 224, 3))
     """
@@ -312,13 +312,12 @@ class PatchStore:
         self._pid: int | None = None
 
     @classmethod
-    def from_adata(cls, adata: Any) -> PatchStore:
-        """The store recorded in ``adata.uns['spared']['patches']``."""
-        try:
-            return cls(adata.uns["spared"]["patches"]["path"])
-        except KeyError:
-            raise KeyError("adata.uns['spared']['patches'] is missing; extract patches first "
-                           "(spared.io.patches.extract_patches or spared.datasets.get)") from None
+    def from_adata(cls, adata: Any, h5ad: str | Path | None = None) -> PatchStore:
+        """The store recorded in ``adata.uns['spared']['patches']`` (beside its ``.h5ad``: ``h5ad`` names that
+        file when spared did not read it; :func:`spared.io.patch_paths.store_path`)."""
+        from spared.io.patch_paths import store_path
+
+        return cls(store_path(adata, h5ad))
 
     def _dataset(self) -> Any:
         if self._file is None or self._pid != os.getpid():

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from spared.inplace import target
+
 
 @dataclass(frozen=True)
 class CombatParams:
@@ -109,23 +111,24 @@ def combat_apply(x: np.ndarray, batch: np.ndarray | pd.Series, params: CombatPar
 
 
 def combat(adata, key: str | None = "slide_id", layer: str = "log1p", key_added: str | None = None,
-           return_params: bool = False):
+           copy: bool = False):
     """Batch-correct ``adata.layers[layer]`` with batches ``obs[key]``; writes ``layers[key_added]``.
 
     ``key_added`` defaults to ``"c_" + layer``. With ``key=None`` or a single batch the layer is copied
-    unchanged. Returns the fitted :class:`CombatParams` (``None`` when skipped) if ``return_params``.
+    unchanged. ``copy=True`` writes into a copy and returns it (else ``adata`` is changed and ``None`` returned);
+    the fitted transform itself comes from :func:`combat_fit` on the same values and labels.
     """
     key_added = key_added or f"c_{layer}"
     if layer not in adata.layers:
         raise KeyError(f"layer {layer!r} not found; available layers: {list(adata.layers)}")
+    if key is not None and key not in adata.obs:
+        raise KeyError(f"ComBat batch column obs[{key!r}] not found; columns: {list(adata.obs.columns)}")
     values = np.asarray(adata.layers[layer])
-    params = None
     if key is None or adata.obs[key].nunique() < 2:
-        adata.layers[key_added] = values.astype(np.float32, copy=True)
+        corrected = values.astype(np.float32, copy=True)
     else:
-        if key not in adata.obs:
-            raise KeyError(f"ComBat batch column obs[{key!r}] not found; columns: {list(adata.obs.columns)}")
         labels = adata.obs[key].astype(str).to_numpy()
-        params = combat_fit(values, labels)
-        adata.layers[key_added] = combat_apply(values, labels, params).astype(np.float32)
-    return params if return_params else None
+        corrected = combat_apply(values, labels, combat_fit(values, labels)).astype(np.float32)
+    adata = target(adata, copy)
+    adata.layers[key_added] = corrected
+    return adata if copy else None

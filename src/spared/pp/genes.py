@@ -8,20 +8,23 @@ only) is brought to them here, with the same rules and report as the readers
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from spared.inplace import replace, target
 from spared.io.readers.common import gene_labels, merge_by_id, symbols_or_gencode
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: float = 0.5) -> AnnData:
-    """The collection with genes indexed by unversioned Ensembl id, symbols mapped with the shipped GENCODE table.
+def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: float = 0.5,
+                copy: bool = False) -> AnnData | None:
+    """Index the collection's genes by unversioned Ensembl id, symbols mapped with the shipped GENCODE table.
 
     Ids come from ``var["gene_ids"]`` (or ``gene_id``, ``ensembl_id``, ``ensembl``) when present, else from
     ``var_names``; symbols from ``var["gene_symbol"]``, else ``var_names``. A gene given an Ensembl id keeps it
@@ -41,11 +44,13 @@ def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: fl
     min_mapped_fraction
         Smallest fraction of genes that must map to Ensembl ids of the organism; below it a
         :class:`spared.annotation.GeneMappingError` names the organism and examples. ``0`` accepts any loss.
+    copy
+        Return a new AnnData instead of changing ``adata``.
 
     Returns
     -------
-    ``adata`` itself when its genes already are distinct unversioned Ensembl ids, else a new AnnData (``var``
-    and ``varm`` rows of the first gene of each id, ``gene_symbol`` filled).
+    ``None`` (``adata`` now has the mapped genes: ``var`` and ``varm`` rows of the first gene of each id,
+    ``gene_symbol`` filled), or the new AnnData when ``copy`` is True.
     """
     from anndata import AnnData
 
@@ -60,8 +65,9 @@ def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: fl
                        warn="reader" not in adata.uns.get("spared", {}))  # a spared reader warned already
     unique_ids, first, merge = merge_by_id(final)
     if unique_ids.size == adata.n_vars and (adata.var_names == unique_ids).all():
-        adata.uns.setdefault("spared", {})["genes"] = report
-        return adata
+        adata = target(adata, copy)
+        adata.uns["spared"] = {**dict(adata.uns.get("spared", {})), "genes": report}
+        return adata if copy else None
 
     def merged(x):
         out = x @ merge if sp.issparse(x) else (merge.T @ np.asarray(x).T).T  # never a dense genes × ids matrix
@@ -70,10 +76,14 @@ def ensembl_ids(adata: AnnData, organism: str = "human", min_mapped_fraction: fl
     var = adata.var.iloc[first].copy()
     var.index = pd.Index(unique_ids, name=adata.var.index.name)
     var["gene_symbol"] = symbols_or_gencode(unique_ids, symbols[first], organism)
+    own = deepcopy if copy else (lambda x: x)  # in place, unchanged fields move over as they are
     out = AnnData(X=merged(adata.X), obs=adata.obs.copy(), var=var,
                   layers={k: merged(v) for k, v in adata.layers.items()},
-                  obsm=dict(adata.obsm), obsp=dict(adata.obsp), uns=dict(adata.uns),
+                  obsm=own(dict(adata.obsm)), obsp=own(dict(adata.obsp)), uns=own(dict(adata.uns)),
                   varm={k: np.asarray(v)[first] for k, v in adata.varm.items()})
     report["n_genes_merged"] = int(pd.notna(final).sum() - unique_ids.size)
     out.uns["spared"] = {**dict(out.uns.get("spared", {})), "genes": report}
-    return out
+    if copy:
+        return out
+    replace(adata, out)
+    return None

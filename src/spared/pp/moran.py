@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from spared.data_model import require
 from spared.graph import check_within_groups, recipe_graph
+from spared.inplace import subset, target
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -105,27 +106,33 @@ def moran_genes(
     slide_key: str = "slide_id",
     key_added: str = "d_log1p_moran",
     graphs: str = "spared",
-) -> None:
+    copy: bool = False,
+) -> AnnData | None:
     """Store each gene's slide-averaged Moran's I of ``adata.layers[layer]`` in ``adata.var[key_added]``.
 
     The weights are each slide's ``n_neighs``-nearest-neighbour graph (6 hexagonal, 8 square) from
     ``obsm["spatial"]``, row-standardised. ``graphs="original"`` builds it as the original SpaRED library does
     (:func:`spared.graph.original_spatial_graph`: squidpy's kNN graph, scikit-learn's tie-breaking among
-    equidistant spots); the default ``"spared"`` breaks such ties in SciPy's k-d tree order.
+    equidistant spots); the default ``"spared"`` breaks such ties in SciPy's k-d tree order. ``copy=True``
+    writes into a copy and returns it (else ``adata`` is changed and ``None`` returned).
     """
     require(adata, layer, slide_key,
             hint="run the adaptive median filter first (spared.impute.median.adaptive_median_filter)")
     data = adata.layers[layer]
     dense = data.toarray() if sp.issparse(data) else np.asarray(data)
     adjacency = recipe_graph(adata, graphs, n_neighs, slide_key)
-    adata.var[key_added] = morans_i(dense, adjacency, adata.obs[slide_key].to_numpy())
+    scores = morans_i(dense, adjacency, adata.obs[slide_key].to_numpy())
+    adata = target(adata, copy)
+    adata.var[key_added] = scores
+    return adata if copy else None
 
 
-def select_top_moran(adata: AnnData, n_top: int, key: str = "d_log1p_moran") -> AnnData:
-    """A copy of ``adata`` with its ``n_top`` genes of highest ``var[key]``, ordered by descending I.
+def select_top_moran(adata: AnnData, n_top: int, key: str = "d_log1p_moran", copy: bool = False) -> AnnData | None:
+    """Keep the ``n_top`` genes of highest ``var[key]``, ordered by descending I.
 
-    Ties keep the original gene order; NaN scores rank last. Asking for more genes than there are keeps
-    them all (sorted) with a warning.
+    The other genes are dropped from ``adata`` (``copy=False``, returns ``None``) or from the copy returned
+    (``copy=True``). Ties keep the original gene order; NaN scores rank last. Asking for more genes than there
+    are keeps them all (sorted) with a warning.
     """
     if key not in adata.var:
         raise KeyError(f"var column {key!r} not found; compute it with spared.pp.moran.moran_genes first")
@@ -136,4 +143,5 @@ def select_top_moran(adata: AnnData, n_top: int, key: str = "d_log1p_moran") -> 
                       f"keeping all of them", UserWarning, stacklevel=2)
     scores = adata.var[key].to_numpy(dtype=np.float64)
     order = np.argsort(-scores, kind="stable")  # NaN sorts last
-    return adata[:, order[:n_top]].copy()
+    out = subset(adata, var=order[:n_top], copy=copy)
+    return out if copy else None

@@ -40,19 +40,18 @@ class _StepLog:
         if self._progress is not None:
             self._progress.stop()
 
-    def run(self, name: str, fn: Callable, adata):
+    def run(self, name: str, fn: Callable, adata) -> None:
+        """Run ``fn(adata)`` (a step that changes ``adata`` in place) and record it."""
         if self._progress is not None:
             self._progress.update(self._task, description=name)
         start = time.perf_counter()
-        result = fn(adata)
-        adata = adata if result is None else result
+        fn(adata)
         self.rows["step"].append(name)
         self.rows["seconds"].append(time.perf_counter() - start)
         self.rows["n_spots"].append(adata.n_obs)
         self.rows["n_genes"].append(adata.n_vars)
         if self._progress is not None:
             self._progress.advance(self._task)
-        return adata
 
 
 def zero_fraction(x) -> float:
@@ -63,8 +62,9 @@ def zero_fraction(x) -> float:
 
 
 def process(adata, config: ProcessingConfig | None = None, progress: bool = True, dataset: str | None = None,
-            allow_non_integer: bool = False):
-    """Run the SpaRED protocol on a raw collection and return the processed AnnData (a new object).
+            allow_non_integer: bool = False, copy: bool = False):
+    """Run the SpaRED protocol on a raw collection: ``adata`` becomes the processed collection (``copy=False``,
+    returns ``None``), or a processed copy is returned and ``adata`` left as it was (``copy=True``).
 
     Steps: gene ids (symbols mapped to Ensembl ids, :func:`spared.pp.ensembl_ids`) → spot filter → expression
     fractions → gene filter → TPM → log2(x+1) → adaptive median filter → Moran's I and top-k genes → ComBat →
@@ -72,17 +72,22 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     carrying ``layers['true_rate']`` (expected counts; else ``true_counts``) also get ``true_log1p`` and
     ``c_true_log1p`` processed alike. Layers and columns are described in ``docs/data_model.md``.
 
-    Checked before any work: the data model (:func:`spared.validate`), that ``X`` holds integer counts (else a
+    Checked before any work: that ``adata`` is not already processed (a
+    :class:`~spared.data_model.ValidationError`: start again from the raw collection), the data model
+    (:func:`spared.validate`), that ``X`` holds integer counts (else a
     :class:`~spared.data_model.ValidationError`; ``allow_non_integer=True`` processes the values anyway with a
-    warning) and, with completion, that SpaCKLE has train and held-out slides (again after the spot filter).
-    Warnings raised by the steps (genes missing from the annotation, ...) are re-emitted and kept in
-    ``uns['spared']['input_warnings']``.
+    warning) and that the train split has spots (the deltas' reference; again after the spot filter). A
+    collection without val/test slides (one slide, one sample) is completed too: SpaCKLE then selects its
+    weights on held-out blocks of its own spots (:func:`spared.impute.spackle.fit`). The steps run on a working
+    copy, so an error leaves ``adata`` as it was even with ``copy=False``. Warnings raised by the steps (genes
+    missing from the annotation, ...) are re-emitted and kept in ``uns['spared']['input_warnings']``.
     """
     from spared import __version__
-    from spared.data_model import ValidationError, check_completion_splits, count_problem, dense, validate
+    from spared.data_model import ValidationError, check_not_processed, check_splits, count_problem, dense, validate
     from spared.impute.median import adaptive_median_filter
+    from spared.inplace import replace
     from spared.io.provenance import record_warning
-    from spared.pp.combat import combat, combat_apply
+    from spared.pp.combat import combat, combat_apply, combat_fit
     from spared.pp.genes import ensembl_ids
     from spared.pp.layers import compute_mask, deltas, noisy_layers
     from spared.pp.moran import moran_genes, select_top_moran
@@ -91,19 +96,18 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     from spared.pp.splits import apply_split_scheme
 
     cfg = config or ProcessingConfig()
+    check_not_processed(adata)
     validate(adata, stage="raw")
     suspicious = count_problem(adata.X)
     if suspicious and not allow_non_integer:
         raise ValidationError(f"{suspicious}. spared expects raw UMI counts in X (TPM and log are computed by the "
                               f"protocol): put the raw counts in X, or pass --allow-non-integer (Python: "
                               f"allow_non_integer=True) to process these values as if they were counts")
-    if cfg.complete_missing:
-        check_completion_splits(adata.obs, cfg.split_key, cfg.slide_key)
+    check_splits(adata.obs, cfg.split_key, cfg.slide_key)
     geometry, n_neighs, geometry_warning = _graph_geometry(adata, cfg)
     raw_zero_fraction = zero_fraction(adata.X)
     has_truth = "true_rate" in adata.layers or "true_counts" in adata.layers
     combat_key = cfg.combat_key
-    state: dict = {}
 
     def counts_layer(a):
         a.layers["counts"] = sp.csr_matrix(a.X, dtype=np.float32)
@@ -121,17 +125,17 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     def moran(a):
         moran_genes(a, layer="d_log1p", n_neighs=n_neighs, slide_key=cfg.slide_key, graphs=cfg.spatial_graphs)
-        panel = select_top_moran(a, cfg.top_moran_genes)
-        offpanel_counts(panel, layer="counts")
-        return panel
+        select_top_moran(a, cfg.top_moran_genes)
+        offpanel_counts(a, layer="counts")
 
     def batch_correct(a):
         combat(a, key=combat_key, layer="log1p", key_added="c_log1p")
-        state["combat"] = combat(a, key=combat_key, layer="d_log1p", key_added="c_d_log1p", return_params=True)
-        if has_truth:
+        combat(a, key=combat_key, layer="d_log1p", key_added="c_d_log1p")
+        if has_truth:  # the transform fitted for c_d_log1p (combat_fit is deterministic), applied to the truth
             truth = a.layers["true_log1p"]
-            a.layers["c_true_log1p"] = (truth if state["combat"] is None else combat_apply(
-                truth, a.obs[combat_key].astype(str).to_numpy(), state["combat"])).astype(np.float32)
+            labels = None if combat_key is None else a.obs[combat_key].astype(str).to_numpy()
+            a.layers["c_true_log1p"] = (truth if labels is None or np.unique(labels).size < 2 else combat_apply(
+                truth, labels, combat_fit(np.asarray(a.layers["d_log1p"]), labels))).astype(np.float32)
 
     def dense_layers(a):
         for name in ("counts", "tpm", "log1p", "true_counts", "true_rate"):
@@ -149,14 +153,14 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
                                              progress=None if progress else False)
             model = spackle.fit(a, layer="c_d_log1p", config=settings)
             spackle.complete(a, model, layer="c_d_log1p", key_added="c_t_log1p")
+            a.uns.setdefault("spared", {})["completion"] = {
+                "method": "spackle", "layer": "c_d_log1p", "key_added": "c_t_log1p", "selection": model.selection,
+                "best_step": int(model.best_step or 0), "best_val_mse": float(model.best_val_mse or np.nan)}
 
     def spot_filter(a):
-        kept = filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)
-        if cfg.complete_missing:
-            check_completion_splits((a if kept is None else kept).obs, cfg.split_key, cfg.slide_key,
-                                    f"after the spot filter (cell_min_counts={cfg.cell_min_counts:g}, "
-                                    f"cell_max_counts={cfg.cell_max_counts:g})")
-        return kept
+        filter_spots(a, cfg.cell_min_counts, cfg.cell_max_counts)
+        check_splits(a.obs, cfg.split_key, cfg.slide_key, f"after the spot filter (cell_min_counts="
+                     f"{cfg.cell_min_counts:g}, cell_max_counts={cfg.cell_max_counts:g})")
 
     steps: list[tuple[str, Callable]] = [
         ("gene ids", lambda a: ensembl_ids(a, cfg.organism)),
@@ -167,7 +171,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
             cfg.real_data_percentage, cfg.wildcard_genes, cfg.slide_key)),
         ("counts layer", counts_layer),
         ("TPM", lambda a: tpm(a, cfg.organism, layer="counts", key_added="tpm", min_known_fraction=0)),
-        ("log2(TPM+1)", lambda a: (log1p(a, "tpm", "log1p"), truth_log1p(a))[0]),
+        ("log2(TPM+1)", lambda a: (log1p(a, "tpm", "log1p"), truth_log1p(a))),
         ("adaptive median filter", median),
         ("Moran's I selection", moran),
         ("mask", dense_layers),
@@ -184,7 +188,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         out = adata.copy()
         apply_split_scheme(out, cfg.split_scheme, slide_key=cfg.slide_key, split_key=cfg.split_key)
         for name, fn in steps:
-            out = steplog.run(name, fn, out)
+            steplog.run(name, fn, out)
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     messages = [suspicious] if suspicious else []
@@ -207,7 +211,10 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
     if geometry_warning:
         record_warning(out, geometry_warning, issue=False)
     validate(out, stage="processed")  # every layer finite: a step that produced NaN/inf is named, not cached
-    return out
+    if copy:
+        return out
+    replace(adata, out)
+    return None
 
 
 def _graph_geometry(adata, cfg: ProcessingConfig) -> tuple[str, int, str | None]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from spared.inplace import target
+
 KINDS = {"lopo": "patient", "loso": "slide"}
 
 
@@ -89,10 +91,13 @@ def assign_splits(patients: Sequence[str], slides: Sequence[str], scheme: str | 
 
 
 def apply_split_scheme(adata, scheme: str, patient_key: str = "patient", slide_key: str = "slide_id",
-                       split_key: str = "split") -> None:
-    """Reassign ``obs[split_key]`` of a collection by ``scheme`` (in place; ``"catalogue"`` leaves it as is)."""
+                       split_key: str = "split", copy: bool = False):
+    """Reassign ``obs[split_key]`` of a collection by ``scheme`` (``"catalogue"`` leaves it as is).
+
+    ``copy=True`` writes into a copy and returns it (else ``adata`` is changed and ``None`` returned).
+    """
     if parse_split_scheme(scheme).kind == "catalogue":
-        return
+        return adata.copy() if copy else None
     for key in (patient_key, slide_key):
         if key not in adata.obs:
             raise KeyError(f"obs[{key!r}] is missing; split_scheme {scheme!r} assigns splits by patient and slide")
@@ -105,4 +110,6 @@ def apply_split_scheme(adata, scheme: str, patient_key: str = "patient", slide_k
     splits = assign_splits(per_slide[patient_key].tolist(), per_slide[slide_key].tolist(), scheme)
     lookup = dict(zip(per_slide[slide_key], splits, strict=True))
     values = obs[slide_key].map(lookup).to_numpy(dtype=object)
+    adata = target(adata, copy)
     adata.obs[split_key] = pd.Categorical(np.asarray(values, dtype=str))
+    return adata if copy else None

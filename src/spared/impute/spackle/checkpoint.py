@@ -80,6 +80,7 @@ def load(path: str | Path) -> SpackleModel:
         network = network_from_config(config, int(meta["n_genes"]), meta["visual_dim"])
         genes, layer = [str(g) for g in meta["genes"]], str(meta["layer"])
         best_step, best_val_mse = meta["best_step"], meta["best_val_mse"]
+        selection = str(meta.get("selection", ""))  # absent from checkpoints written before it was recorded
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path / METADATA} does not describe a SpaCKLE model ({type(err).__name__}: "
                               f"{err}); the checkpoint is damaged: save or train it again") from err
@@ -89,7 +90,8 @@ def load(path: str | Path) -> SpackleModel:
     except RuntimeError as err:
         raise CheckpointError(f"the weights in {path / WEIGHTS} do not match the architecture in {METADATA}: "
                               f"{err}") from err
-    return SpackleModel(network.eval(), config, genes, layer, best_step=best_step, best_val_mse=best_val_mse)
+    return SpackleModel(network.eval(), config, genes, layer, best_step=best_step, best_val_mse=best_val_mse,
+                        selection=selection)
 
 
 def _read_metadata(path: Path) -> dict:

@@ -74,8 +74,10 @@ class SpackleConfig:
         Validate every this many training steps; the best validation MSE selects the weights kept.
     val_fraction, val_max_spots
         The validation entries: ``val_fraction`` of the known entries of at most ``val_max_spots`` validation
-        spots (a seeded random subset of the val split, else the test split), held out from training
-        altogether (never an input, never a target) and predicted from everything else at each validation.
+        spots (a seeded random subset of the val split, else the test split, else, for a single slide or
+        sample, spatially separated blocks of its spots: :mod:`spared.impute.spackle.selection`), held out from
+        training altogether (never an input, never a target) and predicted from everything else at each
+        validation.
     patience
         Stop after this many validations without a lower validation MSE (``None``: run every step).
     seed

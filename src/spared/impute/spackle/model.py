@@ -185,6 +185,8 @@ class SpackleModel:
     best_step, best_val_mse
         Step and validation MSE of the kept weights (an ensemble: the first member's best step and the
         validation MSE of the averaged prediction).
+    selection
+        Which spots supplied the validation entries (the val split, or blocks held out of the slides).
     """
 
     network: SpackleNetwork | SpackleEnsemble
@@ -194,6 +196,7 @@ class SpackleModel:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: {"train": [], "val": []})
     best_step: int | None = None
     best_val_mse: float | None = None
+    selection: str = ""
 
     @property
     def visual_dim(self) -> int | None:
@@ -203,14 +206,14 @@ class SpackleModel:
         """Everything but the weights, as JSON-ready data."""
         return {"config": self.config.to_dict(), "genes": list(self.genes), "layer": self.layer,
                 "n_genes": len(self.genes), "visual_dim": self.visual_dim, "best_step": self.best_step,
-                "best_val_mse": self.best_val_mse}
+                "best_val_mse": self.best_val_mse, "selection": self.selection}
 
     def complete(self, adata, layer: str | None = None, key_added: str = "c_t_log1p",
-                 batch_size: int = 1024, device: str | None = None):
+                 batch_size: int = 1024, device: str | None = None, copy: bool = False):
         """Shortcut for :func:`spared.impute.spackle.complete` (``layer`` defaults to the training layer)."""
         from spared.impute.spackle.completion import complete
 
-        return complete(adata, self, layer or self.layer, key_added, batch_size, device)
+        return complete(adata, self, layer or self.layer, key_added, batch_size, device, copy)
 
     def save(self, path: str | Path) -> Path:
         """Shortcut for :func:`spared.impute.spackle.save`."""

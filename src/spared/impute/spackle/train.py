@@ -16,9 +16,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from spared.impute.spackle.config import SpackleConfig
 from spared.impute.spackle.data import Neighbourhoods, held_out_loader, loader, neighbourhoods
-from spared.impute.spackle.inputs import split_rows
 from spared.impute.spackle.masking import glob_exp_frac, mask_probabilities, row_probabilities, sample_mask
 from spared.impute.spackle.model import SpackleEnsemble, SpackleModel, SpackleNetwork
+from spared.impute.spackle.selection import selection_spots
 from spared.training_runtime import quiet_lightning, torch_threads
 
 
@@ -180,7 +180,10 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
     (``"train"``); neighbours always come from the spot's own slide. A seeded ``config.val_fraction`` of the
     known entries of (at most ``config.val_max_spots``) val-split spots (test split when there is no val
     split) is held out of training altogether and scored every ``config.val_every`` steps; training stops
-    after ``config.patience`` validations without improvement and the best weights are kept. Entries with
+    after ``config.patience`` validations without improvement and the best weights are kept. A collection
+    without val and test spots (one slide, one sample) holds out spatially separated blocks of its own spots
+    instead (:mod:`spared.impute.spackle.selection`: about 15 % of each slide's spots, never training targets),
+    with a warning that says so; ``SpackleModel.selection`` records which. Entries with
     ``layers["mask"] == False`` are never read. With ``config.ensemble > 1`` that many networks are trained
     one after the other (seeds ``seed``, ``seed + 1``, ...), each selected on the same held-out entries, and
     their predictions averaged.
@@ -205,11 +208,12 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
     with torch_threads(config.threads):
         data = neighbourhoods(adata, layer, config.num_neighs, None, config.visual_key, config.slide_key,
                               config.spatial_key, config.relative_positions, config.depth_key)
-        targets, val_spots = _split_spots(adata, config)
-        train_data, held = data.hold_out(val_spots, config.val_fraction, config.seed)
+        chosen = selection_spots(adata, config)
+        targets = chosen.targets
+        train_data, held = data.hold_out(chosen.validation, config.val_fraction, config.seed)
         if held.n_entries == 0:
-            raise ValueError(f"the {len(val_spots)} validation spots have no measured value to hold out; SpaCKLE "
-                             f"selects its weights on them, so check layers['mask'] of the val split")
+            raise ValueError(f"the {len(chosen.validation)} validation spots have no measured value to hold out; "
+                             f"SpaCKLE selects its weights on them, so check layers['mask'] of the val split")
         probs = row_probabilities(
             mask_probabilities(glob_exp_frac(adata, data.real.numpy()), config.mask_method, config.mask_prob),
             data.neighbours.shape[1], config.neighbour_mask_ratio)
@@ -230,7 +234,7 @@ def fit(adata, layer: str = "c_d_log1p", config: SpackleConfig | None = None,
             network = SpackleEnsemble(members).eval()
             best_val_mse = held_out_mse(network, val_loader)
     model = SpackleModel(network, config, [str(g) for g in adata.var_names], layer, history, best_step,
-                         best_val_mse)
+                         best_val_mse, chosen.description)
     if run_dir is not None:
         model.save(Path(run_dir) / "checkpoint")
     return model
@@ -288,25 +292,6 @@ def _real_stats(values: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.nd
     sq = np.where(real, (values - mean) ** 2, 0.0).sum(axis=0)
     std = np.sqrt(np.divide(sq, counts, out=np.ones(values.shape[1]), where=counts > 1))
     return mean, np.where(std > 0, std, 1.0)
-
-
-def _split_spots(adata, config: SpackleConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Spots whose known entries are training targets, and the validation spots."""
-    train = split_rows(adata, config.split_key, ["train"])
-    if config.train_on == "train" and train.size == 0:
-        raise ValueError(f"no spot has obs[{config.split_key!r}] == 'train'; SpaCKLE learns from the train "
-                         f"split with train_on='train', so assign slides to splits first (or use train_on='all')")
-    val = split_rows(adata, config.split_key, ["val"])
-    if val.size == 0:
-        val = split_rows(adata, config.split_key, ["test"])
-    if val.size == 0:
-        raise ValueError(f"no spot has obs[{config.split_key!r}] == 'val' or 'test'; SpaCKLE selects its "
-                         f"weights on held-out slides, so put at least one slide in the val split")
-    if val.size > config.val_max_spots:
-        rng = np.random.default_rng(config.seed)
-        val = np.sort(rng.choice(val, config.val_max_spots, replace=False))
-    targets = train if config.train_on == "train" else np.arange(adata.n_obs)
-    return targets, val
 
 
 def _trainer(config: SpackleConfig, n_steps: int, run_dir: str | Path | None, label: str = "SpaCKLE") -> L.Trainer:

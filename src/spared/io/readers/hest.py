@@ -314,8 +314,8 @@ def read_hest(folder: str | Path, ids: Sequence[str] | str | None = None, organi
     Examples
     --------
     >>> adata = spared.io.read_hest("hest_data", ["TENX95", "TENX99"])          # doctest: +SKIP
-    >>> processed = spared.pp.process(adata, ProcessingConfig(hex_geometry=spared.io.readers.geometry(adata)
-    ...                                                       == "hex"))        # doctest: +SKIP
+    >>> spared.pp.process(adata, ProcessingConfig(hex_geometry=spared.io.readers.geometry(adata)
+    ...                                           == "hex"))                    # doctest: +SKIP
     """
     folder = Path(folder)
     if not (folder / "st").is_dir():
