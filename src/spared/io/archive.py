@@ -132,8 +132,8 @@ def describe(archive: Path) -> str:
 
 def _replace_advice(archive: Path) -> str:
     if archive.is_symlink():
-        return (f"replace your file {os.path.realpath(archive)} with a complete copy (spared never modifies or deletes it), "
-                f"then run the command again")
+        return (f"replace your file {os.path.realpath(archive)} with a complete copy (spared never modifies or "
+                f"deletes it), then run the command again")
     return "delete it and download it again"
 
 

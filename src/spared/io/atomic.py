@@ -380,7 +380,7 @@ class _GuardedFile:
     the process) and the error is raised afterwards."""
 
     def __init__(self, path: Path):
-        self._fh = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed by atomic_h5)
+        self._fh = open(path, "w+b", buffering=0)
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
