@@ -64,15 +64,21 @@ def complete(
     if method not in _METHODS:
         raise fail(f"unknown method {method!r}; choose one of {', '.join(_METHODS)}")
     spackle_config = _spackle_config(max_steps, seed, ensemble, preset)
-    if method == "spackle" and (checkpoint is None) == (not train):
-        raise fail("SpaCKLE needs exactly one of --checkpoint DIR (apply a saved model) or --train")
-    if method != "spackle" and (checkpoint or train or save_checkpoint):
-        raise fail(f"--checkpoint, --train and --save-checkpoint apply to --method spackle, not {method!r}")
     training = {"--max-steps": max_steps is not None, "--ensemble": ensemble is not None,
                 "--preset": preset != "default"}
-    if not train and any(training.values()):
-        raise fail(f"{', '.join(k for k, v in training.items() if v)} set how SpaCKLE trains; add --train "
-                   "(a --checkpoint keeps the settings it was trained with)")
+    if method != "spackle":
+        spackle_only = [k for k, v in {"--checkpoint": checkpoint is not None, "--train": train,
+                                       "--save-checkpoint": save_checkpoint is not None, **training}.items() if v]
+        if spackle_only:
+            raise fail(f"{', '.join(spackle_only)} apply to --method spackle only; {method!r} has no network to "
+                       f"train or load: remove {'them' if len(spackle_only) > 1 else 'it'}")
+    if method == "spackle" and (checkpoint is None) == (not train):
+        raise fail("SpaCKLE needs exactly one of --checkpoint DIR (apply a saved model) or --train")
+    if not train and any(training.values()):  # here a --checkpoint is given (exactly one of the two)
+        given = ", ".join(k for k, v in training.items() if v)
+        raise fail(f"{given} set how SpaCKLE trains, but --checkpoint applies a network trained before (it keeps "
+                   f"the settings it was trained with): remove {given}, or train anew with --train in place of "
+                   f"--checkpoint")
     writable_file(output)
     if save_checkpoint is not None:
         from spared.impute.spackle.checkpoint import check_destination

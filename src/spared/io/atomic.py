@@ -306,6 +306,21 @@ def _swallow_full_disk(unraisable: Any) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def _disk_full(exc: BaseException, folder: str | Path, what: str, needed: int | None,
+               discard: Path | None) -> DiskFullError:
+    """The :class:`DiskFullError` of ``exc``, once the partial output ``discard`` is measured and removed (and
+    the objects the failed write left half closed, h5py's, are collected quietly)."""
+    written = size_on_disk(discard) if discard is not None else 0
+    previous, sys.unraisablehook = sys.unraisablehook, _swallow_full_disk
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    if discard is not None:
+        remove_path(discard)
+    return DiskFullError(folder, what, needed=needed, written=written)
+
+
 @contextmanager
 def staged(temp: str | Path, folder: str | Path, what: str, needed: int | None = None) -> Iterator[Path]:
     """The one error path of spared's writers: run the block that writes ``temp`` (a file or folder), and on any
@@ -323,14 +338,19 @@ def staged(temp: str | Path, folder: str | Path, what: str, needed: int | None =
         if isinstance(exc, DiskFullError) or not is_disk_full(exc):
             remove_path(temp)
             raise
-        written = size_on_disk(temp)
-        previous, sys.unraisablehook = sys.unraisablehook, _swallow_full_disk
-        try:
-            gc.collect()
-        finally:
-            sys.unraisablehook = previous
-        remove_path(temp)
-        raise DiskFullError(folder, what, needed=needed, written=written) from exc
+        raise _disk_full(exc, folder, what, needed, temp) from exc
+
+
+@contextmanager
+def full_disk_errors(folder: str | Path, what: str, discard: str | Path | None = None) -> Iterator[None]:
+    """For writers whose outputs stay on other errors (a benchmark run's folder): inside the block, a full disk
+    becomes :class:`DiskFullError` naming ``folder``, after the partial output ``discard`` is removed."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, DiskFullError) or not is_disk_full(exc):
+            raise
+        raise _disk_full(exc, folder, what, None, Path(discard) if discard is not None else None) from exc
 
 
 @contextmanager
