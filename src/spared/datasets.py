@@ -105,8 +105,9 @@ def _cache_location(spec: Any, cfg: ProcessingConfig, data_dir: str | Path | Non
     return folder / f"{stem}.h5ad", folder / f"{stem}.patches.h5", material
 
 
-def _changes(h5ad: Path, material: dict[str, Any]) -> list[str]:
-    """What differs between ``material`` and the key material of the latest other cache of the same dataset."""
+def _changes(h5ad: Path, material: dict[str, Any], linked: dict[str, str]) -> list[str]:
+    """What differs between ``material`` and the key material of the latest other cache of the same dataset
+    (``linked``: the user's files behind the inputs, with their sha256, to name those that changed)."""
     folder = h5ad.parent
     caches = [p for p in folder.glob("*.h5ad") if p != h5ad] if folder.is_dir() else []
     others = []
@@ -124,6 +125,11 @@ def _changes(h5ad: Path, material: dict[str, Any]) -> list[str]:
     _, path, last = max(others, key=lambda item: item[0])
     lines = [f"raw file {name} changed ({_short(last.get('inputs', {}).get(name))} → {_short(value)})"
              for name, value in material["inputs"].items() if last.get("inputs", {}).get(name) != value]
+    old_linked, new_linked = last.get("linked", {}), linked
+    edited = sorted(set(old_linked) ^ set(new_linked) | {k for k in old_linked if new_linked.get(k, old_linked[k])
+                                                          != old_linked[k]})
+    if lines and edited:
+        lines.append(f"your file(s) behind it: {', '.join(edited[:3])}{', ...' if len(edited) > 3 else ''}")
     old_config = last.get("config", {})
     lines += [f"setting {key}: {old_config.get(key)!r} → {value!r}" for key, value in material["config"].items()
               if old_config.get(key) != value]
@@ -329,7 +335,7 @@ def prepare(name: str, config: ProcessingConfig | dict[str, Any] | None = None, 
     """
     from spared.catalog import load_spec
     from spared.io.atomic import check_writable_dir
-    from spared.io.download import fetch_dataset, file_records, raw_status, resolve_layout
+    from spared.io.download import fetch_dataset, file_records, linked_inputs, raw_status, resolve_layout
     from spared.io.readers import read
 
     spec = load_spec(name)
@@ -351,7 +357,8 @@ def prepare(name: str, config: ProcessingConfig | dict[str, Any] | None = None, 
         folder = fetch(images=True)
         h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
     check_writable_dir(h5ad.parent)
-    changes = _changes(h5ad, material)
+    linked = linked_inputs(spec, data_dir)
+    changes = _changes(h5ad, material, linked)
     records = file_records(spec, data_dir)
 
     def read_raw() -> Any:
@@ -362,7 +369,7 @@ def prepare(name: str, config: ProcessingConfig | dict[str, Any] | None = None, 
 
     # the catalogue's files are what they are: values that are not integer counts are processed with a warning
     adata = _build(read_raw, cfg, spec.key, h5ad, patch_file, patches, records, progress, allow_non_integer=True,
-                   inputs=material)
+                   inputs={**material, "linked": linked})
     return Prepared(adata, h5ad, patch_file, True, changes)
 
 

@@ -229,6 +229,9 @@ class DiskFullError(OSError):
 
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Free bytes under which a failed write counts as a full disk even when the writer's error does not say so
+#: (torch.save reports only "unexpected pos ..."): no output fits in less.
+FULL_MARGIN = 1 << 20
 #: How HDF5 (through h5py) and other C libraries spell a full disk in messages that carry no ``errno``.
 _FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|errno = (28|122)\b")
 
@@ -244,6 +247,14 @@ def is_disk_full(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _full(exc: BaseException, folder: str | Path) -> bool:
+    """Whether a failed write into ``folder`` failed for want of space: said by the error, or (an error of a
+    writer that does not say why) the device has less than :data:`FULL_MARGIN` left."""
+    if isinstance(exc, DiskFullError):
+        return False
+    return is_disk_full(exc) or (isinstance(exc, OSError | RuntimeError) and free_space(folder) < FULL_MARGIN)
 
 
 def human_size(n: int | float | None) -> str:
@@ -335,7 +346,7 @@ def staged(temp: str | Path, folder: str | Path, what: str, needed: int | None =
     try:
         yield temp
     except BaseException as exc:
-        if isinstance(exc, DiskFullError) or not is_disk_full(exc):
+        if not _full(exc, folder):
             remove_path(temp)
             raise
         raise _disk_full(exc, folder, what, needed, temp) from exc
@@ -348,7 +359,7 @@ def full_disk_errors(folder: str | Path, what: str, discard: str | Path | None =
     try:
         yield
     except Exception as exc:
-        if isinstance(exc, DiskFullError) or not is_disk_full(exc):
+        if not _full(exc, folder):
             raise
         raise _disk_full(exc, folder, what, None, Path(discard) if discard is not None else None) from exc
 

@@ -39,6 +39,7 @@ from spared.io.local import (
     LocalFileChanged,
     LocalSourceError,
     link_local_source,
+    linked_files,
     provided_locally,
     read_manifest,
     tree_fingerprint,
@@ -49,7 +50,7 @@ from spared.io.sniff import FormatError, check_format, sha256sum
 
 __all__ = ["ChecksumError", "DownloadError", "FormatError", "LayoutError", "LocalFileChanged", "LocalSourceError",
            "checksum_label", "checksum_state", "checksums_path", "data_dir", "dataset_dir", "dataset_lock",
-           "fetch_dataset", "file_records", "image_only_files", "input_fingerprints", "processed_dir",
+           "fetch_dataset", "file_records", "image_only_files", "input_fingerprints", "linked_inputs", "processed_dir",
            "raw_status", "resolve_layout", "resolve_slides", "sha256sum", "status", "unpack_dataset"]
 
 Status = Literal["absent", "downloaded", "processed"]
@@ -551,6 +552,21 @@ def input_fingerprints(spec: DatasetSpec, data_dir: str | Path | None = None) ->
                 f"changed:{st.st_size}:{st.st_mtime_ns}"
         else:
             out[f.filename] = "absent" if present or not recorded else recorded
+    return out
+
+
+def linked_inputs(spec: DatasetSpec, data_dir: str | Path | None = None) -> dict[str, str]:
+    """Every user file linked for ``spec`` (a local source) → its recorded sha256: what messages name when the
+    content behind an input changed."""
+    folder = dataset_dir(spec, data_dir)
+    sums = _Checksums(checksums_path(spec, data_dir))
+    out = {}
+    for f in spec.files:
+        if f.unpack:
+            out.update(linked_files(spec, f, folder))
+        entry = sums.data.get(f.filename) or {}
+        if entry.get("source"):
+            out[entry["source"]] = entry.get("sha256", "")
     return out
 
 

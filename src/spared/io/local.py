@@ -131,6 +131,16 @@ def _below(rel: str, pattern: str) -> bool:
     return len(parts) >= len(pat) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pat, strict=False))
 
 
+def linked_files(spec: DatasetSpec, f: FileSpec, folder: Path) -> dict[str, str]:
+    """The user's files behind archive ``f``'s linked content that ``spec`` uses, with their recorded sha256."""
+    manifest = read_manifest(f, folder) if manifest_path(f, folder).is_file() else None
+    if manifest is None:
+        return {}
+    patterns = own_patterns(spec, f.target)
+    return {rec["source"]: rec["sha256"] for rel, rec in sorted(manifest["files"].items())
+            if not patterns or any(_below(rel, p) for p in patterns)}
+
+
 def tree_fingerprint(spec: DatasetSpec, f: FileSpec, folder: Path) -> str | None:
     """A hash of the linked content of archive ``f`` that ``spec`` uses (the recorded sha256 of each file, with
     its size and modification time checked: a file changed since it was hashed counts as other content);
@@ -321,8 +331,11 @@ def _plan_tree(spec: DatasetSpec, f: FileSpec, folder: Path, source: Path, allow
     where, entries, own = found
     target = folder / f.target
     manifest = read_manifest(f, folder) if manifest_path(f, folder).is_file() else None
-    plan = _TreePlan(f, folder, target, where, own if manifest else entries,
-                     records=dict(manifest["files"]) if manifest else {})
+    units = entries
+    if manifest:  # linked before: the dataset's own parts, and files whose user file is gone if this source has them
+        gone = [rel for rel, rec in manifest["files"].items() if not Path(rec["source"]).is_file()]
+        units = own + [rel for rel in gone if (where / rel).exists() and not any(_below(rel, u) for u in own)]
+    plan = _TreePlan(f, folder, target, where, units, records=dict(manifest["files"]) if manifest else {})
     for unit in plan.units:
         for rel, user in scan_files(where / unit, source, allow_external).items():
             path = f"{unit}/{rel}" if rel else unit
