@@ -94,7 +94,8 @@ def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
     processed = tmp_path / "data" / spec.key / "processed"
     assert sorted(p.name.split(".", 1)[1] for p in processed.iterdir()) == ["h5ad", "inputs.json", "patches.h5"]
     inputs = adata.uns["spared"]["inputs"]
-    assert sorted(inputs["file"]) == sorted(f.filename for f in spec.files) and all(len(c) == 64 for c in inputs["content"])
+    assert sorted(inputs["file"]) == sorted(f.filename for f in spec.files)
+    assert all(len(c) == 64 for c in inputs["content"])  # the verified sha256 of each raw file
     store = PatchStore.from_adata(adata)
     assert len(store) == adata.n_obs and Path(store.path).parent == processed
 

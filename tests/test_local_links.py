@@ -238,7 +238,7 @@ def test_concurrent_fetches_of_one_dataset_wait_for_each_other(tmp_path, capsys)
         start.wait()
         try:
             fetch_dataset(spec, data, progress=False, source=mine)
-        except Exception as exc:  # noqa: BLE001 (collected and asserted below)
+        except Exception as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=fetch) for _ in range(3)]
