@@ -493,10 +493,25 @@ def _anndata_nbytes(adata: Any) -> int:
 
 
 def write_h5ad(adata: Any, path: str | Path, compression: str | None = None) -> Path:
-    """Write ``adata`` to ``path`` atomically (the free space checked first, uncompressed); returns the path."""
+    """Write ``adata`` to ``path`` atomically; returns the path.
+
+    The h5ad is written as anndata's ``write_h5ad`` does (strings as categoricals, anndata's element encoding),
+    through :func:`atomic_h5`: the free space is checked first (uncompressed size) and a disk that fills up is a
+    :class:`DiskFullError`, never a crash. A backed AnnData is written by anndata itself.
+    """
     needed = None if compression else _anndata_nbytes(adata)
-    with atomic_path(path, ".h5ad", needed=needed) as tmp:
-        adata.write_h5ad(tmp, compression=compression)
+    if adata.isbacked:
+        with atomic_path(path, ".h5ad", needed=needed) as tmp:
+            adata.write_h5ad(tmp, compression=compression)
+        return Path(path)
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    adata.strings_to_categoricals()
+    with atomic_h5(path, needed=needed) as handle:
+        write_elem(handle, "/", adata, dataset_kwargs={"compression": compression} if compression else {})
     return Path(path)
 
 
