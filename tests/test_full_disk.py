@@ -1,7 +1,7 @@
 """A full disk is one clear error from every writer (patches, unpacking, caches, benchmark runs): it names the
 folder and the space needed, leaves no temporary file, never blames the input, and never crashes the process.
 
-The disks are small tmpfs mounts (root only; skipped otherwise)."""
+The disks are small tmpfs mounts (``small_disk`` in conftest.py: root only, skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -17,28 +17,6 @@ import pytest
 
 from spared.io.atomic import DiskFullError, write_h5ad
 from spared.io.patches import extract_patches
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """Make a tmpfs of the given size under ``tmp_path`` (unmounted at teardown)."""
-    if os.geteuid() != 0:
-        pytest.skip("full-disk tests mount a small tmpfs, which needs root")
-    mounted: list[Path] = []
-
-    def make(size: str) -> Path:
-        where = tmp_path / f"disk{len(mounted)}"
-        where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield make
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -115,9 +93,9 @@ def test_unpacking_onto_a_full_disk_never_calls_the_archive_corrupt(small_disk, 
 
 def test_download_unpacking_onto_a_full_disk_is_one_clear_message(small_disk, tmp_path, monkeypatch):
     """`spared download --from` with the data folder on a full disk: exit 1, the folder and the space named."""
-    import spared.catalog
     from typer.testing import CliRunner
 
+    import spared.catalog
     from spared.cli import app
     from test_local_sources import toy_spec
 

@@ -19,6 +19,7 @@ copied, and never modified or deleted (see :mod:`spared.io.local`). Processes fe
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -215,7 +216,9 @@ def dataset_lock(spec: DatasetSpec, root: str | Path | None = None) -> Iterator[
         except Timeout:
             _say(f"waiting for another spared process fetching {spec.group!r} (lock {folder / '.spared.lock'})")
             lock.acquire()
-    except PermissionError:
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
         yield
         return
     try:
