@@ -311,13 +311,15 @@ def _gunzipped(path: Path) -> Path:
         return path
     import shutil
 
-    from spared.io.atomic import atomic_path
+    from spared.io.atomic import DiskFullError, atomic_path
 
     target = path.with_suffix("")
     if not target.is_file():
         try:
             with atomic_path(target) as tmp, gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 22)
+        except DiskFullError:
+            raise  # the file is fine: the disk is full
         except (OSError, EOFError) as exc:
             raise ReaderError(f"{path} could not be decompressed ({exc}); download it again") from exc
     return target
