@@ -254,7 +254,7 @@ def _full(exc: BaseException, folder: str | Path) -> bool:
     writer that does not say why) the device has less than :data:`FULL_MARGIN` left."""
     if isinstance(exc, DiskFullError):
         return False
-    return is_disk_full(exc) or (isinstance(exc, OSError | RuntimeError) and free_space(folder) < FULL_MARGIN)
+    return is_disk_full(exc) or (isinstance(exc, Exception) and free_space(folder) < FULL_MARGIN)
 
 
 def human_size(n: int | float | None) -> str:
