@@ -126,4 +126,7 @@ def test_real_organoid_data_changed_and_rechecked_builds_anew(realdata, tmp_path
     assert rebuilt.exit_code == 0 and f"built {KIDNEY}: " in text and "1355 spots" not in text, rebuilt.output
     assert "raw file xjtv62ncwr_data.tar.gz changed" in text and str(positions.resolve()) in text
     assert LUNG not in text
+    pristine = organoid_copy(realdata, tmp_path / "pristine", ("kidneyorganoid",))
+    back = runner.invoke(app, [*args, "--from", str(pristine)])  # used although a cache exists: relinked, and ...
+    assert back.exit_code == 0 and f"loaded {KIDNEY}: 1355 spots" in said(back), back.output  # ... the same content
 
