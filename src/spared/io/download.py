@@ -161,17 +161,19 @@ class _Checksums:
         return entry["sha256"]
 
     def unchanged(self, f: FileSpec, path: Path, sha: str) -> bool:
-        """Whether ``path`` was verified as ``sha`` and its size and modification time have not changed since."""
+        """Whether ``path`` was verified as ``sha`` and its size, modification time (and, for a link, the file it
+        leads to) have not changed since."""
         entry = self.data.get(f.filename) or {}
         st = path.stat()
+        source = os.path.realpath(path) if path.is_symlink() else None
         return (entry.get("url") == f.url and entry.get("sha256") == sha and entry.get("size") == st.st_size
-                and entry.get("mtime_ns") == st.st_mtime_ns)
+                and entry.get("mtime_ns") == st.st_mtime_ns and entry.get("source") == source)
 
     def record(self, f: FileSpec, path: Path, sha: str, origin: str) -> None:
         st = path.stat()
         entry = {"url": f.url, "sha256": sha, "origin": origin, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         if path.is_symlink():
-            entry["source"] = str(path.resolve())
+            entry["source"] = os.path.realpath(path)
         if self.data.get(f.filename) != entry:
             self.data[f.filename] = entry
             write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True))
@@ -240,8 +242,13 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _verify_present(spec: DatasetSpec, f: FileSpec, path: Path, sums: _Checksums, recheck: bool) -> str:
-    """Check a file found on disk (format, then sha256) and return its hash; the file is never deleted."""
+def _verify_present(spec: DatasetSpec, f: FileSpec, path: Path, sums: _Checksums, recheck: bool,
+                    accept: bool = False) -> str:
+    """Check a file found on disk (format, then sha256) and return its hash; the file is never deleted.
+
+    ``recheck`` hashes the file again whatever its size and time; ``accept`` (a file just given with ``--from``)
+    records a new content instead of refusing it when the catalogue pins no hash (an unchanged file is not hashed
+    again)."""
     try:
         check_format(path, f.filename)
     except FormatError as exc:
@@ -254,6 +261,8 @@ def _verify_present(spec: DatasetSpec, f: FileSpec, path: Path, sums: _Checksums
     expected = f.sha256 or ("" if recheck else recorded)
     if expected and not recheck and sums.unchanged(f, path, expected):
         return expected
+    if accept and not f.sha256:
+        expected = ""
     found = sha256sum(path)
     if expected and found != expected:
         if f.sha256:
@@ -428,7 +437,7 @@ def _fetch(spec: DatasetSpec, data_dir: str | Path | None, progress: bool, timeo
                                    f"deleted): put it back, or run `spared download {spec.key} --from FOLDER` with "
                                    f"the folder that holds it now (the link is made anew)")
         if path.is_file():
-            hashes[f.filename] = _verify_present(spec, f, path, sums, recheck or f.filename in fresh)
+            hashes[f.filename] = _verify_present(spec, f, path, sums, recheck, accept=f.filename in fresh)
         elif f.unpack and provided_locally(f, folder):
             continue
         elif not images and f.filename in optional:
