@@ -426,7 +426,7 @@ def _fetch(spec: DatasetSpec, data_dir: str | Path | None, progress: bool, timeo
     optional = image_only_files(spec)
     if local is not None:
         fresh = link_local_source(spec, folder, local, allow_external_links, optional).fresh
-    verify_links(spec, folder, accept_changes=recheck or local is not None)
+    verify_links(spec, folder, accept_changes=recheck or local is not None, rehash=recheck)
     hashes: dict[str, str] = {}
     missing: list[_Missing] = []
     offline: str | None = None

@@ -489,15 +489,15 @@ def _holds_none(spec: DatasetSpec, source: Path) -> str:
 # --- checking what is linked ---------------------------------------------------------------------------------
 
 
-def verify_links(spec: DatasetSpec, folder: Path, accept_changes: bool = False) -> list[str]:
+def verify_links(spec: DatasetSpec, folder: Path, accept_changes: bool = False, rehash: bool = False) -> list[str]:
     """Check the linked content of every archive of ``spec`` against its manifest; returns notes on what was
     re-made or recorded anew.
 
     A link removed by hand is re-made (its user file is still there); a user file whose size or modification
     time changed is hashed again: the same content updates the record, other content is recorded when
     ``accept_changes`` (``--recheck``, or a ``--from`` given again) and is otherwise a
-    :class:`LocalFileChanged`. User files that moved or vanished are a :class:`LocalSourceError` naming them and
-    the manifest.
+    :class:`LocalFileChanged`; ``rehash`` (``--recheck``) hashes every file again, whatever its size and time.
+    User files that moved or vanished are a :class:`LocalSourceError` naming them and the manifest.
     """
     notes: list[str] = []
     for f in spec.files:
@@ -520,7 +520,7 @@ def verify_links(spec: DatasetSpec, folder: Path, accept_changes: bool = False) 
                 link.unlink(missing_ok=True)
                 link.symlink_to(user)
                 notes.append(f"re-made the link {link} → {user} (it had been removed or changed)")
-            if _stat(user) == (rec["size"], rec["mtime_ns"]):
+            if not rehash and _stat(user) == (rec["size"], rec["mtime_ns"]):
                 continue
             sha = sha256sum(user)
             if sha != rec["sha256"] and not accept_changes:
@@ -530,8 +530,9 @@ def verify_links(spec: DatasetSpec, folder: Path, accept_changes: bool = False) 
                 check_format(user, PurePosixPath(rel).name)
                 notes.append(f"recorded the new content of your file {user} (linked as {link}): sha256 {sha}, "
                              f"was {rec['sha256']}")
-            manifest["files"][rel] = _record(user, sha)
-            dirty = True
+            if _record(user, sha) != rec:
+                manifest["files"][rel] = _record(user, sha)
+                dirty = True
         if dirty:
             write_text(manifest_path(f, folder), json.dumps(manifest, indent=1, sort_keys=True))
         if vanished:
