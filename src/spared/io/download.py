@@ -438,7 +438,7 @@ def _fetch(spec: DatasetSpec, data_dir: str | Path | None, progress: bool, timeo
                                    f"the folder that holds it now (the link is made anew)")
         if path.is_file():
             hashes[f.filename] = _verify_present(spec, f, path, sums, recheck, accept=f.filename in fresh)
-        elif f.unpack and provided_locally(f, folder):
+        elif f.unpack and provided_locally(f, folder, spec):
             continue
         elif not images and f.filename in optional:
             continue
@@ -517,7 +517,7 @@ def file_records(spec: DatasetSpec, data_dir: str | Path | None = None) -> list[
             verified = entry.get("url") == f.url and sums.unchanged(f, path, entry.get("sha256", ""))
             state = (CATALOGUE if f.sha256 else FIRST_USE) if verified else "unchecked"
             record["state"] = "pinned" if state == CATALOGUE else state
-        elif f.unpack and provided_locally(f, folder):
+        elif f.unpack and provided_locally(f, folder, spec):
             manifest = read_manifest(f, folder) or {}
             record.update(state="local folder", source=manifest.get("source", ""), linked=True,
                           n_files=len(manifest.get("files", {})))
@@ -597,7 +597,7 @@ def raw_status(spec: DatasetSpec, data_dir: str | Path | None = None) -> Status:
     optional = image_only_files(spec)
     for f in spec.files:
         path = folder / f.filename
-        if f.unpack and provided_locally(f, folder):
+        if f.unpack and provided_locally(f, folder, spec):
             continue
         if not path.is_file():
             if f.filename in optional:

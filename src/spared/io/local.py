@@ -99,8 +99,10 @@ def _links_below(target: Path, entries: list[str]) -> dict[str, Path]:
     return out
 
 
-def provided_locally(f: FileSpec, folder: Path) -> bool:
-    """Whether the unpacked content of archive ``f`` was linked from a local folder (and its entries are there)."""
+def provided_locally(f: FileSpec, folder: Path, spec: DatasetSpec | None = None) -> bool:
+    """Whether the unpacked content of archive ``f`` was linked from a local folder (and its entries are there);
+    with ``spec``, also whether it holds what that dataset uses (datasets sharing an archive may have linked
+    only their own parts)."""
     path = manifest_path(f, folder)
     if not path.is_file():
         return False
@@ -109,7 +111,9 @@ def provided_locally(f: FileSpec, folder: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     target = folder / f.target
-    return bool(entries) and all((target / name).exists() for name in entries)
+    if not (entries and all((target / name).exists() for name in entries)):
+        return False
+    return spec is None or all(_exists(target, rest) for rest in own_patterns(spec, f.target))
 
 
 def own_patterns(spec: DatasetSpec, target: str) -> list[str]:
@@ -388,7 +392,7 @@ def link_local_source(spec: DatasetSpec, folder: Path, source: Path, allow_exter
         elif tree is not None:
             tree_plans.append(tree)
     if not file_plans and not tree_plans:
-        if all((folder / f.filename).exists() or provided_locally(f, folder) for f in spec.files
+        if all((folder / f.filename).exists() or provided_locally(f, folder, spec) for f in spec.files
                if f.filename not in optional):
             _say(f"warning: {source} holds none of the files of dataset {spec.key!r}; using those already in the "
                  f"dataset folder {folder}")
