@@ -192,7 +192,8 @@ def test_lung_and_kidney_each_take_their_own_from(realdata, tmp_path):
     data = tmp_path / "data"
     lung, kidney = load_spec(LUNG), load_spec(KIDNEY)
     fetch_dataset(lung, data, progress=False, source=both)
-    assert status(kidney, data) == "downloaded"  # the first --from brings the whole archive's content
+    assert status(kidney, data) == "downloaded"  # the first --from brings the whole archive's content ...
+    assert status(load_spec("villacampa_mouse_brain"), data) == "absent"  # ... which has no mouse brain slides
     before = input_fingerprints(lung, data)
     fetch_dataset(kidney, data, progress=False, source=kidney_only)  # not ignored as "already there"
     links = linked_listing(dataset_dir(kidney, data))
