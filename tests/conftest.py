@@ -1,6 +1,7 @@
 """Shared fixtures: small simulated collections, raw and processed (built once per session)."""
 
 import os
+import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -35,3 +36,29 @@ def realdata() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("real data not available: set SPARED_REALDATA to the shared realdata folder (see README)")
     return Path(root)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Make a small tmpfs under ``tmp_path``: ``small_disk("1m")`` (root only: skipped otherwise, or when the
+    mount fails); ``small_disk.read_only(path)`` remounts one read-only. All are unmounted at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("this test mounts a small tmpfs, which needs root")
+    mounted: list[Path] = []
+
+    def mount(*args: str) -> None:
+        done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+    def make(size: str) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where))
+        mounted.append(where)
+        return where
+
+    make.read_only = lambda where: mount("-o", "remount,ro", str(where))
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -204,3 +204,13 @@ def test_same_file_name_in_two_folders_are_two_rows(tmp_path, processed_small, f
     assert dataset_labels(["a/x.h5ad", "b/y.h5ad", "simulated"]) == {"a/x.h5ad": "x", "b/y.h5ad": "y",
                                                                      "simulated": "simulated"}
     assert np.unique(list(dataset_labels(["p/a/x.h5ad", "q/a/x.h5ad"]).values())).size == 2
+
+
+def test_repeated_seeds_are_merged_with_a_note(tmp_path, processed_file, fake_training):
+    args = ["bench", "--models", "stnet,stnet", "--datasets", str(processed_file), "--targets", "raw",
+            "--seeds", "0,0,1", "--out", str(tmp_path / "res")]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "--seeds repeats 0; each value counts once (2 of 3)" in said(result)
+    assert "--models repeats stnet" in said(result) and "2 runs →" in said(result)
+    assert len(fake_training) == 2  # as many runs as announced

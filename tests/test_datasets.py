@@ -92,7 +92,10 @@ def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
     assert adata.uns["spared"]["sources"]["url"][0] == spec.files[0].url
     assert list(adata.uns["spared"]["sources"]["check"]) == ["first use"] * len(spec.files)
     processed = tmp_path / "data" / spec.key / "processed"
-    assert sorted(p.name.split(".", 1)[1] for p in processed.iterdir()) == ["h5ad", "patches.h5"]
+    assert sorted(p.name.split(".", 1)[1] for p in processed.iterdir()) == ["h5ad", "inputs.json", "patches.h5"]
+    inputs = adata.uns["spared"]["inputs"]
+    assert sorted(inputs["file"]) == sorted(f.filename for f in spec.files)
+    assert all(len(c) == 64 for c in inputs["content"])  # the verified sha256 of each raw file
     store = PatchStore.from_adata(adata)
     assert len(store) == adata.n_obs and Path(store.path).parent == processed
 

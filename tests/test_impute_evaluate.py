@@ -226,7 +226,14 @@ def test_cli_complete_and_evaluate(tmp_path):
     assert (accurate.config.mask_method, accurate.config.max_steps) == ("uniform", 3)
     res = runner.invoke(app, ["complete", str(src), str(tmp_path / "q.h5ad"), "--checkpoint", str(tmp_path / "acc"),
                               "--preset", "accurate"])
-    assert res.exit_code == 1 and "--preset set how SpaCKLE trains, but --checkpoint" in res.output
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "--preset set how SpaCKLE trains, but --checkpoint applies" in said
+    assert "drop --checkpoint to train anew" in said
+    for extra in (["--ensemble", "3"], ["--train"], ["--max-steps", "5", "--preset", "accurate"]):
+        res = runner.invoke(app, ["complete", str(src), str(tmp_path / "m.h5ad"), "--method", "median", *extra])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 1 and "apply to --method spackle only" in said and "--train" not in said.split(
+            "apply")[1], said  # never advises an option that is then refused
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "spackle", "--preset", "fast"])
     assert res.exit_code == 1 and "unknown SpaCKLE preset 'fast'" in res.output
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "spackle", "--ensemble", "0"])

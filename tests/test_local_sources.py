@@ -159,7 +159,8 @@ def test_prepare_gives_the_authors_spot_counts(realdata, tmp_path, monkeypatch):
     result = runner.invoke(app, ["download", "villacampa_lung_organoid", "--from", str(realdata / VILLACAMPA),
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "1 of 2 file(s) ready" in result.stdout and "local folder" in result.stdout
+    said = " ".join(result.stdout.split())
+    assert "1 of 2 file(s) ready" in said and "from your folder" in said
     monkeypatch.setattr("spared.io.download._download", no_network_expected)  # later builds stay offline
     for key, spots in (("villacampa_lung_organoid", 1832), ("villacampa_kidney_organoid", 1355)):
         start = time.perf_counter()

@@ -91,14 +91,15 @@ class ProcessingConfig:
         return self.replace(**changes)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> ProcessingConfig:
-        """Read a TOML or JSON file of parameters (unknown keys and unparsable values are errors naming the file)."""
+    def from_file(cls, path: str | Path, base: ProcessingConfig | None = None) -> ProcessingConfig:
+        """Read a TOML or JSON file of parameters over ``base`` (default: the SpaRED defaults); unknown keys and
+        unparsable values are errors naming the file."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         data = read_settings_file(path)
         try:
-            return cls().replace(**data)
+            return (base or cls()).replace(**data)
         except KeyError as exc:
             raise KeyError(f"{path}: {exc.args[0]}") from exc
         except ValueError as exc:

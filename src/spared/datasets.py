@@ -1,4 +1,10 @@
-"""Ready-to-use SpaRED collections: download → read → process → patches, cached by a hash of the parameters.
+"""Ready-to-use SpaRED collections: download → read → process → patches, cached by a hash of their inputs.
+
+A processed cache is valid only for what went into it: its key hashes the dataset's catalogue entry, the
+content of its raw files (their verified sha256; for an archive's content linked from a local folder, the
+recorded sha256 of each linked file), every processing parameter, the protocol revision and the spared
+version. A changed input makes a new cache; :func:`prepare` says what changed since the last build (each cache's
+key material is kept beside it as ``<hash>.inputs.json``).
 
 >>> adata = spared.datasets.get("villacampa_lung_organoid")        # doctest: +SKIP
 >>> spared.datasets.download("villacampa_lung_organoid", source="/shared/xjtv62ncwr")  # doctest: +SKIP
@@ -7,59 +13,142 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spared.config import ProcessingConfig
-from spared.io.atomic import write_h5ad
+from spared.io.atomic import write_h5ad, write_text
 from spared.io.patch_paths import read_h5ad
 
-__all__ = ["CacheError", "cache_paths", "download", "get", "get_local"]
+__all__ = ["CacheError", "Prepared", "cache_paths", "download", "get", "get_local", "prepare"]
+
+#: Suffix of the file beside each processed cache that holds what its key was made of.
+INPUTS_SUFFIX = ".inputs.json"
 
 
-def _digest(payload: dict[str, Any]) -> str:
+def _key_material(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with the spared version and protocol revision: everything a cache key hashes."""
     from spared import __version__
     from spared.pp.protocol import PROTOCOL_REVISION
 
-    blob = json.dumps({**payload, "spared": __version__, "protocol": PROTOCOL_REVISION}, sort_keys=True,
-                      default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return json.loads(json.dumps({**payload, "spared": __version__, "protocol": PROTOCOL_REVISION},
+                                 sort_keys=True, default=str))
+
+
+def _digest(material: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _resolve_config(spec: Any, config: ProcessingConfig | dict[str, Any] | None) -> ProcessingConfig:
-    """``None``: the dataset's settings; a dict: overrides of them; a ProcessingConfig: used as given."""
+    """``None``: the dataset's settings; a dict: overrides of them; a ProcessingConfig: used as given (its
+    organism set from the catalogue). An override of the organism that contradicts the catalogue is an error."""
     if isinstance(config, ProcessingConfig):
         return config.replace(organism=spec.organism)
-    return spec.processing_config(None).replace(**(config or {}))
+    cfg = spec.processing_config(None).replace(**(config or {}))
+    check_organism(spec, cfg)
+    return cfg
+
+
+def check_organism(spec: Any, cfg: ProcessingConfig) -> None:
+    """Refuse a configuration whose organism is not the catalogue's for ``spec`` (its genes would not map)."""
+    if cfg.organism != spec.organism:
+        raise ValueError(f"dataset {spec.key!r} is {spec.organism} (catalogue); organism={cfg.organism!r} would read "
+                         f"its genes as {cfg.organism} genes. Remove the organism setting (it comes from the "
+                         f"catalogue)")
+
+
+def _catalogue_hash(spec: Any) -> str:
+    """A hash of a catalogue entry (files, slides, splits, reader options): a changed entry is a new dataset."""
+    blob = json.dumps(_plain(spec), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, mappings and sequences as plain JSON-able values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def cache_paths(name: str, config: ProcessingConfig | dict[str, Any] | None = None,
                 data_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Where :func:`get` caches ``name`` processed with ``config``: ``(h5ad, patch store)``.
+    """Where :func:`get` caches ``name`` processed with ``config``: ``(h5ad, patch store)``, for the raw files
+    as they are recorded now (no hashing: see :func:`spared.io.download.input_fingerprints`).
 
-    The file stem is a hash of the dataset key, the full processing configuration, the spared version and the
-    protocol revision.
+    The file stem is a hash of the catalogue entry, the content of the raw files, the full processing
+    configuration, the spared version and the protocol revision.
     """
     from spared.catalog import load_spec
 
     spec = load_spec(name)
-    return _cache_paths(spec.key, _resolve_config(spec, config), data_dir)
+    h5ad, patch_file, _ = _cache_location(spec, _resolve_config(spec, config), data_dir)
+    return h5ad, patch_file
 
 
-def _cache_paths(key: str, cfg: ProcessingConfig, data_dir: str | Path | None) -> tuple[Path, Path]:
-    from spared.io.download import data_dir as default_data_dir
+def _cache_location(spec: Any, cfg: ProcessingConfig, data_dir: str | Path | None
+                    ) -> tuple[Path, Path, dict[str, Any]]:
+    from spared.io.download import input_fingerprints, processed_dir
 
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    stem = _digest({"dataset": key, "config": cfg.to_dict()})
-    folder = root / key / "processed"
-    return folder / f"{stem}.h5ad", folder / f"{stem}.patches.h5"
+    material = _key_material({"dataset": spec.key, "catalogue": _catalogue_hash(spec), "config": cfg.to_dict(),
+                              "inputs": input_fingerprints(spec, data_dir)})
+    stem = _digest(material)
+    folder = processed_dir(spec, data_dir)
+    return folder / f"{stem}.h5ad", folder / f"{stem}.patches.h5", material
+
+
+def _changes(h5ad: Path, material: dict[str, Any], linked: dict[str, str]) -> list[str]:
+    """What differs between ``material`` and the key material of the latest other cache of the same dataset
+    (``linked``: the user's files behind the inputs, with their sha256, to name those that changed)."""
+    folder = h5ad.parent
+    caches = [p for p in folder.glob("*.h5ad") if p != h5ad] if folder.is_dir() else []
+    others = []
+    for cache in caches:
+        sidecar = cache.with_name(cache.name.replace(".h5ad", INPUTS_SUFFIX))
+        try:
+            data = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("dataset") == material["dataset"]:
+            others.append((sidecar.stat().st_mtime_ns, sidecar, data))
+    if not others:
+        return [f"the {len(caches)} cache(s) in {folder} were built by an earlier spared that did not record their "
+                f"inputs"] if caches else []
+    _, path, last = max(others, key=lambda item: item[0])
+    lines = [f"raw file {name} changed ({_short(last.get('inputs', {}).get(name))} → {_short(value)})"
+             for name, value in material["inputs"].items() if last.get("inputs", {}).get(name) != value]
+    old_linked, new_linked = last.get("linked", {}), linked
+    edited = sorted(set(old_linked) ^ set(new_linked) | {k for k in old_linked if new_linked.get(k, old_linked[k])
+                                                          != old_linked[k]})
+    if lines and edited:
+        lines.append(f"your file(s) behind it: {', '.join(edited[:3])}{', ...' if len(edited) > 3 else ''}")
+    old_config = last.get("config", {})
+    lines += [f"setting {key}: {old_config.get(key)!r} → {value!r}" for key, value in material["config"].items()
+              if old_config.get(key) != value]
+    lines += [f"{what}: {last.get(key)} → {material[key]}" for key, what in
+              (("spared", "spared version"), ("protocol", "protocol revision"), ("catalogue", "catalogue entry"))
+              if last.get(key) != material[key]]
+    return [f"since the latest cache {path.name.replace(INPUTS_SUFFIX, '.h5ad')}: " + "; ".join(lines)] if lines \
+        else []
+
+
+def _short(value: Any) -> str:
+    text = "none" if value is None else str(value)
+    return text[:12] + "…" if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
 
 
 class CacheError(OSError):
-    """A processed cache file that cannot be read (damaged); rebuilding it with ``force=True`` fixes it."""
+    """A processed cache file that cannot be read (damaged), or that needs patches it cannot get; the message
+    says what to do (e.g. rebuild it with ``force=True``)."""
 
 
 def _load_cached(h5ad: Path, patch_file: Path, patches: bool, cfg: ProcessingConfig,
@@ -74,6 +163,15 @@ def _load_cached(h5ad: Path, patch_file: Path, patches: bool, cfg: ProcessingCon
     if not patches:
         return adata
     if not patch_file.is_file():
+        from spared.io.atomic import OutputPathError, check_writable_dir
+
+        try:
+            check_writable_dir(patch_file.parent)
+        except OutputPathError as exc:
+            raise CacheError(f"the processed cache {h5ad} has no patch store ({patch_file.name} is missing) and its "
+                             f"folder cannot be written, so the patches cannot be cut there: use the cache without "
+                             f"patches (--no-patches; Python: patches=False), make {patch_file.parent} writable, or "
+                             f"build into a writable data folder (--data-dir; $SPARED_DATA)") from exc
         return _add_patches(adata, h5ad, patch_file, cfg)
     recorded = dict(adata.uns.setdefault("spared", {}).get("patches", {}))
     adata.uns["spared"]["patches"] = {**recorded, "path": str(patch_file.resolve()), "size": cfg.patch_size,
@@ -121,7 +219,10 @@ def _reader_warnings(raw: Any, notes: list[str]) -> None:
 
 
 def _build(read_raw: Callable[[], Any], cfg: ProcessingConfig, dataset: str, h5ad: Path, patch_file: Path,
-           patches: bool, sources: list[dict[str, Any]], progress: bool, allow_non_integer: bool = False) -> Any:
+           patches: bool, sources: list[dict[str, Any]], progress: bool, allow_non_integer: bool = False,
+           inputs: dict[str, Any] | None = None) -> Any:
+    """Read, process, cut patches and write the cache; ``inputs`` (the key material) is kept beside it and its
+    raw-file fingerprints in ``uns['spared']['inputs']`` (``file`` and ``content`` lists)."""
     from spared.pp import process
 
     adata = read_raw()
@@ -129,14 +230,21 @@ def _build(read_raw: Callable[[], Any], cfg: ProcessingConfig, dataset: str, h5a
     adata.uns["spared"]["sources"] = {"url": [s.get("url", "") for s in sources],
                                       "sha256": [s.get("sha256") or "" for s in sources],
                                       "check": [s.get("state", "") for s in sources]}
+    if inputs is not None:  # two lists: file names hold "/", which HDF5 keys cannot
+        files = inputs.get("inputs", {})
+        adata.uns["spared"]["inputs"] = {"file": [str(k) for k in files], "content": [str(v) for v in files.values()]}
     if patches:
-        return _add_patches(adata, h5ad, patch_file, cfg, progress)
-    write_h5ad(adata, h5ad)
+        _add_patches(adata, h5ad, patch_file, cfg, progress)
+    else:
+        write_h5ad(adata, h5ad)
+    if inputs is not None:
+        write_text(h5ad.with_name(h5ad.name.replace(".h5ad", INPUTS_SUFFIX)), json.dumps(inputs, indent=1))
     return adata
 
 
 def download(name: str, source: str | Path | None = None, data_dir: str | Path | None = None,
-             recheck: bool = False, progress: bool = True, timeout: float = 60.0) -> Path:
+             recheck: bool = False, progress: bool = True, timeout: float = 60.0,
+             allow_external_links: bool = False) -> Path:
     """Download catalogue dataset ``name`` (or take its files from a local folder) and check its layout.
 
     Parameters
@@ -145,14 +253,17 @@ def download(name: str, source: str | Path | None = None, data_dir: str | Path |
         Catalogue key.
     source
         A local folder holding the dataset's archives, their unpacked folders, or one archive's contents; its
-        files are linked into the data folder (nothing copied, no network). The result is the dataset a
-        download gives: later :func:`get` calls find it.
+        files are format-checked, hashed and linked into the data folder (nothing copied, no network). The
+        result is the dataset a download gives: later :func:`get` calls find it. Given again (or another
+        folder), it is compared with what is linked and linked anew where it differs.
     data_dir
         Data root (default ``$SPARED_DATA``).
     recheck
         Re-hash every file and record trust-on-first-use hashes again (see ``spared download --recheck``).
     progress, timeout
         Progress bars; seconds to wait for a server.
+    allow_external_links
+        Follow links inside ``source`` that lead out of it (refused otherwise).
 
     Returns
     -------
@@ -165,13 +276,26 @@ def download(name: str, source: str | Path | None = None, data_dir: str | Path |
 
     spec = load_spec(name)
     folder = fetch_dataset(spec, data_dir=data_dir, progress=progress, timeout=timeout, source=source,
-                           recheck=recheck)
+                           recheck=recheck, allow_external_links=allow_external_links)
     resolve_slides(spec, folder)
     return folder
 
 
+@dataclass
+class Prepared:
+    """What :func:`prepare` did: the collection, its cache files, whether it was built (else loaded) and, when
+    built while other caches of the dataset exist, what changed since the latest of them."""
+
+    adata: Any
+    h5ad: Path
+    patches: Path
+    built: bool
+    changes: list[str]
+
+
 def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data_dir: str | Path | None = None,
-        force: bool = False, patches: bool = True, progress: bool = True, source: str | Path | None = None) -> Any:
+        force: bool = False, patches: bool = True, progress: bool = True, source: str | Path | None = None,
+        allow_external_links: bool = False) -> Any:
     """A processed SpaRED collection, built on first use and then loaded from the cache.
 
     Parameters
@@ -191,41 +315,72 @@ def get(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data
     progress
         Show progress bars.
     source
-        Take the raw files from this local folder instead of downloading them (as :func:`download`).
+        Take the raw files from this local folder instead of downloading them (as :func:`download`); checked
+        (and used where it differs from what is linked) even when a cache exists.
+    allow_external_links
+        Follow links inside ``source`` that lead out of it (refused otherwise).
 
     Returns
     -------
     anndata.AnnData
         Processed collection (see ``docs/data_model.md``), cached at
-        ``<data_dir>/<key>/processed/<hash>.h5ad`` with its patch store ``<hash>.patches.h5`` beside it.
+        ``<data_dir>/<key>/processed/<hash>.h5ad`` with its patch store ``<hash>.patches.h5`` beside it; the
+        hash covers the raw files' content (see the module). When it is built while caches of other inputs
+        exist, what changed is printed on stderr.
+    """
+    done = prepare(name, config, data_dir, force, patches, progress, source, allow_external_links)
+    if done.built and done.changes:
+        print(f"{name}: built a new cache ({'; '.join(done.changes)})", file=sys.stderr)
+    return done.adata
+
+
+def prepare(name: str, config: ProcessingConfig | dict[str, Any] | None = None, data_dir: str | Path | None = None,
+            force: bool = False, patches: bool = True, progress: bool = True, source: str | Path | None = None,
+            allow_external_links: bool = False) -> Prepared:
+    """:func:`get`, reporting where the cache lies, whether it was built, and what changed since the last build.
+
+    The raw files are checked first whenever they are there (cheaply: a file whose size and modification time
+    are unchanged is not hashed again) or a ``source`` is given, so that the cache key holds their current
+    content; a dataset whose raw files were deleted after processing is keyed on their recorded hashes.
     """
     from spared.catalog import load_spec
-    from spared.io.download import fetch_dataset, file_records, resolve_layout, status
+    from spared.io.atomic import check_writable_dir
+    from spared.io.download import fetch_dataset, file_records, linked_inputs, raw_status, resolve_layout
     from spared.io.readers import read
 
     spec = load_spec(name)
     cfg = _resolve_config(spec, config)
-    h5ad, patch_file = _cache_paths(spec.key, cfg, data_dir)
+
+    def fetch(images: bool) -> Path:
+        return fetch_dataset(spec, data_dir=data_dir, progress=progress, source=source, images=images,
+                             allow_external_links=allow_external_links)
+
+    folder = fetch(images=source is not None) if source is not None or raw_status(spec, data_dir) == \
+        "downloaded" else None
+    h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
     if not force:
         cached = _load_cached(h5ad, patch_file, patches, cfg,
                               f"`spared prepare {spec.key} --force` (Python: force=True)")
         if cached is not None:
-            return cached
-
-    records: list[dict[str, Any]] = []  # filled once the files are fetched (how each file was checked)
+            return Prepared(cached, h5ad, patch_file, False, [])
+    if folder is None:
+        folder = fetch(images=True)
+        h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
+    check_writable_dir(h5ad.parent)
+    linked = linked_inputs(spec, data_dir)
+    changes = _changes(h5ad, material, linked)
+    records = file_records(spec, data_dir)
 
     def read_raw() -> Any:
-        # image-only files missing from a dataset already downloaded were tried then: no network for them now
-        first = source is not None or status(spec, data_dir) == "absent"
-        folder = fetch_dataset(spec, data_dir=data_dir, progress=progress, source=source, images=first)
-        records.extend(file_records(spec, data_dir))
         slides, notes = resolve_layout(spec, folder)
         raw = read(spec.format, folder, slides, spec.organism, options=spec.reader)
         _reader_warnings(raw, notes)
         return raw
 
     # the catalogue's files are what they are: values that are not integer counts are processed with a warning
-    return _build(read_raw, cfg, spec.key, h5ad, patch_file, patches, records, progress, allow_non_integer=True)
+    adata = _build(read_raw, cfg, spec.key, h5ad, patch_file, patches, records, progress, allow_non_integer=True,
+                   inputs={**material, "linked": linked})
+    return Prepared(adata, h5ad, patch_file, True, changes)
 
 
 def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[str, Any] | None = None, *,
@@ -277,7 +432,8 @@ def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[s
             raise FileNotFoundError(f"{folder} does not exist; give a Space Ranger outs folder or an AnnData")
         slide = {"id": slide_id or folder.name, "patient": patient or slide_id or folder.name, "split": split}
         name = slide["id"]
-        identity: dict[str, Any] = {"path": str(folder), "format": format, "slide": slide}
+        identity: dict[str, Any] = {"path": str(folder), "format": format, "slide": slide,
+                                    "content": _folder_fingerprint(folder)}
 
         def read_raw() -> Any:
             raw = read(format, folder.parent if folder.is_dir() else folder, [{**slide, "path": folder.name}],
@@ -294,13 +450,14 @@ def get_local(path_or_adata: str | Path | Any, config: ProcessingConfig | dict[s
 
         def read_raw() -> Any:
             return adata
-    stem = _digest({**identity, "config": cfg.to_dict()})
+    material = _key_material({**identity, "dataset": name, "config": cfg.to_dict()})
+    stem = _digest(material)
     h5ad, patch_file = Path(out_dir) / f"{stem}.h5ad", Path(out_dir) / f"{stem}.patches.h5"
     if not force:
         cached = _load_cached(h5ad, patch_file, patches, cfg)
         if cached is not None:
             return cached
-    return _build(read_raw, cfg, name, h5ad, patch_file, patches, [], progress, allow_non_integer)
+    return _build(read_raw, cfg, name, h5ad, patch_file, patches, [], progress, allow_non_integer, material)
 
 
 def _local_geometry(path_or_adata: Any, format: str, slide_id: str | None) -> str | None:
@@ -319,6 +476,19 @@ def _local_geometry(path_or_adata: Any, format: str, slide_id: str | None) -> st
         folder = Path(path_or_adata).resolve()
         return sample_geometry(folder, slide_id or folder.name)
     return None
+
+
+def _folder_fingerprint(path: Path) -> str:
+    """A hash of the name, size and modification time of every visible file at or below ``path`` (a cheap proxy
+    of its content: an edited or replaced file changes it)."""
+    from spared.io.scan import visible_files
+
+    files = [path] if path.is_file() else visible_files(path)
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _fingerprint(adata: Any) -> str:

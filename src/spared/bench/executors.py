@@ -23,9 +23,12 @@ def execute(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
             progress: bool = False) -> dict[str, Any]:
     """Run ``spec`` with :func:`~spared.bench.train.run_one`; an exception becomes a ``failed`` row."""
     from spared.bench.train import run_one
+    from spared.io.atomic import DiskFullError
 
     try:
         row = run_one(spec, out_dir, data_dir=data_dir, progress=progress)
+    except DiskFullError:
+        raise  # every later run would fail the same way: the benchmark stops with the one clear message
     except Exception as err:
         return failed_row(spec, out_dir, err, traceback.format_exc())
     return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key}
@@ -34,8 +37,11 @@ def execute(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
 def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: str = "") -> dict[str, Any]:
     """The results row of a run that raised ``err`` (its traceback is kept in ``runs/{run_id}/error.txt``)."""
     run_dir = Path(out_dir) / RUNS / spec.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").write_text(trace or f"{type(err).__name__}: {err}\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(trace or f"{type(err).__name__}: {err}\n")
+    except OSError:
+        pass  # no room or no permission for the traceback: the row still carries the error
     return {"run_id": spec.run_id, "model": spec.model, "dataset": canonical_dataset(spec.dataset),
             "target": spec.target, "seed": spec.seed, "status": "failed", "error": f"{type(err).__name__}: {err}",
             "data_version": spec.data_version, "spec_key": spec.spec_key,

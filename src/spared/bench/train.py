@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from spared.bench.results import METRICS, METRICS_FILE, RUNS
-from spared.bench.runs import RunSpec, TrainingConfig, canonical_dataset, parse_dataset
-from spared.io.atomic import atomic_path, write_h5ad, write_text
+from spared.bench.runs import RunSpec, TrainingConfig, canonical_dataset, data_fingerprint, parse_dataset
+from spared.io.atomic import atomic_path, full_disk_errors, write_h5ad, write_text
 from spared.training_runtime import quiet_lightning, torch_threads
 
 DATA_CACHE = "_data"
@@ -69,7 +69,9 @@ def run_one(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
         :func:`spared.metrics.compute` on the evaluation split (real entries only, log space), the train-mean
         baseline's MSE, the best validation MSE, sizes, timings and the run folder.
     """
-    with torch_threads(spec.training.num_threads or torch.get_num_threads()):
+    run_dir = Path(out_dir) / RUNS / spec.run_id
+    with torch_threads(spec.training.num_threads or torch.get_num_threads()), \
+            full_disk_errors(run_dir, f"writing the outputs of run {spec.run_id}", discard=run_dir):
         return _run(spec, Path(out_dir), Path(data_dir) if data_dir else Path(out_dir) / DATA_CACHE, progress)
 
 
@@ -374,7 +376,7 @@ def load_table(dataset: str, layer: str, cache_dir: str | Path, patch_size: int 
     from spared.bench.data import SpotTable, patch_store
 
     name, params = parse_dataset(dataset)
-    key = hashlib.sha256(json.dumps([canonical_dataset(dataset), _versions()["spared"], _source_stamp(name)],
+    key = hashlib.sha256(json.dumps([canonical_dataset(dataset), _versions()["spared"], _source_stamp(dataset)],
                                     sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache_dir) / f"{Path(name).name.removesuffix('.h5ad')}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -389,12 +391,16 @@ def load_table(dataset: str, layer: str, cache_dir: str | Path, patch_size: int 
     return SpotTable(adata, layer, store=store, patch_size=patch_size)
 
 
-def _source_stamp(name: str) -> list[Any]:
-    """Size and modification time of an h5ad source (a changed file is a new cache entry)."""
+def _source_stamp(dataset: str) -> list[Any]:
+    """What a dataset's cache entry depends on besides its name: an h5ad source's size and modification time, a
+    catalogue dataset's content fingerprint (its raw files and settings); a changed source is a new entry."""
+    name, _ = parse_dataset(dataset)
     path = Path(name)
     if name.endswith(".h5ad") and path.is_file():
         stat = path.stat()
         return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    if name != SIMULATED and not name.endswith(".h5ad"):
+        return [data_fingerprint(dataset)]
     return []
 
 

@@ -20,11 +20,18 @@ def main() -> None:
     """Entry point of the ``spared`` console script.
 
     Commands turn the errors they expect into one ``error:`` line; an input error that escapes them (a
-    ``ValueError``, ``LookupError`` or ``OSError`` from deep inside) is reported the same way, exit code 1,
-    with its traceback only when ``SPARED_DEBUG=1``.
+    ``ValueError``, ``LookupError`` or ``OSError`` from deep inside, a full disk) is reported the same way, exit
+    code 1, with its traceback only when ``SPARED_DEBUG=1``.
     """
+    from spared.io.atomic import DiskFullError
+
     try:
         app()
+    except DiskFullError as exc:  # its message says it all: the folder, the space needed, what to do
+        if os.environ.get("SPARED_DEBUG"):
+            raise
+        fail(str(exc))
+        sys.exit(1)
     except (ValueError, LookupError, OSError) as exc:
         if os.environ.get("SPARED_DEBUG"):
             raise

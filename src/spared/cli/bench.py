@@ -22,6 +22,17 @@ def _split(text: str, name: str) -> list[str]:
     return items
 
 
+def _unique(values: list[Any], name: str) -> list[Any]:
+    """``values`` with repeats merged, and a note naming them (a repeated value would announce runs that never
+    happen: equal runs are one run)."""
+    unique = list(dict.fromkeys(values))
+    if len(unique) < len(values):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        console.print(f"[yellow]note:[/] --{name} repeats {', '.join(repeated)}; each value counts once "
+                      f"({len(unique)} of {len(values)})")
+    return unique
+
+
 def _seed(text: str) -> int:
     if not text.isdigit():
         raise fail(f"--seeds takes non-negative integers (e.g. 0,1,2), got {text!r}")
@@ -114,10 +125,11 @@ def bench(
                 "weights_dir": str(weights_dir) if weights_dir else None,
                 "loggers": tuple(_split(loggers, "loggers"))}
     try:
-        seed_values = [_seed(s) for s in _split(seeds, "seeds")]
+        seed_values = _unique([_seed(s) for s in _split(seeds, "seeds")], "seeds")
         training = TrainingConfig.from_dict({k: v for k, v in settings.items() if v is not None})
-        specs = make_specs(_split(models, "models"), _datasets(datasets), _split(targets, "targets"), seed_values,
-                           _model_configs(model_config), training)
+        specs = make_specs(_unique(_split(models, "models"), "models"), _unique(_datasets(datasets), "datasets"),
+                           _unique(_split(targets, "targets"), "targets"), seed_values, _model_configs(model_config),
+                           training)
     except (KeyError, ValueError) as exc:
         raise fail(str(exc).strip("'\"")) from exc
     problems = check_specs(specs)

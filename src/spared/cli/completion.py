@@ -69,16 +69,20 @@ def complete(
     if method not in _METHODS:
         raise fail(f"unknown method {method!r}; choose one of {', '.join(_METHODS)}")
     spackle_config = _spackle_config(max_steps, seed, ensemble, preset)
-    if method == "spackle" and checkpoint is not None and train:
-        raise fail("--checkpoint DIR applies a saved model and --train trains a new one: give one of them")
-    if method != "spackle" and (checkpoint or train or save_checkpoint):
-        raise fail(f"--checkpoint, --train and --save-checkpoint apply to --method spackle, not {method!r}")
     training = {"--max-steps": max_steps is not None, "--ensemble": ensemble is not None,
                 "--preset": preset != "default"}
+    if method != "spackle":
+        spackle_only = [k for k, v in {"--checkpoint": checkpoint is not None, "--train": train,
+                                       "--save-checkpoint": save_checkpoint is not None, **training}.items() if v]
+        if spackle_only:
+            raise fail(f"{', '.join(spackle_only)} apply to --method spackle only; {method!r} has no network to "
+                       f"train or load: remove {'them' if len(spackle_only) > 1 else 'it'}")
+    if checkpoint is not None and train:
+        raise fail("--checkpoint DIR applies a saved model and --train trains a new one: give one of them")
     if checkpoint is not None and any(training.values()):
-        raise fail(f"{', '.join(k for k, v in training.items() if v)} set how SpaCKLE trains, but --checkpoint "
-                   "applies a saved model, which keeps the settings it was trained with; drop --checkpoint to "
-                   "train")
+        given = ", ".join(k for k, v in training.items() if v)
+        raise fail(f"{given} set how SpaCKLE trains, but --checkpoint applies a network trained before (it keeps "
+                   f"the settings it was trained with): remove {given}, or drop --checkpoint to train anew")
     writable_file(output)
     if save_checkpoint is not None:
         from spared.impute.spackle.checkpoint import check_destination

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from spared.cli.app import app, console, writable_dir
-from spared.cli.datasets import FromOption
+from spared.cli.app import app, console
+from spared.cli.datasets import ExternalLinksOption, FromOption
 from spared.cli.processing import fail, load_config
 
 
@@ -22,17 +22,22 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached result exists.")] = False,
     patches: Annotated[bool, typer.Option("--patches/--no-patches", help="Cut image patches.")] = True,
     source: FromOption = None,
+    allow_external_links: ExternalLinksOption = False,
 ) -> None:
-    """Build (or load from cache) the processed collection NAME and print where it lies."""
-    prepare_dataset(name, config_file, overrides, data_dir, force, patches, source)
+    """Build (or load from cache) the processed collection NAME and print where it lies.
+
+    The cache is keyed on the raw files' content, every setting and the protocol: a changed input builds a new
+    cache, and what changed is printed.
+    """
+    prepare_dataset(name, config_file, overrides, data_dir, force, patches, source, allow_external_links)
 
 
 def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[str] | None = None,
                     data_dir: Path | None = None, force: bool = False, patches: bool = True,
-                    source: Path | None = None) -> None:
+                    source: Path | None = None, allow_external_links: bool = False) -> None:
     """The work of ``spared prepare`` (also ``spared process NAME``)."""
     from spared.catalog import load_spec
-    from spared.datasets import cache_paths, get
+    from spared.datasets import check_organism, prepare
     from spared.io.readers import ReaderError
 
     try:
@@ -41,24 +46,28 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
     except (LookupError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     cfg = load_config(config_file, overrides, base=base)
-    h5ad, patch_file = cache_paths(name, cfg, data_dir)
-    cached = h5ad.is_file() and not force
-    if not cached:
-        writable_dir(h5ad.parent)  # a read-only cache is fine to load from, not to build into
+    try:
+        check_organism(spec, cfg)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            adata = get(name, config=cfg, data_dir=data_dir, force=force, patches=patches, source=source)
+            done = prepare(name, config=cfg, data_dir=data_dir, force=force, patches=patches, source=source,
+                           allow_external_links=allow_external_links)
     except (ReaderError, LookupError, ValueError, OSError) as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from exc
+        raise fail(str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}") from exc
+    adata = done.adata
     recorded = [str(m) for m in adata.uns.get("spared", {}).get("warnings", [])]
     others = dict.fromkeys(str(w.message) for w in caught if str(w.message) not in recorded)
     slides = adata.obs["slide_id"].nunique()
-    console.print(f"{'loaded' if cached else 'built'} {name}: {adata.n_obs} spots × {adata.n_vars} genes, "
+    console.print(f"{'built' if done.built else 'loaded'} {name}: {adata.n_obs} spots × {adata.n_vars} genes, "
                   f"{slides} slide(s)")
-    console.print(f"  h5ad:    {h5ad}")
+    for change in done.changes:
+        console.print(f"  new cache: {change}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"  h5ad:    {done.h5ad}")
     if patches and "patches" in adata.uns.get("spared", {}):
-        console.print(f"  patches: {patch_file}")
+        console.print(f"  patches: {done.patches}")
     for message in [*recorded, *others]:
         console.print("  [bold yellow]warning:[/]", end=" ")
         console.print(str(message), markup=False, highlight=False, soft_wrap=True)

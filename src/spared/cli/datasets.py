@@ -17,20 +17,25 @@ DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Data roo
 
 FromOption = Annotated[Path | None, typer.Option(
     "--from", help="Local folder holding the dataset's archives, their unpacked folders or one archive's contents: "
-                   "used in place (linked, not copied), no network.")]
+                   "used in place (linked, not copied; format-checked and hashed), no network. Given again, or "
+                   "another folder, it is compared with what is linked and linked anew where it differs.")]
+ExternalLinksOption = Annotated[bool, typer.Option(
+    "--allow-external-links", help="Follow links inside the --from folder that lead out of it (refused "
+                                   "otherwise: they could bring in files that are not the dataset's).")]
 CHECKSUM_NOTE = ("checksums: 'pinned' = sha256 published for every file and checked; 'first use' = no published "
                  "hash, the first copy seen is recorded and later copies are checked against it (trust on first "
-                 "use: it guards against change, not against a wrong first download)")
+                 "use: it guards against change, not against a wrong first download); 'local folder' = your files, "
+                 "linked with --from: format-checked and hashed when linked, changes detected")
 
 
 def _records(data_dir: Path | None, include_extras: bool = False) -> list[dict[str, Any]]:
     from spared.catalog import all_specs
-    from spared.io.download import checksum_label, status
+    from spared.io.download import checksum_state, status
 
     return [{"name": s.key, "organism": s.organism, "tissue": s.tissue, "technology": s.technology_name,
              "geometry": s.geometry, "slides": len(s.slides), "patients": len(s.patients), "spots": s.approx_spots,
              "source": s.source, "format": s.format, "extra": s.extra, "status": status(s, data_dir),
-             "checksums": checksum_label(s)}
+             "checksums": checksum_state(s, data_dir)}
             for s in all_specs(include_extras)]
 
 
@@ -110,8 +115,10 @@ def download(
     name: Annotated[str, typer.Argument(help="Dataset key (see `spared datasets`).")],
     data_dir: DataDirOption = None,
     source: FromOption = None,
-    recheck: Annotated[bool, typer.Option("--recheck", help="Re-hash every file, record trust-on-first-use hashes "
-                                                           "again and re-unpack archives that changed.")] = False,
+    recheck: Annotated[bool, typer.Option("--recheck", help="Re-hash every file (linked files too), record "
+                                                           "trust-on-first-use hashes again and re-unpack archives "
+                                                           "that changed.")] = False,
+    allow_external_links: ExternalLinksOption = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a server before giving up.")] = 60.0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
@@ -129,6 +136,7 @@ def download(
     """
     from spared.catalog import SpecError, UnknownDatasetError, load_spec
     from spared.io.archive import ArchiveError
+    from spared.io.atomic import DiskFullError
     from spared.io.download import (
         ChecksumError,
         DownloadError,
@@ -142,8 +150,9 @@ def download(
     try:
         spec = load_spec(name)
         folder = fetch_dataset(spec, data_dir=data_dir, progress=progress, timeout=timeout, source=source,
-                               recheck=recheck)
-    except (UnknownDatasetError, SpecError, DownloadError, ChecksumError, FormatError, ArchiveError) as exc:
+                               recheck=recheck, allow_external_links=allow_external_links)
+    except (UnknownDatasetError, SpecError, DownloadError, ChecksumError, FormatError, ArchiveError,
+            DiskFullError) as exc:
         _error(str(exc))
         raise typer.Exit(1) from exc
     records = file_records(spec, data_dir)
@@ -152,9 +161,11 @@ def download(
     for state, meaning in (("pinned", "sha256 checked against the catalogue's published value"),
                            ("first use", "trust on first use: no published hash, sha256 recorded when first seen "
                                          "(not verified against the source)"),
-                           ("local folder", "unpacked content used in place from a local folder (not hashed)"),
+                           ("local folder", "unpacked content used in place from your folder (each file "
+                                            "format-checked and hashed when linked)"),
                            ("missing", "missing (full-resolution images only: patches will come from hires)")):
-        files = [r["filename"] for r in records if r["state"] == state]
+        files = [r["filename"] + (f" (from {r['source']})" if r.get("linked") else "") for r in records
+                 if r["state"] == state]
         if files:
             console.print(f"  {len(files)} {meaning}: {', '.join(files)}", soft_wrap=True, markup=False,
                           highlight=False)

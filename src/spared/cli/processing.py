@@ -29,11 +29,12 @@ def read_h5ad(path: Path):
 
 
 def load_config(config_file: Path | None, overrides: list[str] | None, base=None):
-    """A ProcessingConfig from defaults (or ``base``), an optional TOML/JSON file, and key=value overrides."""
+    """A ProcessingConfig from defaults (or ``base``), an optional TOML/JSON file over them, and key=value
+    overrides."""
     from spared.config import ProcessingConfig
 
     try:
-        cfg = ProcessingConfig.from_file(config_file) if config_file else (base or ProcessingConfig())
+        cfg = ProcessingConfig.from_file(config_file, base) if config_file else (base or ProcessingConfig())
         return cfg.with_overrides(overrides or [])
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc

@@ -1,10 +1,12 @@
 """Safe, idempotent unpacking of zip and tar(.gz) archives.
 
 Every member is checked before anything is written: absolute paths, ``..`` components, device files and links
-that point outside the target are rejected. Members are extracted into a temporary folder beside the target,
-checked again on disk (symlinks must resolve inside it), then renamed into place. A marker file records the
-archive's sha256 (and size and modification time): a second call with the same archive is a no-op, an archive
-replaced by another of the same name is unpacked again.
+that point outside the target are rejected. Members are extracted into a temporary folder beside the target
+(after checking that the device has room for their total size), checked again on disk (symlinks must resolve
+inside it), then renamed into place. A full disk is a :class:`~spared.io.atomic.DiskFullError` (the archive is
+not blamed) and leaves nothing behind. A marker file records the archive's sha256 (and size and modification
+time): a second call with the same archive is a no-op, an archive replaced by another of the same name is
+unpacked again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from spared.io.atomic import remove_stale_temps, temp_sibling
+from spared.io.atomic import is_disk_full, remove_stale_temps, require_space, staged, temp_sibling, write_text
 from spared.io.sniff import sha256sum
 
 MARKER_PREFIX = ".spared-unpacked."
@@ -99,15 +101,15 @@ def unpack_archive(archive: str | Path, target: str | Path, sha256: str | None =
     target.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target.parent)  # what a killed unpacking left
     staging = temp_sibling(target.parent / f"unpacking-{archive.name}", kind="part")
-    staging.mkdir()
-    try:
+    with staged(staging, target.parent, f"unpacking {archive.name}"):
+        staging.mkdir()
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, staging)
         elif _is_tar(archive):
             _extract_tar(archive, staging)
         else:
-            raise ArchiveError(f"{archive} is neither a zip nor a tar archive (it may be truncated or an HTML error "
-                               f"page): delete it and download it again")
+            raise ArchiveError(f"{describe(archive)} is neither a zip nor a tar archive (it may be truncated or an "
+                               f"HTML error page): {_replace_advice(archive)}")
         _check_links_on_disk(staging, archive)
         entries = sorted(p.name for p in staging.iterdir())
         for name in entries:
@@ -117,24 +119,29 @@ def unpack_archive(archive: str | Path, target: str | Path, sha256: str | None =
             elif dest.exists() or dest.is_symlink():
                 dest.unlink()
             os.replace(staging / name, dest)
-        marker = marker_path(archive, target)
-        tmp_marker = marker.with_name(marker.name + ".tmp")
-        tmp_marker.write_text(json.dumps({"archive": archive.name, "sha256": sha256, **_stat_key(archive),
-                                          "entries": entries}, indent=1))
-        os.replace(tmp_marker, marker)
-    finally:
+        write_text(marker_path(archive, target), json.dumps({"archive": archive.name, "sha256": sha256,
+                                                             **_stat_key(archive), "entries": entries}, indent=1))
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def describe(archive: Path) -> str:
+    """``archive``, and the file it links to when it is a link (a local source's file, named in messages)."""
+    return f"{archive} (a link to {os.path.realpath(archive)})" if archive.is_symlink() else str(archive)
+
+
+def _replace_advice(archive: Path) -> str:
+    if archive.is_symlink():
+        return (f"replace your file {os.path.realpath(archive)} with a complete copy (spared never modifies or "
+                f"deletes it), then run the command again")
+    return "delete it and download it again"
 
 
 def _refresh_marker(archive: Path, target: Path) -> None:
     """Record the archive's current size and time in its marker (same content, e.g. copied or touched)."""
     data = _marker(archive, target)
     if data is not None and any(data.get(k) != v for k, v in _stat_key(archive).items()):
-        marker = marker_path(archive, target)
-        tmp = marker.with_name(marker.name + ".tmp")
-        tmp.write_text(json.dumps({**data, **_stat_key(archive)}, indent=1))
-        os.replace(tmp, marker)
+        write_text(marker_path(archive, target), json.dumps({**data, **_stat_key(archive)}, indent=1))
 
 
 def _is_tar(path: Path) -> bool:
@@ -167,8 +174,12 @@ def _link_escapes(member: str, link: str, relative_to_member: bool) -> bool:
 
 
 def _reject(archive: Path, member: str, why: str) -> ArchiveError:
-    return ArchiveError(f"refusing to unpack {archive}: entry {member!r} {why}; the archive is malformed or "
-                        f"malicious, nothing was written (delete it and download it again from the catalogue URL)")
+    return ArchiveError(f"refusing to unpack {describe(archive)}: entry {member!r} {why}; the archive is malformed "
+                        f"or malicious, nothing was written ({_replace_advice(archive)})")
+
+
+def _corrupt(archive: Path, exc: BaseException) -> ArchiveError:
+    return ArchiveError(f"{describe(archive)} is corrupt or truncated ({exc}): {_replace_advice(archive)}")
 
 
 def _extract_tar(archive: Path, dest: Path) -> None:
@@ -184,11 +195,14 @@ def _extract_tar(archive: Path, dest: Path) -> None:
                     raise _reject(archive, m.name, f"is a hard link to {m.linkname!r}, outside the target")
                 if m.ischr() or m.isblk() or m.isfifo():
                     raise _reject(archive, m.name, "is a device or FIFO")
+            require_space(dest.parent, sum(m.size for m in members if m.isfile()), f"unpacking {archive.name}")
             tar.extractall(dest, members=members, filter="data")
     except tarfile.FilterError as exc:
-        raise ArchiveError(f"refusing to unpack {archive}: {exc}; nothing was written") from exc
+        raise ArchiveError(f"refusing to unpack {describe(archive)}: {exc}; nothing was written") from exc
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ArchiveError(f"{archive} is corrupt or truncated ({exc}): delete it and download it again") from exc
+        if is_disk_full(exc):
+            raise  # the archive is fine: the disk is full (see spared.io.atomic.staged)
+        raise _corrupt(archive, exc) from exc
 
 
 def _extract_zip(archive: Path, dest: Path) -> None:
@@ -205,6 +219,8 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                         raise _reject(archive, info.filename, f"is a symlink to {link!r}, outside the target")
                     links.append((info.filename, link))
             link_names = {name for name, _ in links}
+            require_space(dest.parent, sum(i.file_size for i in infos if i.filename not in link_names),
+                          f"unpacking {archive.name}")
             for info in infos:
                 if info.filename not in link_names:
                     zf.extract(info, dest)
@@ -213,7 +229,9 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(link, path)
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise ArchiveError(f"{archive} is corrupt or truncated ({exc}): delete it and download it again") from exc
+        if is_disk_full(exc):
+            raise
+        raise _corrupt(archive, exc) from exc
 
 
 def _check_links_on_disk(staging: Path, archive: Path) -> None:
@@ -223,7 +241,7 @@ def _check_links_on_disk(staging: Path, archive: Path) -> None:
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             if path.is_symlink():
-                real = path.resolve()
+                real = Path(os.path.realpath(path))
                 if real != root and root not in real.parents:
                     raise _reject(archive, str(path.relative_to(staging)),
                                   f"is a symlink resolving to {real}, outside the target")

@@ -12,12 +12,14 @@ Layout under :func:`data_dir` (see docs/formats.md)::
 
 Files come from the catalogue URLs or, with ``source=PATH`` (``spared download NAME --from PATH``), from a local
 folder holding the archives, their unpacked folders, or one archive's contents; local files are linked, never
-copied, and never modified or deleted.
+copied, and never modified or deleted (see :mod:`spared.io.local`). Processes fetching one dataset (one
+``<group>``) wait for each other (a file lock ``<group>/.spared.lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -32,29 +34,32 @@ from typing import Any, Literal
 from spared.catalog import DatasetSpec, FileSpec, SlideSpec
 from spared.catalog.spec import strip_archive_suffix
 from spared.io.archive import ArchiveError, is_unpacked, unpack_archive
-from spared.io.atomic import remove_stale_temps, usual_mode, write_text
-from spared.io.scan import MACOS_FOLDER, choose, pattern_under, visible_glob
+from spared.io.atomic import DiskFullError, is_disk_full, remove_stale_temps, usual_mode, write_text
+from spared.io.errors import ChecksumError, DownloadError
+from spared.io.local import (
+    LocalFileChanged,
+    LocalSourceError,
+    link_local_source,
+    linked_files,
+    provided_locally,
+    read_manifest,
+    tree_fingerprint,
+    verify_links,
+)
+from spared.io.scan import choose, pattern_under, visible_glob
 from spared.io.sniff import FormatError, check_format, sha256sum
 
-__all__ = ["ChecksumError", "DownloadError", "FormatError", "LayoutError", "checksum_label", "checksums_path",
-           "data_dir", "dataset_dir", "fetch_dataset", "file_records", "image_only_files", "processed_dir",
-           "resolve_layout", "resolve_slides", "sha256sum", "status", "unpack_dataset"]
+__all__ = ["ChecksumError", "DownloadError", "FormatError", "LayoutError", "LocalFileChanged", "LocalSourceError",
+           "checksum_label", "checksum_state", "checksums_path", "data_dir", "dataset_dir", "dataset_lock",
+           "fetch_dataset", "file_records", "image_only_files", "input_fingerprints", "linked_inputs", "processed_dir",
+           "raw_status", "resolve_layout", "resolve_slides", "sha256sum", "status", "unpack_dataset"]
 
 Status = Literal["absent", "downloaded", "processed"]
 _GLOB_CHARS = re.compile(r"[*?\[]")
 #: pooch downloads into ``tempfile.NamedTemporaryFile`` names beside the target (``0600``, left behind if killed).
 _POOCH_TEMP = re.compile(r"tmp[a-z0-9_]{8}")
-LOCAL_PREFIX = ".spared-local."
 FIRST_USE = "first use"
 CATALOGUE = "catalogue"
-
-
-class DownloadError(OSError):
-    """Files could not be fetched; the message lists each URL and the exact path to place it at by hand."""
-
-
-class ChecksumError(ValueError):
-    """A file's sha256 differs from the expected one (a file found on disk is left in place)."""
 
 
 class LayoutError(FileNotFoundError):
@@ -142,6 +147,11 @@ class _Checksums:
                 self.data = json.loads(path.read_text())
             except ValueError as exc:
                 raise ChecksumError(f"{path} is not valid JSON ({exc}); delete it to record the hashes again") from exc
+            problem = _checksums_problem(self.data)
+            if problem:
+                raise ChecksumError(f"{path} is not a spared checksums file: {problem}. Move it away (or delete it) "
+                                    f"and run the command again: the hashes are then recorded anew (files the "
+                                    f"catalogue pins are still checked against their published sha256)")
 
     def recorded(self, f: FileSpec) -> str:
         """The trust-on-first-use hash recorded for ``f`` (``""`` when none, or recorded for another URL)."""
@@ -151,24 +161,72 @@ class _Checksums:
         return entry["sha256"]
 
     def unchanged(self, f: FileSpec, path: Path, sha: str) -> bool:
-        """Whether ``path`` was verified as ``sha`` and its size and modification time have not changed since."""
+        """Whether ``path`` was verified as ``sha`` and its size, modification time (and, for a link, the file it
+        leads to) have not changed since."""
         entry = self.data.get(f.filename) or {}
         st = path.stat()
+        source = os.path.realpath(path) if path.is_symlink() else None
         return (entry.get("url") == f.url and entry.get("sha256") == sha and entry.get("size") == st.st_size
-                and entry.get("mtime_ns") == st.st_mtime_ns)
+                and entry.get("mtime_ns") == st.st_mtime_ns and entry.get("source") == source)
 
     def record(self, f: FileSpec, path: Path, sha: str, origin: str) -> None:
         st = path.stat()
         entry = {"url": f.url, "sha256": sha, "origin": origin, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         if path.is_symlink():
-            entry["source"] = str(path.resolve())
+            entry["source"] = os.path.realpath(path)
         if self.data.get(f.filename) != entry:
             self.data[f.filename] = entry
             write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
+def _checksums_problem(data: Any) -> str:
+    """What is wrong with the parsed content of a ``checksums.json`` (``""`` when it has the expected shape)."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object mapping file names to records, found a {type(data).__name__}"
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            return f"the record of {name!r} should be an object, found {entry!r}"
+        bad = [k for k, kind in (("url", str), ("sha256", str), ("origin", str), ("size", int), ("mtime_ns", int))
+               if k in entry and not isinstance(entry[k], kind)]
+        if "sha256" not in entry or bad:
+            return f"the record of {name!r} lacks a sha256 or has values of the wrong type ({entry!r})"
+    return ""
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def describe_file(path: Path) -> str:
+    """``path``, and the user's file behind it when it is a link (a local source): messages name both."""
+    return f"{path} (a link to your file {os.path.realpath(path)})" if path.is_symlink() else str(path)
+
+
+@contextlib.contextmanager
+def dataset_lock(spec: DatasetSpec, root: str | Path | None = None) -> Iterator[None]:
+    """Hold the lock of ``spec``'s download folder: processes fetching one dataset (or datasets sharing a download
+    group) wait for each other, with a message when they have to. A folder that cannot be written (a read-only
+    data folder) is used without a lock: nothing can be fetched into it anyway."""
+    from filelock import FileLock, Timeout
+
+    folder = _root(root) / spec.group
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / ".spared.lock"))
+        try:
+            lock.acquire(timeout=0.5)
+        except Timeout:
+            _say(f"waiting for another spared process fetching {spec.group!r} (lock {folder / '.spared.lock'})")
+            lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -184,29 +242,43 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _verify_present(spec: DatasetSpec, f: FileSpec, path: Path, sums: _Checksums, recheck: bool) -> str:
-    """Check a file found on disk (format, then sha256) and return its hash; the file is never deleted."""
+def _verify_present(spec: DatasetSpec, f: FileSpec, path: Path, sums: _Checksums, recheck: bool,
+                    accept: bool = False) -> str:
+    """Check a file found on disk (format, then sha256) and return its hash; the file is never deleted.
+
+    ``recheck`` hashes the file again whatever its size and time; ``accept`` (a file just given with ``--from``)
+    records a new content instead of refusing it when the catalogue pins no hash (an unchanged file is not hashed
+    again)."""
     try:
         check_format(path, f.filename)
     except FormatError as exc:
+        if path.is_symlink():
+            raise FormatError(f"{exc}. It is a link to your file {os.path.realpath(path)}: replace that file with the "
+                              f"right one (from {f.url}) and give its folder to --from again") from exc
         raise FormatError(f"{exc}. The file was left in place: replace it with the file from {f.url} (or move it "
                           f"away and run `spared download {spec.key}` to fetch it again)") from exc
     recorded = sums.recorded(f)
     expected = f.sha256 or ("" if recheck else recorded)
     if expected and not recheck and sums.unchanged(f, path, expected):
         return expected
+    if accept and not f.sha256:
+        expected = ""
     found = sha256sum(path)
     if expected and found != expected:
         if f.sha256:
             advice = (f"the catalogue pins this hash (published for the file at {f.url}): replace the file with "
                       f"the right one, or move it away and run `spared download {spec.key}` to fetch it again")
+        elif path.is_symlink():
+            advice = (f"that hash was recorded in {sums.path} when your file was linked. If the change is intended, "
+                      f"run `spared download {spec.key} --recheck` (or give --from again) to record the new "
+                      f"content; otherwise restore the file")
         else:
             advice = (f"that hash was recorded in {sums.path} when the file was first seen (trust on first use, "
                       f"never verified against a published value). If this file is the right one, run `spared "
                       f"download {spec.key} --recheck` to record its hash instead; otherwise move it away and run "
                       f"`spared download {spec.key}` to fetch it again")
-        raise ChecksumError(f"{path} has sha256 {found}, but {expected} was expected; the file was left in place. "
-                            f"{advice[0].upper()}{advice[1:]}.")
+        raise ChecksumError(f"{describe_file(path)} has sha256 {found}, but {expected} was expected; the file was "
+                            f"left in place. {advice[0].upper()}{advice[1:]}.")
     if not f.sha256 and found != recorded:
         _say_recorded(f, found, sums, previous=recorded)
     sums.record(f, path, found, CATALOGUE if f.sha256 else FIRST_USE)
@@ -226,6 +298,7 @@ def _download(f: FileSpec, path: Path, expected: str, progress: bool, timeout: f
     import requests
 
     downloader = pooch.HTTPDownloader(progressbar=progress, timeout=timeout)
+    before = set(path.parent.iterdir()) if path.parent.is_dir() else set()
     try:
         with _quiet_pooch():
             pooch.retrieve(f.url, known_hash=expected or None, fname=path.name, path=path.parent,
@@ -234,6 +307,11 @@ def _download(f: FileSpec, path: Path, expected: str, progress: bool, timeout: f
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _FetchFailed(f"{type(exc).__name__}: {exc}", offline=True) from exc
     except (requests.RequestException, OSError) as exc:
+        if is_disk_full(exc):  # pooch's partial file is ours (the dataset lock is held): removed
+            for leftover in set(path.parent.iterdir()) - before:
+                if _POOCH_TEMP.fullmatch(leftover.name):
+                    leftover.unlink(missing_ok=True)
+            raise DiskFullError(path.parent, f"downloading {f.url}", written=0) from exc
         raise _FetchFailed(f"{type(exc).__name__}: {exc}", offline=False) from exc
     except ValueError as exc:
         if "hash" not in str(exc).lower():
@@ -286,7 +364,7 @@ def _warn_missing_images(spec: DatasetSpec, missing: list[_Missing]) -> None:
 
 def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progress: bool = True,
                   timeout: float = 60.0, *, source: str | Path | None = None, recheck: bool = False,
-                  images: bool = True) -> Path:
+                  images: bool = True, allow_external_links: bool = False) -> Path:
     """Make every file of ``spec`` available (download, or link from ``source``), check it, unpack archives.
 
     Parameters
@@ -301,13 +379,17 @@ def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progres
         Seconds to wait for the server to connect or send data.
     source
         A local folder holding the dataset's files, used instead of the network: the archives themselves, their
-        unpacked folders, or the contents of one archive (see :func:`link_local_source`). Nothing is copied.
+        unpacked folders, or the contents of one archive (see :mod:`spared.io.local`). Nothing is copied. Given
+        again (or another folder), it is compared with what is linked and linked anew where it differs; its
+        files are checked and their hashes recorded anew (pinned files must still match the catalogue).
     recheck
-        Re-hash every file present and record trust-on-first-use hashes again (files the catalogue pins must
-        still match); archives whose hash changed are unpacked again.
+        Re-hash every file present (linked files too) and record trust-on-first-use hashes again (files the
+        catalogue pins must still match); archives whose hash changed are unpacked again.
     images
         Try to fetch missing files that hold only full-resolution images; ``False`` uses what is there (no
         network for them, no warning: patches then come from the hires image).
+    allow_external_links
+        Follow links inside ``source`` that lead out of it (refused otherwise).
 
     Returns
     -------
@@ -319,6 +401,10 @@ def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progres
     DownloadError
         Required files could not be fetched (or are not in ``source``): the message lists each URL and the path
         to place it at. Missing full-resolution-image files only give a warning (patches fall back to hires).
+        A local source that cannot be used (a link leaving it, a loop, a user file gone) is a
+        :class:`~spared.io.local.LocalSourceError`, a kind of ``DownloadError``.
+    DiskFullError
+        The disk filled up (nothing half-written is left).
     FormatError
         A file's content is not what its name says (an HTML page saved as ``.tar.gz``, ...).
     ChecksumError
@@ -326,21 +412,33 @@ def fetch_dataset(spec: DatasetSpec, data_dir: str | Path | None = None, progres
     ArchiveError
         An archive is corrupt or has unsafe entries.
     """
+    with dataset_lock(spec, data_dir):
+        return _fetch(spec, data_dir, progress, timeout, source, recheck, images, allow_external_links)
+
+
+def _fetch(spec: DatasetSpec, data_dir: str | Path | None, progress: bool, timeout: float,
+           source: str | Path | None, recheck: bool, images: bool, allow_external_links: bool) -> Path:
     folder = dataset_dir(spec, data_dir)
     remove_stale_temps(folder, abandoned=(_POOCH_TEMP, 3600))  # partial downloads of killed runs
     sums = _Checksums(checksums_path(spec, data_dir))
     local = Path(source).expanduser().resolve() if source is not None else None
-    if local is not None:
-        link_local_source(spec, folder, local)
+    fresh: set[str] = set()  # files just linked from ``source``: the user's current files, recorded anew
     optional = image_only_files(spec)
+    if local is not None:
+        fresh = link_local_source(spec, folder, local, allow_external_links, optional).fresh
+    verify_links(spec, folder, accept_changes=recheck or local is not None, rehash=recheck)
     hashes: dict[str, str] = {}
     missing: list[_Missing] = []
     offline: str | None = None
     for f in spec.files:
         path = folder / f.filename
+        if path.is_symlink() and not path.exists():
+            raise LocalSourceError(f"{path} is a link to your file {os.path.realpath(path)}, which is gone (moved or "
+                                   f"deleted): put it back, or run `spared download {spec.key} --from FOLDER` with "
+                                   f"the folder that holds it now (the link is made anew)")
         if path.is_file():
-            hashes[f.filename] = _verify_present(spec, f, path, sums, recheck)
-        elif f.unpack and provided_locally(f, folder):
+            hashes[f.filename] = _verify_present(spec, f, path, sums, recheck, accept=f.filename in fresh)
+        elif f.unpack and provided_locally(f, folder, spec):
             continue
         elif not images and f.filename in optional:
             continue
@@ -395,154 +493,6 @@ def unpack_dataset(spec: DatasetSpec, folder: Path, hashes: dict[str, str] | Non
             unpack_archive(archive, target)
 
 
-# --- local sources -------------------------------------------------------------------------------------------
-
-
-def _local_marker(f: FileSpec, folder: Path) -> Path:
-    return folder / f.target / f"{LOCAL_PREFIX}{PurePosixPath(f.filename).name}"
-
-
-def provided_locally(f: FileSpec, folder: Path) -> bool:
-    """Whether the unpacked content of archive ``f`` was linked from a local folder (and is still there)."""
-    marker = _local_marker(f, folder)
-    if not marker.is_file():
-        return False
-    try:
-        entries = json.loads(marker.read_text())["entries"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    target = folder / f.target
-    return bool(entries) and all((target / name).exists() for name in entries)
-
-
-def _candidates(f: FileSpec, source: Path) -> list[Path]:
-    """Where a file may lie in a local folder: its catalogue path or any trailing part of it (``a/b/c.tsv``,
-    ``b/c.tsv``, ``c.tsv``: the user may point at a folder inside the catalogue's layout), the URL's last
-    component."""
-    parts = PurePosixPath(f.filename).parts
-    names = [str(PurePosixPath(*parts[i:])) for i in range(len(parts))]
-    names.append(PurePosixPath(f.url.split("?", 1)[0]).name)
-    return [source / n for n in dict.fromkeys(names) if n and (source / n).is_file()]
-
-
-def _patterns_under(spec: DatasetSpec, target: str) -> list[tuple[str, str]]:
-    """``(field, rest)`` of every slide pattern that lies strictly below ``target``."""
-    out = []
-    for s in spec.slides:
-        for name in ("path", "image", "hires_image"):
-            value = getattr(s, name)
-            rest = pattern_under(value, target) if value else None
-            if rest:
-                out.append((name, rest))
-    return out
-
-
-def _exists(folder: Path, pattern: str) -> bool:
-    if _GLOB_CHARS.search(pattern):
-        return bool(visible_glob(folder, pattern))
-    return (folder / pattern).exists()
-
-
-def _unpacked_source(spec: DatasetSpec, f: FileSpec, source: Path) -> tuple[Path, list[str]] | None:
-    """Where ``source`` holds archive ``f`` unpacked, and which of its top-level entries to link.
-
-    Either ``source/<unpack folder>`` (the archive unpacked beside itself) or ``source`` itself holding the
-    archive's contents (every slide pattern below the unpack folder resolves in it).
-    """
-    for candidate in dict.fromkeys([source / f.target, source / PurePosixPath(f.target).name]):
-        if candidate.is_dir() and candidate != source:
-            return candidate, _visible_entries(candidate)
-    rests = _patterns_under(spec, f.target)
-    if rests and all(_exists(source, rest) for _, rest in rests):
-        tops = {PurePosixPath(rest).parts[0] for _, rest in rests}
-        entries = sorted({p.name for top in tops for p in visible_glob(source, top)})
-        return source, entries
-    return None
-
-
-def _visible_entries(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name != MACOS_FOLDER)
-
-
-def _mirror(src: Path, dest: Path) -> int:
-    """Recreate ``src``'s folders under ``dest`` and link each visible file (a link farm; nothing is copied)."""
-    n = 0
-    if src.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            dest.symlink_to(src)
-            n += 1
-        return n
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != MACOS_FOLDER]
-        out = dest / Path(dirpath).relative_to(src)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in filenames:
-            if name.startswith(".") or (out / name).exists() or (out / name).is_symlink():
-                continue
-            (out / name).symlink_to(Path(dirpath, name).resolve())
-            n += 1
-    return n
-
-
-def link_local_source(spec: DatasetSpec, folder: Path, source: Path) -> list[str]:
-    """Make the files of a local folder available in the dataset folder without copying them.
-
-    For each catalogue file not yet in ``folder``: the file itself in ``source`` (by its catalogue path, its
-    name or the URL's last component) is linked; for an archive, its unpacked folder in ``source``, or
-    ``source`` itself when it holds the archive's contents, is mirrored as folders of links (so that files
-    spared writes beside them, e.g. decompressed ``.gz``, stay in the dataset folder). Returns a line per file
-    found; raises :class:`DownloadError` when ``source`` holds none of the dataset's files.
-    """
-    from spared.io.atomic import write_text as atomic_write
-
-    if not source.is_dir():
-        raise DownloadError(f"--from {source}: no such folder")
-    found: list[str] = []
-    for f in spec.files:
-        path = folder / f.filename
-        if path.is_file() or (f.unpack and provided_locally(f, folder)):
-            found.append(f"{f.filename}: already in the dataset folder")
-            continue
-        files = _candidates(f, source)
-        if files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink():
-                path.unlink()  # a dangling link from an earlier --from
-            path.symlink_to(files[0])
-            found.append(f"{f.filename}: linked to {files[0]}")
-            continue
-        unpacked = _unpacked_source(spec, f, source) if f.unpack else None
-        if unpacked is None:
-            continue
-        where, entries = unpacked
-        target = folder / f.target
-        n = sum(_mirror(where / name, target / name) for name in entries)
-        atomic_write(_local_marker(f, folder), json.dumps({"archive": f.filename, "source": str(where),
-                                                           "entries": entries, "linked_files": n}, indent=1))
-        found.append(f"{f.filename}: unpacked content linked from {where} ({n} files)")
-    if not found:
-        from spared.io.readers.common import examples
-
-        names = examples(PurePosixPath(f.filename).name for f in spec.files)
-        folders = examples(sorted({f.target for f in spec.files if f.unpack}))
-        example = next((rest for f in spec.files for _, rest in _patterns_under(spec, f.target)), "")
-        layout = examples(f.filename for f in spec.files)
-        raise DownloadError(f"{source} holds none of the {len(spec.files)} files of dataset {spec.key!r}. Expected "
-                            f"the files ({names}) in the catalogue's layout ({layout}) or flat"
-                            + (f", the archives' unpacked folders ({folders})" if folders else "")
-                            + (f", or an archive's contents (e.g. {example})" if example else "") + ".")
-    for line in found:
-        _say(f"{spec.key}: {line}")
-    return found
-
-
 # --- what is on disk ----------------------------------------------------------------------------------------
 
 
@@ -551,7 +501,8 @@ def file_records(spec: DatasetSpec, data_dir: str | Path | None = None) -> list[
 
     ``state`` is ``"pinned"`` (catalogue hash, verified), ``"first use"`` (hash recorded when first seen:
     trust on first use, not verified against a published value), ``"local folder"`` (unpacked content linked
-    from a local source, not hashed), ``"unchecked"`` (present, not yet verified) or ``"missing"``.
+    from a local source, each file hashed when linked), ``"unchecked"`` (present, not yet verified) or
+    ``"missing"``. Files linked from a local source have ``source`` (the user's file or folder) and ``linked``.
     """
     folder = dataset_dir(spec, data_dir)
     sums = _Checksums(checksums_path(spec, data_dir))
@@ -566,14 +517,68 @@ def file_records(spec: DatasetSpec, data_dir: str | Path | None = None) -> list[
             verified = entry.get("url") == f.url and sums.unchanged(f, path, entry.get("sha256", ""))
             state = (CATALOGUE if f.sha256 else FIRST_USE) if verified else "unchecked"
             record["state"] = "pinned" if state == CATALOGUE else state
-        elif f.unpack and provided_locally(f, folder):
-            record["state"] = "local folder"
-            record["source"] = json.loads(_local_marker(f, folder).read_text()).get("source", "")
+        elif f.unpack and provided_locally(f, folder, spec):
+            manifest = read_manifest(f, folder) or {}
+            record.update(state="local folder", source=manifest.get("source", ""), linked=True,
+                          n_files=len(manifest.get("files", {})))
         else:
             record["state"] = "missing"
         if path.is_symlink():
-            record["source"] = str(path.resolve())
+            record.update(source=os.path.realpath(path), linked=True)
         out.append(record)
+    return out
+
+
+def checksum_state(spec: DatasetSpec, data_dir: str | Path | None = None) -> str:
+    """:func:`checksum_label`, or ``"local folder"`` when files of ``spec`` are linked from the user's folder
+    (hashed when linked, changes detected) and the catalogue pins none of them."""
+    label = checksum_label(spec)
+    if label != "pinned" and any(r.get("linked") for r in file_records(spec, data_dir)):
+        return "local folder"
+    return label
+
+
+def input_fingerprints(spec: DatasetSpec, data_dir: str | Path | None = None) -> dict[str, str]:
+    """What each file of ``spec`` holds, as recorded (no hashing): the verified sha256 (the catalogue's, or the
+    one recorded when the file was first seen), ``local:<hash>`` for an archive's content linked from a local
+    folder (the recorded hashes of the files ``spec`` uses), ``"absent"`` for a file that is not there, and
+    ``changed:<size>:<mtime>`` for a file changed since it was verified (verify it with :func:`fetch_dataset`).
+
+    When the dataset folder does not exist (raw files deleted after processing), the recorded hashes stand for
+    the files. Processed caches are keyed on this (see :func:`spared.datasets.cache_paths`).
+    """
+    folder = dataset_dir(spec, data_dir)
+    sums = _Checksums(checksums_path(spec, data_dir))
+    present = folder.is_dir()
+    out = {}
+    for f in spec.files:
+        path = folder / f.filename
+        entry = sums.data.get(f.filename) or {}
+        recorded = entry.get("sha256", "") if entry.get("url") == f.url else ""
+        tree = tree_fingerprint(spec, f, folder) if f.unpack else None
+        if tree is not None and not path.exists():
+            out[f.filename] = tree
+        elif path.is_file():
+            st = path.stat()
+            out[f.filename] = recorded if recorded and sums.unchanged(f, path, recorded) else \
+                f"changed:{st.st_size}:{st.st_mtime_ns}"
+        else:
+            out[f.filename] = "absent" if present or not recorded else recorded
+    return out
+
+
+def linked_inputs(spec: DatasetSpec, data_dir: str | Path | None = None) -> dict[str, str]:
+    """Every user file linked for ``spec`` (a local source) → its recorded sha256: what messages name when the
+    content behind an input changed."""
+    folder = dataset_dir(spec, data_dir)
+    sums = _Checksums(checksums_path(spec, data_dir))
+    out = {}
+    for f in spec.files:
+        if f.unpack:
+            out.update(linked_files(spec, f, folder))
+        entry = sums.data.get(f.filename) or {}
+        if entry.get("source"):
+            out[entry["source"]] = entry.get("sha256", "")
     return out
 
 
@@ -583,11 +588,16 @@ def status(spec: DatasetSpec, data_dir: str | Path | None = None) -> Status:
     processed = processed_dir(spec, data_dir)
     if processed.is_dir() and any(processed.glob("*.h5ad")):
         return "processed"
+    return raw_status(spec, data_dir)
+
+
+def raw_status(spec: DatasetSpec, data_dir: str | Path | None = None) -> Status:
+    """``"downloaded"`` or ``"absent"``: :func:`status` without looking at processed caches."""
     folder = dataset_dir(spec, data_dir)
     optional = image_only_files(spec)
     for f in spec.files:
         path = folder / f.filename
-        if f.unpack and provided_locally(f, folder):
+        if f.unpack and provided_locally(f, folder, spec):
             continue
         if not path.is_file():
             if f.filename in optional:

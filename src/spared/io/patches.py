@@ -10,7 +10,13 @@ window scaled by the image's scale factor); a fallback is recorded in ``uns["spa
 ``uns["spared"]["patches"]["sources"]`` names the image and scale used per slide. A full-resolution image whose
 size disagrees with the hires image and ``tissue_hires_scalef`` is rescaled per axis with a warning, or refused
 when its axes disagree with each other (a crop or another image): patches are never cut silently at the wrong
-place.
+place. Spot centres outside the image are counted: a few get padded patches and a warning recorded in
+``uns["spared"]["warnings"]`` (their count per slide in ``uns["spared"]["patches"]["sources"]``), more than 5 %
+are refused (wrong image or coordinates).
+
+The store is written through :func:`spared.io.atomic.atomic_h5`: the free space is checked before the first
+patch, and a disk that fills up meanwhile is a :class:`~spared.io.atomic.DiskFullError` naming the folder, with
+nothing left behind.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spared.io.atomic import atomic_path
+from spared.io.atomic import atomic_h5
 from spared.io.provenance import record_warning
 from spared.io.readers.common import ReaderError
 from spared.io.readers.images import FullResImage
@@ -194,20 +200,20 @@ def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, pat
         raise ReaderError("obsm['spatial'] contains NaN or inf; cannot centre patches")
     slides = _slide_ids(adata)
     out_path = Path(out_path)
+    names = adata.obs_names.to_numpy(dtype=str).astype(object)
+    needed = adata.n_obs * (patch_size * patch_size * 3 + 64) + sum(len(n) for n in names) + (1 << 20)
     bar = _Progress(adata.n_obs, progress)
-    with atomic_path(out_path) as tmp:
-        with h5py.File(tmp, "w") as f, bar:
-            dset = f.create_dataset(DATASET, shape=(adata.n_obs, patch_size, patch_size, 3), dtype=np.uint8,
-                                    chunks=(1, patch_size, patch_size, 3), compression=compression)
-            f.create_dataset("obs_names", data=adata.obs_names.to_numpy(dtype=str).astype(object),
-                             dtype=h5py.string_dtype())
-            f.attrs.update({"size": patch_size, "scale": patch_scale, "pad_value": pad_value})
-            sources, notes = {}, []
-            for slide in pd.unique(slides):
-                idx = np.flatnonzero(slides == slide)
-                sources[str(slide)], note = _extract_slide(adata, str(slide), idx, coords[idx], dset, patch_size,
-                                                           patch_scale, pad_value, band_height, n_threads, bar)
-                notes += [note] if note else []
+    with atomic_h5(out_path, needed=None if compression else needed) as f, bar:
+        dset = f.create_dataset(DATASET, shape=(adata.n_obs, patch_size, patch_size, 3), dtype=np.uint8,
+                                chunks=(1, patch_size, patch_size, 3), compression=compression)
+        f.create_dataset("obs_names", data=names, dtype=h5py.string_dtype())
+        f.attrs.update({"size": patch_size, "scale": patch_scale, "pad_value": pad_value})
+        sources, notes = {}, []
+        for slide in pd.unique(slides):
+            idx = np.flatnonzero(slides == slide)
+            sources[str(slide)], note = _extract_slide(adata, str(slide), idx, coords[idx], dset, patch_size,
+                                                       patch_scale, pad_value, band_height, n_threads, bar)
+            notes += [n for n in note if n]
     for note in notes:
         record_warning(adata, note)
     adata.uns.setdefault("spared", {})["patches"] = {"path": str(out_path.resolve()), "size": int(patch_size),
@@ -217,7 +223,7 @@ def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, pat
 
 def _extract_slide(adata: Any, slide: str, idx: np.ndarray, coords: np.ndarray, dset: Any, size: int,
                    scale: float, pad_value: int, band_height: int, n_threads: int | None,
-                   bar: Any) -> tuple[dict[str, Any], str | None]:
+                   bar: Any) -> tuple[dict[str, Any], list[str | None]]:
     entry = adata.uns.get("spatial", {}).get(slide)
     if entry is None:
         raise ReaderError(f"uns['spatial'] has no entry for slide {slide!r}")
@@ -231,7 +237,7 @@ def _extract_slide(adata: Any, slide: str, idx: np.ndarray, coords: np.ndarray, 
         factor = np.array([source["scale_x"], source["scale_y"]])
         side = diameter * scale * factor
         centre = (coords + 0.5) * factor
-        _check_inside(centre, image.shape, slide, source)
+        outside = _check_inside(centre, image.shape, slide, source)
         boxes = np.column_stack([centre - side / 2, centre + side / 2])
         margin = math.ceil(side.max() / size) + 1
         top = np.floor(boxes[:, 1]).astype(np.int64) - margin
@@ -250,11 +256,19 @@ def _extract_slide(adata: Any, slide: str, idx: np.ndarray, coords: np.ndarray, 
     finally:
         pool.shutdown()
         image.close()
-    return source, note
+    warning = None
+    if outside.any():
+        source["n_outside"] = int(outside.sum())
+        where = source["path"] or f"the {source['image']} image"
+        warning = (f"slide {slide!r}: {int(outside.sum())} of {outside.size} spot centres lie outside {where} (e.g. "
+                   f"{adata.obs_names[idx[np.flatnonzero(outside)[0]]]}); their patches are mostly padding "
+                   f"({pad_value}). Drop those spots, or check their pixel coordinates")
+    return source, [note, warning]
 
 
-def _check_inside(centre: np.ndarray, shape: tuple[int, int], slide: str, source: dict[str, Any]) -> None:
-    """Refuse to cut patches when many spot centres fall outside the image (wrong image or coordinates)."""
+def _check_inside(centre: np.ndarray, shape: tuple[int, int], slide: str, source: dict[str, Any]) -> np.ndarray:
+    """Which spot centres fall outside the image; refuse to cut patches when many do (wrong image or
+    coordinates)."""
     height, width = shape[:2]
     outside = ((centre[:, 0] < 0) | (centre[:, 0] > width) | (centre[:, 1] < 0) | (centre[:, 1] > height))
     if outside.mean() > _MAX_OUTSIDE:
@@ -263,6 +277,7 @@ def _check_inside(centre: np.ndarray, shape: tuple[int, int], slide: str, source
                           f"{where} ({width}×{height} px after scaling by x {source['scale_x']:.4g}, y "
                           f"{source['scale_y']:.4g}); the image does not belong to these coordinates: replace it "
                           f"with the slide's own image")
+    return outside
 
 
 class _Progress:

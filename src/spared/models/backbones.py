@@ -124,9 +124,13 @@ def locate_imagenet(arch: str, weights_dir: str | Path | None = None, download: 
             return _verified(folder / file.name, file)
     error: Exception | None = None
     if download:
+        from spared.io.atomic import DiskFullError
+
         try:
             return _download(file)
-        except Exception as err:  # any network, disk or checksum failure ends in the same instructions
+        except DiskFullError:
+            raise  # not a missing file: the folder's device is full, and the message says so
+        except Exception as err:  # any network or checksum failure ends in the same instructions
             error = err
     places = " or ".join(str(f) for f in folders)
     raise WeightsUnavailable(
@@ -148,9 +152,11 @@ def _verified(path: Path, file: WeightFile) -> Path:
 
 
 def _download(file: WeightFile) -> Path:
+    from spared.io.atomic import full_disk_errors
+
     folder = hub_checkpoints()
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    with full_disk_errors(folder, f"downloading {file.name}"), tempfile.TemporaryDirectory(dir=folder) as tmp:
         partial = Path(tmp) / file.name
         torch.hub.download_url_to_file(file.url, str(partial), progress=False)
         _verified(partial, file)

@@ -16,6 +16,8 @@ import scipy.sparse as sp
 
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}")
 _MAX_EXAMPLES = 5
+#: Largest fraction of a slide's spots that may lie outside its image (dropped with a warning); more is an error.
+MAX_OUTSIDE_IMAGE = 0.05
 
 
 class ReaderError(ValueError):
@@ -77,6 +79,102 @@ class SlideInfo:
         fields = {name: get(name) for name in ("path", "image", "hires_image", "prefix", "counts", "spots")}
         return cls(id=str(slide_id), patient=str(get("patient") or slide_id), split=str(get("split") or "train"),
                    **{k: (str(v) if v is not None else None) for k, v in fields.items()})
+
+
+def spots_on_image(coords: np.ndarray, size: tuple[float, float] | None, image: str, slide: str, located: str,
+                   names: Sequence[str] | None = None, margin: float = 0.0) -> tuple[np.ndarray, str | None]:
+    """Which spots lie on their image, and a warning when some do not (they are to be dropped).
+
+    Parameters
+    ----------
+    coords
+        ``(n, 2)`` full-resolution pixel coordinates ``(x, y)`` of the spot centres.
+    size
+        ``(width, height)`` of the full-resolution image in those pixels; ``None`` when no image is known (then
+        only negative coordinates are outside).
+    image, slide
+        The image and the slide, for messages.
+    located
+        How the spots are placed, for messages, with ``{n}`` and ``{total}`` (e.g. ``"{n} of {total} spots lie"``).
+    names
+        Spot names (barcodes), for the example in the warning.
+    margin
+        Pixels of tolerance beyond each edge (an extent derived from a downscaled image is known to a few pixels).
+
+    Returns
+    -------
+    The keep mask and ``None``, or the mask and a warning naming the count and an example. More than
+    :data:`MAX_OUTSIDE_IMAGE` of the spots outside is a :class:`ReaderError` (wrong image, or wrong coordinates).
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    width, height = size if size is not None else (np.inf, np.inf)
+    outside = ((coords[:, 0] < -margin) | (coords[:, 1] < -margin) | (coords[:, 0] > width + margin)
+               | (coords[:, 1] > height + margin))
+    n, total = int(outside.sum()), int(outside.size)
+    if n == 0:
+        return ~outside, None
+    spans = (f"pixel coordinates up to x={coords[:, 0].max():.0f}, y={coords[:, 1].max():.0f}, down to "
+             f"x={coords[:, 0].min():.0f}, y={coords[:, 1].min():.0f}")
+    extent = f"{width:.0f}×{height:.0f} px" if size is not None else "an image starting at pixel (0, 0)"
+    if n > MAX_OUTSIDE_IMAGE * total:
+        placed = located.format(n=n, total=total)
+        raise ReaderError(f"slide {slide!r}: image {image} is {extent}, but {placed} outside it ({spans}; "
+                          f"expected an image at least that large): the image is smaller than the spot coordinates "
+                          f"imply, or the coordinates are wrong. Use the full-resolution image the spot positions "
+                          f"were aligned to, and check the positions file")
+    first = int(np.flatnonzero(outside)[0])
+    name = names[first] if names is not None else f"#{first}"
+    placed = located.format(n=n, total=total)
+    return ~outside, (f"slide {slide!r}: {placed} outside {image} ({extent}; e.g. {name} at x="
+                      f"{coords[first, 0]:.0f}, y={coords[first, 1]:.0f}): dropped, since no patch can be cut for "
+                      f"them; check the positions file if this is unexpected")
+
+
+def image_extent(entry: Mapping[str, Any], prefer_fullres: bool = False
+                 ) -> tuple[str | None, tuple[float, float] | None, float]:
+    """The image a slide's full-resolution coordinates refer to (``uns['spatial'][slide]``), its ``(width,
+    height)`` in those pixels and the tolerance of that extent.
+
+    The hires (else lowres) image scaled up by its factor (known to one of its pixels), else the full-resolution
+    image's own size (first, with ``prefer_fullres``: a HEST WSI is the coordinates' own frame, whereas a Visium
+    full-resolution image may be a rescaled copy, see :mod:`spared.io.patches`); ``(None, None, 0)`` without an
+    image.
+    """
+    if prefer_fullres and entry.get("fullres_path"):
+        from spared.io.readers.bigimages import image_size
+
+        return entry["fullres_path"], image_size(entry["fullres_path"]), 0.0
+    factors = entry.get("scalefactors", {})
+    for kind in ("hires", "lowres"):
+        image = entry.get("images", {}).get(kind)
+        scale = factors.get(f"tissue_{kind}_scalef")
+        if image is not None and scale:
+            height, width = np.asarray(image).shape[:2]
+            return f"the {kind} image scaled by 1/{scale:g}", (width / scale, height / scale), 1.0 / scale
+    if entry.get("fullres_path"):
+        from spared.io.readers.bigimages import image_size
+
+        return entry["fullres_path"], image_size(entry["fullres_path"]), 0.0
+    return None, None, 0.0
+
+
+def drop_off_image(adata: Any, keep: np.ndarray, warning: str | None) -> Any:
+    """``adata`` without the spots ``keep`` leaves out; the count goes to the reader report
+    (``n_spots_outside_image``, ``spots_dropped``) and the warning is issued (:func:`concat_slides` records it in
+    ``uns["spared"]["warnings"]``)."""
+    import warnings
+
+    report = adata.uns["spared"]["reader"]
+    report["n_spots_outside_image"] = int((~keep).sum())
+    if warning is None:
+        return adata
+    warnings.warn(warning, UserWarning, stacklevel=3)
+    out = adata[keep].copy()
+    report = out.uns["spared"]["reader"]
+    report["n_spots"] = int(out.n_obs)
+    report["spots_dropped"] = [warning]
+    report["warnings"] = [*report.get("warnings", []), warning]
+    return out
 
 
 def collection_slides(path: str | Path, slides: Sequence[Any] | Any) -> tuple[Path, list[SlideInfo]]:
@@ -240,4 +338,7 @@ def concat_slides(adatas: list, organism: str) -> Any:
         "n_genes_dropped_intersection": int(union.size - common.size),
         "slides": {sid: {k: v for k, v in r.items() if k != "slide_id"} for sid, r in reports.items()},
     }}
+    dropped = [str(w) for r in reports.values() for w in r.get("spots_dropped", [])]
+    if dropped:  # spots the readers dropped: recorded with the data, not only in the per-slide reports
+        out.uns["spared"]["warnings"] = dropped
     return out

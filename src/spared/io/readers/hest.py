@@ -11,8 +11,10 @@ A HEST folder holds, per sample id::
 
 Only ``st/`` and ``metadata/`` are required. The spot diameter in full-resolution pixels is HEST's
 ``spot_diameter`` (µm) divided by its ``pixel_size_um_estimated`` (µm/px), so spared patches cover one spot
-as for the other technologies; the spot geometry follows ``st_technology`` (Visium: hexagonal, 6 neighbours;
-legacy ST, Visium HD, Xenium pseudo-spots: square grid, 8 neighbours).
+as for the other technologies; that pixel size must agree (within 25 %) with the spot spacing and the sample's
+own ``spot_diameter_fullres``. Spots outside the image are dropped with a warning (more than 5 %: an error).
+The spot geometry follows ``st_technology`` (Visium: hexagonal, 6 neighbours; legacy ST, Visium HD, Xenium
+pseudo-spots: square grid, 8 neighbours).
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spared.io.readers.common import ReaderError, SlideInfo, coerce_slides, concat_slides, examples, harmonise_genes
+from spared.io.readers.common import (
+    ReaderError,
+    SlideInfo,
+    coerce_slides,
+    concat_slides,
+    drop_off_image,
+    examples,
+    harmonise_genes,
+    image_extent,
+    spots_on_image,
+)
 
 #: HEST ``st_technology`` values and how spared names them and lays their spots out.
 TECHNOLOGIES: dict[str, tuple[str, str]] = {
@@ -38,6 +50,12 @@ TECHNOLOGIES: dict[str, tuple[str, str]] = {
 }
 SPECIES = {"homo sapiens": "human", "mus musculus": "mouse"}
 _PIXEL_SIZE_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")
+#: Centre-to-centre distance of neighbouring spots (µm) by technology, when the metadata gives no
+#: ``inter_spot_dist``.
+SPOT_SPACING_UM = {"Visium": 100.0, "ST": 200.0}
+#: Largest relative disagreement between the metadata's pixel size and the one the spot spacing (or the sample's
+#: own ``spot_diameter_fullres``) implies.
+PIXEL_SIZE_TOLERANCE = 0.25
 _GENE_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id")
 
 
@@ -101,20 +119,64 @@ def sample_organism(meta: Mapping[str, Any], path: Path) -> str | None:
                           f"{sorted(SPECIES)}; spared annotates human and mouse genes only") from None
 
 
-def _spot_diameter_px(meta: Mapping[str, Any], adata: Any, path: Path, st_path: Path) -> tuple[float, float]:
-    """``(spot diameter in full-res pixels, pixel size in µm)`` from the metadata (h5ad scalefactors as fallback)."""
-    pixel_size = next((v for k in _PIXEL_SIZE_KEYS if (v := _positive(meta, k)) is not None), None)
+def _spot_diameter_px(meta: Mapping[str, Any], adata: Any, path: Path, st_path: Path, coords: np.ndarray,
+                      tech: str) -> tuple[float, float]:
+    """``(spot diameter in full-res pixels, pixel size in µm)`` from the metadata (h5ad scalefactors as fallback),
+    cross-checked against the spot spacing and the sample's own ``spot_diameter_fullres`` (see
+    :func:`check_pixel_size`)."""
+    key, pixel_size = next(((k, v) for k in _PIXEL_SIZE_KEYS if (v := _positive(meta, k)) is not None),
+                           (_PIXEL_SIZE_KEYS[0], None))
     diameter_um = _positive(meta, "spot_diameter")
-    if pixel_size is not None and diameter_um is not None:
-        return diameter_um / pixel_size, pixel_size
     factors = next(iter(adata.uns.get("spatial", {}).values()), {}).get("scalefactors", {})
-    fallback = _positive(factors, "spot_diameter_fullres")
-    if fallback is not None:
-        return fallback, pixel_size if pixel_size is not None else float("nan")
+    recorded = _positive(factors, "spot_diameter_fullres")
+    if pixel_size is not None and diameter_um is not None:
+        check_pixel_size(pixel_size, key, diameter_um, recorded, coords, _positive(meta, "inter_spot_dist")
+                         or SPOT_SPACING_UM.get(tech), path, st_path)
+        return diameter_um / pixel_size, pixel_size
+    if recorded is not None:
+        return recorded, pixel_size if pixel_size is not None else float("nan")
     raise ReaderError(f"HEST metadata {path}: expected a positive 'spot_diameter' (µm) and "
                       f"'pixel_size_um_estimated' (µm/px), found spot_diameter={meta.get('spot_diameter')!r}, "
                       f"pixel_size_um_estimated={meta.get('pixel_size_um_estimated')!r}; and {st_path} has no "
                       f"uns['spatial'][...]['scalefactors']['spot_diameter_fullres'] either")
+
+
+def spot_spacing_px(coords: np.ndarray) -> float | None:
+    """The median distance from a spot to its nearest neighbour, in the coordinates' pixels (``None`` with fewer
+    than 3 spots)."""
+    from scipy.spatial import cKDTree
+
+    if len(coords) < 3:
+        return None
+    distances, _ = cKDTree(coords).query(coords, k=2)
+    nearest = distances[:, 1]
+    nearest = nearest[nearest > 0]
+    return float(np.median(nearest)) if nearest.size else None
+
+
+def check_pixel_size(pixel_size: float, key: str, diameter_um: float, recorded_px: float | None,
+                     coords: np.ndarray, spacing_um: float | None, path: Path, st_path: Path) -> None:
+    """Refuse a pixel size that contradicts the sample's own geometry by more than :data:`PIXEL_SIZE_TOLERANCE`.
+
+    Two checks, each when its data is there: neighbouring spots lie ``spacing_um`` apart (the metadata's
+    ``inter_spot_dist``, else the technology's: 100 µm for Visium, 200 µm for ST), so their distance in pixels
+    implies a pixel size; and the sample's h5ad may record ``spot_diameter_fullres``, which the metadata's spot
+    diameter over the pixel size must reproduce.
+    """
+    diameter_px = diameter_um / pixel_size
+    given = f"{key} = {pixel_size:g} µm/px (a {diameter_um:g} µm spot → {diameter_px:.1f} px)"
+    spacing_px = spot_spacing_px(coords) if spacing_um else None
+    if spacing_px:
+        implied = spacing_um / spacing_px
+        if abs(math.log(implied / pixel_size)) > math.log1p(PIXEL_SIZE_TOLERANCE):
+            raise ReaderError(f"HEST metadata {path}: {given} contradicts the spot spacing: neighbouring spots of "
+                              f"{st_path} lie {spacing_px:.1f} px apart, which for spots {spacing_um:g} µm apart "
+                              f"means {implied:.4g} µm/px ({pixel_size / implied:.2f}× the metadata's). Correct "
+                              f"{key} (or spot_diameter / inter_spot_dist) in the metadata")
+    if recorded_px and abs(math.log(diameter_px / recorded_px)) > math.log1p(PIXEL_SIZE_TOLERANCE):
+        raise ReaderError(f"HEST metadata {path}: {given} contradicts {st_path}, whose scalefactors record "
+                          f"spot_diameter_fullres = {recorded_px:.1f} px ({diameter_px / recorded_px:.2f}×). Correct "
+                          f"{key} or spot_diameter in the metadata")
 
 
 def _coordinates(adata: Any, st_path: Path) -> np.ndarray:
@@ -140,18 +202,6 @@ def _array_positions(adata: Any, st_path: Path) -> tuple[np.ndarray, np.ndarray]
     if not (np.isfinite(rows).all() and np.isfinite(cols).all()):
         raise ReaderError(f"{st_path}: obs array_row/array_col hold missing or non-numeric values")
     return np.rint(rows).astype(np.int64), np.rint(cols).astype(np.int64)
-
-
-def _check_wsi(wsi: Path, coords: np.ndarray) -> None:
-    from spared.io.readers.bigimages import image_size
-
-    width, height = image_size(wsi)
-    outside = (coords[:, 0] < 0) | (coords[:, 1] < 0) | (coords[:, 0] > width) | (coords[:, 1] > height)
-    if outside.any():
-        raise ReaderError(f"image {wsi} is {width}×{height} px, but {int(outside.sum())} of {len(coords)} spots "
-                          f"lie outside it (pixel coordinates up to x={coords[:, 0].max():.0f}, "
-                          f"y={coords[:, 1].max():.0f}; expected an image at least that large): the image is "
-                          f"smaller than the spot coordinates imply; use the sample's full-resolution WSI")
 
 
 def read_hest_patches(path: str | Path, images: bool = True) -> dict[str, np.ndarray]:
@@ -215,7 +265,7 @@ def read_hest_sample(folder: str | Path, slide: SlideInfo, organism: str | None 
             if "in_tissue" in source.obs else np.ones(source.n_obs, dtype=bool))
     if not keep.any():
         raise ReaderError(f"{paths['st']}: no spot has in_tissue = 1")
-    diameter, pixel_size = _spot_diameter_px(meta, source, paths["metadata"], paths["st"])
+    diameter, pixel_size = _spot_diameter_px(meta, source, paths["metadata"], paths["st"], coords[keep], tech)
     counts = source.layers["counts"] if "counts" in source.layers else source.X
     id_column = next((c for c in _GENE_ID_COLUMNS if c in source.var), None)
     ids = source.var[id_column].to_numpy(dtype=str) if id_column else None
@@ -232,7 +282,6 @@ def read_hest_sample(folder: str | Path, slide: SlideInfo, organism: str | None 
     adata.obsm["spatial"] = coords[keep]
     entry = _spatial_entry(source, diameter, tech, paths)
     if paths["wsi"].is_file():
-        _check_wsi(paths["wsi"], coords[keep])
         entry["fullres_path"] = str(paths["wsi"].resolve())
     else:
         import warnings
@@ -253,7 +302,10 @@ def read_hest_sample(folder: str | Path, slide: SlideInfo, organism: str | None 
         with_patch = pd.Index(barcodes).isin(read_hest_patches(paths["patches"], images=False)["barcode"])
         report["n_spots_with_hest_patch"] = int(with_patch.sum())
     adata.uns["spared"] = {"reader": report}
-    return adata
+    image, size, margin = image_extent(entry, prefer_fullres=True)
+    on_image, warning = spots_on_image(adata.obsm["spatial"], size, image or "any image", slide.id,
+                                       "{n} of {total} spots lie", barcodes, margin)
+    return drop_off_image(adata, on_image, warning)
 
 
 def _spatial_entry(source: Any, diameter: float, tech: str, paths: dict[str, Path]) -> dict[str, Any]:

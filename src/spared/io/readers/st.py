@@ -36,8 +36,11 @@ from spared.io.readers.common import (
     SlideInfo,
     collection_slides,
     concat_slides,
+    drop_off_image,
     examples,
     harmonise_genes,
+    image_extent,
+    spots_on_image,
 )
 
 #: Spot size and centre-to-centre distance of the original ST arrays (Ståhl et al. 2016), in µm.
@@ -423,18 +426,6 @@ def _gunzipped(path: Path) -> Path:
     return unpack(path)
 
 
-def _check_image_extent(image: Path, size: tuple[int, int], spots: pd.DataFrame, spot_file: Path) -> None:
-    width, height = size
-    px, py = spots["pixel_x"].to_numpy(), spots["pixel_y"].to_numpy()
-    outside = (px < 0) | (py < 0) | (px > width) | (py > height)
-    if outside.any():
-        raise ReaderError(f"image {image} is {width}×{height} px, but spot file {spot_file} places "
-                          f"{int(outside.sum())} of {len(spots)} selected spots outside it (pixel coordinates up to "
-                          f"x={px.max():.0f}, y={py.max():.0f}; expected an image at least that large): the "
-                          f"image is smaller than the spot coordinates imply. Use the full-resolution H&E image "
-                          f"the spot file was aligned to, not a downscaled copy")
-
-
 def read_st_slide(files: STFiles, slide: SlideInfo, organism: str, spot_diameter_um: float = SPOT_DIAMETER_UM,
                   spot_pitch_um: float = SPOT_PITCH_UM) -> Any:
     """One ST section as an AnnData following the spared raw data model.
@@ -486,10 +477,9 @@ def read_st_slide(files: STFiles, slide: SlideInfo, organism: str, spot_diameter
     entry: dict[str, Any] = {"images": {}, "scalefactors": scalefactors,
                              "metadata": {"source": str(files.counts.parent), "technology": "ST"}}
     if files.image is not None:
-        from spared.io.readers.bigimages import image_size, thumbnail
+        from spared.io.readers.bigimages import thumbnail
 
         image = _gunzipped(files.image)
-        _check_image_extent(image, image_size(image), selected, files.spots)
         hires, factor = thumbnail(image, HIRES_MAX_SIDE)
         entry["images"]["hires"] = hires
         scalefactors["tissue_hires_scalef"] = factor
@@ -511,7 +501,11 @@ def read_st_slide(files: STFiles, slide: SlideInfo, organism: str, spot_diameter
         "grid_rmse_px": grid.rmse_px, "grid_outliers": grid.n_outliers, "grid_anisotropy": grid.anisotropy,
         **gene_report,
     }}
-    return adata
+    image, size, margin = image_extent(entry, prefer_fullres=True)
+    keep, warning = spots_on_image(adata.obsm["spatial"], size, image or "any image", slide.id,
+                                   f"spot file {files.spots} places {{n}} of {{total}} selected spots",
+                                   keys.to_numpy(dtype=str), margin)
+    return drop_off_image(adata, keep, warning)
 
 
 def read_st(path: str | Path, slides: Sequence[Any], organism: str, spot_diameter_um: float = SPOT_DIAMETER_UM,

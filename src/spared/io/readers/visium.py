@@ -28,8 +28,11 @@ from spared.io.readers.common import (
     SlideInfo,
     collection_slides,
     concat_slides,
+    drop_off_image,
     examples,
     harmonise_genes,
+    image_extent,
+    spots_on_image,
 )
 from spared.io.readers.images import IMAGE_SUFFIXES, read_image
 from spared.io.readers.mtx import Counts, read_10x_h5, read_dense_table, read_mtx_triplet, select_genome
@@ -308,13 +311,15 @@ def _gunzipped(path: Path) -> Path:
         return path
     import shutil
 
-    from spared.io.atomic import atomic_path
+    from spared.io.atomic import DiskFullError, atomic_path
 
     target = path.with_suffix("")
     if not target.is_file():
         try:
             with atomic_path(target) as tmp, gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 22)
+        except DiskFullError:
+            raise  # the file is fine: the disk is full
         except (OSError, EOFError) as exc:
             raise ReaderError(f"{path} could not be decompressed ({exc}); download it again") from exc
     return target
@@ -363,7 +368,10 @@ def read_slide(files: SlideFiles, slide: SlideInfo, organism: str, fmt: str = "v
     }}
     if files.notes:
         adata.uns["spared"]["reader"]["warnings"] = [f"slide {slide.id!r}: {n}" for n in files.notes]
-    return adata
+    image, size, margin = image_extent(adata.uns["spatial"][slide.id])
+    keep, warning = spots_on_image(adata.obsm["spatial"], size, image or "any image", slide.id,
+                                   f"{{n}} of {{total}} in-tissue spots of {files.positions} lie", barcodes, margin)
+    return drop_off_image(adata, keep, warning)
 
 
 def _spatial_entry(files: SlideFiles, scalefactors: dict[str, float]) -> dict[str, Any]:
