@@ -125,7 +125,7 @@ def _catalogue_problems(dataset: str, name: str, params: dict[str, Any], target:
 
 
 def _completion_problem(dataset: str, config: Any, target: str) -> list[str]:
-    if target == "completed" and not config.complete_missing:
+    if TARGET_LAYERS[target].startswith("c_t_") and not config.complete_missing:
         return [f"dataset {dataset!r} is processed with complete_missing=false, so it has no completed layer "
                 f"(c_t_log1p) for the 'completed' target; drop that target or set complete_missing=true"]
     return []

@@ -14,8 +14,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-#: Targets and the absolute (log) layer each one trains on: raw/median vs SpaCKLE-completed.
-TARGET_LAYERS: dict[str, str] = {"raw": "c_d_log1p", "completed": "c_t_log1p"}
+from spared.bench.targets import TARGET_LAYERS, TARGETS, check_imputed_weight, weight_applies
+
 #: Loggers a run can write to (each but ``csv`` needs its package installed).
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 #: Training fields that change how a run executes but not what it computes (left out of the run id).
@@ -67,6 +67,11 @@ class TrainingConfig:
         it (reduction order), so fix it to compare executors bit for bit.
     loggers
         Any of :data:`LOGGERS`; CSV is the default.
+    imputed_weight
+        Loss weight of the entries that are not measurements (median fills for the ``median`` target, SpaCKLE
+        completions for ``completed``) relative to measured ones (:func:`spared.bench.targets.loss_entries`):
+        1 (default) is a plain MSE over every loss entry, 0 keeps the measured entries only (as ``raw``). No
+        effect on ``raw``, whose loss has measured entries only.
     """
 
     max_steps: int | None = None
@@ -86,6 +91,7 @@ class TrainingConfig:
     num_workers: int = 0
     num_threads: int | None = None
     loggers: tuple[str, ...] = ("csv",)
+    imputed_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "epochs", "batch_size", "slide_spots", "val_every", "patch_size"):
@@ -111,6 +117,7 @@ class TrainingConfig:
         if unknown or not loggers:
             raise ValueError(f"training.loggers must be a non-empty subset of {list(LOGGERS)}, got {list(loggers)}")
         object.__setattr__(self, "loggers", loggers)
+        object.__setattr__(self, "imputed_weight", check_imputed_weight(self.imputed_weight))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -139,7 +146,8 @@ class RunSpec:
         ``"simulated"`` or ``"simulated:key=value,..."``, the path of a processed ``.h5ad``, or a catalogue key
         (optionally ``"name:key=value,..."`` with processing overrides).
     target
-        ``"raw"`` (``c_d_log1p``) or ``"completed"`` (``c_t_log1p``).
+        ``"raw"``, ``"median"`` or ``"completed"`` (:data:`spared.bench.targets.TARGETS`: the layer trained on and
+        the entries its loss uses).
     seed
         Seed of weights, batch order and augmentation.
     model_config
@@ -164,8 +172,8 @@ class RunSpec:
             raise ValueError(f"model must be a non-empty name, got {self.model!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
-        if self.target not in TARGET_LAYERS:
-            raise ValueError(f"target must be one of {list(TARGET_LAYERS)}, got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.training, TrainingConfig):
@@ -184,9 +192,19 @@ class RunSpec:
         """The absolute layer the run trains on and is scored against."""
         return TARGET_LAYERS[self.target]
 
+    @property
+    def imputed_weight(self) -> float:
+        """The loss weight of unmeasured entries that applies to this run (1 where the target has none)."""
+        return self.training.imputed_weight if weight_applies(self.target, self.training.imputed_weight) else 1.0
+
     def identity(self) -> dict[str, Any]:
-        """Everything that determines the run's outcome (what :attr:`run_id` hashes), the data's content included."""
+        """Everything that determines the run's outcome (what :attr:`run_id` hashes), the data's content included.
+
+        ``imputed_weight`` counts only where it changes the loss, so runs made before it existed keep their ids.
+        """
         training = {k: v for k, v in self.training.to_dict().items() if k not in _EXECUTION_ONLY}
+        if not weight_applies(self.target, self.training.imputed_weight):
+            training.pop("imputed_weight")
         return {"model": self.model, "dataset": canonical_dataset(self.dataset), "target": self.target,
                 "seed": self.seed, "model_config": dict(self.model_config), "training": training,
                 "data": self.data_version}

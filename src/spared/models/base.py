@@ -12,10 +12,13 @@ A batch is a ``dict[str, torch.Tensor]`` with ``B`` spots and ``G`` genes:
     Delta models add the train-split gene means themselves.
 ``"mask"``
     ``bool (B, G)``: ``True`` on real measurements (the ``mask`` layer). Metrics use it.
-``"loss_mask"`` (optional)
-    ``bool (B, G)``: the entries the training loss uses; defaults to ``"mask"``. The runner passes all-``True``
-    for a completed target (``c_t_*``) and omits it for the raw target (``c_d_*``), where only real entries are
-    trusted. Entries whose target is not finite are always left out of the loss.
+``"loss_mask"``
+    ``bool (B, G)``: the entries the training loss uses, decided by the target (:mod:`spared.bench.targets`):
+    ``"mask"`` for ``raw``, all ``True`` for ``median`` and ``completed``. Defaults to ``"mask"`` when absent.
+    Entries whose target is not finite are always left out of the loss.
+``"loss_weight"`` (optional)
+    ``float32 (B, G)``: weight of each loss entry (1 on measured entries, ``imputed_weight`` on the others) when
+    unmeasured entries weigh less; the losses are then weighted means. Absent: every loss entry weighs 1.
 ``"coords"``
     ``(B, 2)`` integer array positions ``(array_row, array_col)``.
 ``"slide"``
@@ -76,11 +79,21 @@ def loss_mask(batch: Batch) -> torch.Tensor:
     return finite if mask is None else mask.bool() & finite
 
 
-def masked_mse(pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean squared error over the loss entries of ``batch`` (0 when there are none)."""
+def loss_weights(batch: Batch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weight of every entry in the loss: 0 outside :func:`loss_mask`, else ``"loss_weight"`` (default 1)."""
     mask = loss_mask(batch)
-    diff = torch.where(mask, pred - torch.nan_to_num(batch["target"]), torch.zeros_like(pred))
-    return diff.square().sum() / mask.sum().clamp_min(1)
+    weight = batch.get("loss_weight")
+    if weight is None:
+        return mask.to(dtype)
+    return torch.where(mask, weight.to(dtype), torch.zeros((), dtype=dtype, device=mask.device))
+
+
+def masked_mse(pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean squared error over the loss entries of ``batch``, weighted by ``"loss_weight"`` when present (0 when
+    there are none)."""
+    weight = loss_weights(batch, pred.dtype)
+    diff = torch.where(weight > 0, pred - torch.nan_to_num(batch["target"]).to(pred.dtype), torch.zeros_like(pred))
+    return (weight * diff.square()).sum() / weight.sum().clamp_min(torch.finfo(pred.dtype).tiny)
 
 
 class ResizableBuffers(nn.Module):
