@@ -38,6 +38,7 @@ def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: st
     (run_dir / "error.txt").write_text(trace or f"{type(err).__name__}: {err}\n")
     return {"run_id": spec.run_id, "model": spec.model, "dataset": canonical_dataset(spec.dataset),
             "target": spec.target, "seed": spec.seed, "status": "failed", "error": f"{type(err).__name__}: {err}",
+            "custom": bool(spec.custom_model), "model_ref": spec.custom_model.get("ref", ""),
             "data_version": spec.data_version, "spec_key": spec.spec_key,
             "run_dir": str(run_dir.resolve()),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -82,6 +83,11 @@ class RayExecutor:
         Ray retries of a task whose worker died (a run that raises is not retried: it is recorded as failed).
     init_kwargs
         Extra arguments of ``ray.init`` (e.g. ``num_cpus`` for a local instance, ``runtime_env``).
+
+    Custom models given as ``module:Class`` (or registered from a module) reach the workers through Ray's runtime
+    environment: :func:`spared.models.registry.ray_runtime_env` adds their modules that are not installed
+    packages to ``py_modules`` (merged with the ``runtime_env`` given); installed packages must be installed on
+    every node.
     """
 
     def __init__(self, address: str | None = None, num_cpus_per_run: float = 1, num_gpus_per_run: float = 0,
@@ -109,10 +115,17 @@ class RayExecutor:
     def map(self, specs: list[RunSpec], out_dir: Path, data_dir: Path | None = None) -> Iterator[dict[str, Any]]:
         import ray
 
+        from spared.models.registry import ray_runtime_env
+
+        # custom models' modules that are not installed packages travel with the tasks
+        env = ray_runtime_env([spec.custom_model["ref"] for spec in specs if spec.custom_model],
+                              self.init_kwargs.get("runtime_env"))
         started = self._connect()
         try:
             task = ray.remote(num_cpus=self.num_cpus_per_run, num_gpus=self.num_gpus_per_run,
                               max_retries=self.max_retries)(execute)
+            if env.get("py_modules"):
+                task = task.options(runtime_env=env)
             cache = None if data_dir is None else str(data_dir)
             pending = {task.remote(spec, str(out_dir), cache): spec for spec in specs}
             while pending:

@@ -141,7 +141,7 @@ class RunSpec:
     Attributes
     ----------
     model
-        Model name (``spared.models``).
+        A registered model name (``spared models``) or a custom model's ``"module:Class"`` reference.
     dataset
         ``"simulated"`` or ``"simulated:key=value,..."``, the path of a processed ``.h5ad``, or a catalogue key
         (optionally ``"name:key=value,..."`` with processing overrides).
@@ -157,6 +157,10 @@ class RunSpec:
     data_version
         Fingerprint of the dataset's content (:func:`data_fingerprint`), part of the run id so that a run on
         re-processed data is a new run; computed when the spec is made unless given (specs read back from disk).
+    custom_model
+        For a model not built into spared, its registry entry (:meth:`spared.models.registry.ModelEntry.to_spec`:
+        import reference, input kind, labels, resolved recipe), so that any process (a Ray worker) rebuilds it and
+        the run id changes with its recipe; filled when the spec is made, empty for built-in models.
     """
 
     model: str
@@ -166,6 +170,7 @@ class RunSpec:
     model_config: Mapping[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data_version: str = ""
+    custom_model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -186,6 +191,7 @@ class RunSpec:
         object.__setattr__(self, "model_config", config)
         if not self.data_version:
             object.__setattr__(self, "data_version", data_fingerprint(self.dataset))
+        object.__setattr__(self, "custom_model", dict(self.custom_model) or custom_entry(self.model))
 
     @property
     def layer(self) -> str:
@@ -205,9 +211,12 @@ class RunSpec:
         training = {k: v for k, v in self.training.to_dict().items() if k not in _EXECUTION_ONLY}
         if not weight_applies(self.target, self.training.imputed_weight):
             training.pop("imputed_weight")
-        return {"model": self.model, "dataset": canonical_dataset(self.dataset), "target": self.target,
-                "seed": self.seed, "model_config": dict(self.model_config), "training": training,
-                "data": self.data_version}
+        identity = {"model": self.model, "dataset": canonical_dataset(self.dataset), "target": self.target,
+                    "seed": self.seed, "model_config": dict(self.model_config), "training": training,
+                    "data": self.data_version}
+        if self.custom_model:
+            identity["custom_model"] = dict(self.custom_model)
+        return identity
 
     @property
     def spec_key(self) -> str:
@@ -222,12 +231,13 @@ class RunSpec:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":")).encode()
         digest = hashlib.sha256(blob).hexdigest()[:10]
         slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset_label(self.dataset)).strip("_")[:40] or "dataset"
-        return f"{self.model}-{slug}-{self.target}-s{self.seed}-{digest}"
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model)
+        return f"{model}-{slug}-{self.target}-s{self.seed}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dataset": self.dataset, "target": self.target, "seed": self.seed,
                 "model_config": dict(self.model_config), "training": self.training.to_dict(),
-                "data_version": self.data_version, "run_id": self.run_id}
+                "data_version": self.data_version, "custom_model": dict(self.custom_model), "run_id": self.run_id}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -237,6 +247,19 @@ class RunSpec:
         if "run_id" in data and data["run_id"] != spec.run_id:
             raise ValueError(f"run_id {data['run_id']!r} does not match the settings (expected {spec.run_id!r})")
         return spec
+
+
+def custom_entry(model: str) -> dict[str, Any]:
+    """What a run spec of ``model`` carries about it: nothing for a built-in model, the registry entry of any other
+    (:meth:`~spared.models.registry.ModelEntry.to_spec`); nothing either when ``model`` does not resolve (the
+    pre-run check, :func:`spared.bench.checks.check_specs`, reports why)."""
+    from spared.models import registry
+
+    try:
+        entry = registry.get(model)
+        return {} if entry.builtin else entry.to_spec()
+    except (ImportError, ValueError, TypeError, KeyError, FileNotFoundError):
+        return {}
 
 
 def make_specs(models: Iterable[str], datasets: Iterable[str], targets: Iterable[str] = ("raw", "completed"),

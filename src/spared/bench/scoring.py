@@ -224,3 +224,114 @@ def json_ready(row: Mapping[str, Any]) -> dict[str, Any]:
             value = value.item()
         out[key] = None if isinstance(value, float) and math.isnan(value) else value
     return json.loads(json.dumps(out, default=str))
+
+
+# -------------------------------------------------------------------------------------------------- score()
+
+
+def score(predictions: Any, dataset: Any, target: str = "raw", *, model: str = "external", seed: int = 0,
+          out: str | Path | None = None, data_dir: str | Path | None = None, name: str | None = None
+          ) -> dict[str, Any]:
+    """Score predictions made anywhere under the benchmark's protocol, and optionally record them.
+
+    Parameters
+    ----------
+    predictions
+        A DataFrame with spots as rows (the dataset's obs names) and genes as columns (var names, or unique gene
+        symbols), an AnnData, or a file (``.csv``/``.tsv``/``.parquet``/``.h5ad``, :func:`read_predictions`).
+        Every spot of the evaluation split must be there, in any order; spots of other splits are ignored;
+        unknown spots or genes, missing ones and non-finite values are an error.
+    dataset
+        A catalogue key, ``"simulated[:key=value,...]"``, a processed ``.h5ad`` path, or a processed AnnData.
+    target
+        The target the model was trained on (``raw``, ``median`` or ``completed``): recorded, and its layer is the
+        reference (on measured entries every target's layer holds the same values).
+    model, seed
+        How the row names the model (marked custom) and the seed of the run that made the predictions.
+    out
+        A results folder: the row is appended to its table (``spared results``, the report).
+    data_dir
+        Dataset cache for dataset strings (default: ``out/_data``, else ``$SPARED_DATA``'s cache).
+    name
+        The dataset's name in the row when ``dataset`` is an AnnData (default its ``uns["spared"]["dataset"]``).
+
+    Returns
+    -------
+    dict
+        The results row: the metrics on the measured entries of the evaluation split (and against the truth on
+        simulated data), the baseline MSE, the protocol fields, the dataset's content hash and a ``run_id`` that
+        depends on the predictions' content.
+    """
+    import datetime as dt
+
+    from spared.bench.runs import canonical_dataset, data_fingerprint
+    from spared.bench.targets import TARGETS, TRUTH_LAYER
+    from spared.data_model import dense
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
+    if isinstance(predictions, str | Path):
+        predictions = read_predictions(predictions)
+    if isinstance(dataset, str):
+        from spared.bench.train import DATA_CACHE, load_collection
+
+        cache = Path(data_dir) if data_dir else (Path(out) / DATA_CACHE if out else _default_cache())
+        adata, _ = load_collection(dataset, cache)
+        label, version = canonical_dataset(dataset), data_fingerprint(dataset)
+    else:
+        adata = dataset
+        label = name or str(adata.uns.get("spared", {}).get("dataset", "anndata"))
+        version = anndata_fingerprint(adata, TARGETS[target].layer)
+    layer = TARGETS[target].layer
+    for key in (layer, "mask"):
+        if key not in adata.layers:
+            raise KeyError(f"dataset {label!r} has no layer {key!r} to score the {target!r} target against; its "
+                           f"layers: {sorted(adata.layers)}")
+    if "split" not in adata.obs:
+        raise KeyError(f"dataset {label!r} has no obs['split']: score a processed collection")
+    split = adata.obs["split"].astype(str).to_numpy()
+    evaluation = eval_split_of(split)
+    index = np.flatnonzero(split == evaluation)
+    symbols = adata.var["gene_symbol"].astype(str).to_numpy() if "gene_symbol" in adata.var else None
+    pred, ignored = align_predictions(predictions, adata.obs_names.to_numpy(dtype=str),
+                                      adata.obs_names[index].to_numpy(dtype=str), adata.var_names.to_numpy(dtype=str),
+                                      symbols)
+    values = np.asarray(dense(adata.layers[layer]), dtype=np.float64)
+    truth = np.asarray(dense(adata.layers[TRUTH_LAYER]), dtype=np.float64)[index] \
+        if TRUTH_LAYER in adata.layers else None
+    mask = np.asarray(dense(adata.layers["mask"]), dtype=bool)[index]
+    scores = score_arrays(values[index], pred, mask, values[split == "train"].mean(axis=0), truth)
+    digest = predictions_hash(pred)
+    slug = "".join(c if c.isalnum() or c in "_.-" else "_" for c in f"{model}-{label}")[:60]
+    row = {"run_id": f"{slug}-{target}-s{seed}-scored-{digest}", "model": model, "dataset": label,
+           "target": target, "seed": int(seed), "status": "done", "error": "", "data_version": version, **scores,
+           **protocol_fields(target, layer, evaluation), "origin": "scored", "custom": True,
+           "imputed_weight": float("nan"), "n_genes": int(adata.n_vars), "n_eval": int(index.size),
+           "n_ignored_spots": ignored, "predictions_sha256": digest,
+           "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    if out is not None:
+        from spared.bench.results import ResultsTable
+
+        ResultsTable(out).append(row)
+    return row
+
+
+def anndata_fingerprint(adata: Any, layer: str) -> str:
+    """A content hash of what scoring reads from an in-memory AnnData: spot and gene names, split, the layer and
+    the mask (the ``data_version`` of rows scored on it)."""
+    from spared.data_model import dense
+
+    digest = hashlib.sha256()
+    for part in (adata.obs_names.to_numpy(dtype=str), adata.var_names.to_numpy(dtype=str),
+                 adata.obs["split"].astype(str).to_numpy() if "split" in adata.obs else np.array([], str)):
+        digest.update("\x1f".join(part).encode())
+    for key in (layer, "mask"):
+        if key in adata.layers:
+            digest.update(np.ascontiguousarray(dense(adata.layers[key])).tobytes())
+    return "anndata-" + digest.hexdigest()[:16]
+
+
+def _default_cache() -> Path:
+    from spared.io.download import data_dir
+
+    return Path(data_dir()) / "bench"

@@ -100,36 +100,38 @@ class TrainingPlan:
     loss: dict[str, float]
     head_init: str
     backbone_weights: str
+    recipe_origin: str = "authors"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def training_plan(model: str, training: TrainingConfig) -> TrainingPlan:
-    """The :class:`TrainingPlan` of ``model`` under ``training``."""
-    from spared.models import MODEL_INFO
-    from spared.models.recipe import recipe
+    """The :class:`TrainingPlan` of ``model`` under ``training``; ``recipe_origin`` says whose recipe it applies
+    (``"authors"``: a built-in recipe file; ``"custom"``: settings given with a registered model, the rest from
+    the default recipe; ``"default"``: spared's default recipe)."""
+    from spared.models import registry
+    from spared.models.recipe import recipe_origin
 
-    rec = recipe(model)
+    entry = registry.get(model)
+    rec = entry.recipe()
     if rec.kind != "trained":
         raise ValueError(f"{model} is a linear probe; it has no training plan")
-    override = training.slide_spots if MODEL_INFO[model].input_kind == "slide" else training.batch_size
+    override = training.slide_spots if entry.input_kind == "slide" else training.batch_size
     return TrainingPlan(
         model=model, optimizer=rec.optimizer, lr=training.lr if training.lr is not None else rec.lr,
         momentum=rec.momentum,
         weight_decay=training.weight_decay if training.weight_decay is not None else rec.weight_decay,
         schedule=dict(rec.schedule), epochs=None if training.max_steps else (training.epochs or rec.epochs),
         max_steps=training.max_steps, batch_size=override or rec.batch_size, augment=rec.augment, tta=rec.tta,
-        loss=dict(rec.loss), head_init=rec.head_init, backbone_weights=training.backbone_weights)
+        loss=dict(rec.loss), head_init=rec.head_init, backbone_weights=training.backbone_weights,
+        recipe_origin=recipe_origin(rec))
 
 
 def _run(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
-    from spared.models import MODEL_INFO, MODEL_NAMES
-    from spared.models.recipe import recipe
+    from spared.models import registry
 
-    if spec.model not in MODEL_INFO:
-        raise ValueError(f"unknown model {spec.model!r}; valid models: {', '.join(MODEL_NAMES)}")
-    if recipe(spec.model).kind == "probe":
+    if registry.ensure(spec.model, spec.custom_model).input_kind == "probe":
         return _run_probe(spec, out_dir, data_dir, progress)
     return _run_trained(spec, out_dir, data_dir, progress)
 
@@ -155,7 +157,7 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
     import lightning as L
 
     from spared.bench.data import SpotDataModule
-    from spared.models import build_model
+    from spared.models import registry
     from spared.models.lightning import PredictorModule
 
     out_dir = Path(out_dir)
@@ -163,7 +165,9 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
     tc = spec.training
     plan = training_plan(spec.model, tc)
     table = load_table(spec.dataset, spec.target, data_dir, tc.patch_size, tc.patch_scale, spec.imputed_weight)
-    config = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir, **spec.model_config}
+    cls = registry.ensure(spec.model, spec.custom_model).load()
+    shared = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir}
+    config = {**{k: v for k, v in shared.items() if registry.accepts(cls, k)}, **spec.model_config}
     stage1_config = config.pop("stage1", None)
     if recipe_stage1(spec.model):
         # the image backbone belongs to stage 1: a per-model weights setting is meant for it
@@ -173,7 +177,7 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
         table.attach_stage1(embedding, deltas)
         config.setdefault("embedding_dim", int(embedding.shape[1]))
     L.seed_everything(spec.seed, workers=True, verbose=False)
-    model = build_model(spec.model, table.n_genes, **config)
+    model = cls(table.n_genes, **config)
     if model.needs_counts and table.counts is None:
         raise ValueError(f"{spec.model} needs raw counts (its ZINB loss term) but the collection has no "
                          f"layers['counts']; reprocess it with spared, or set zinb=0 in its model config")
@@ -223,7 +227,7 @@ def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -
         "eval_split": data.eval_split, "n_train": len(data.datasets["train"]), "n_val": len(data.datasets["val"]),
         "steps": int(trainer.global_step), "epochs": float(trainer.global_step / max(parts.steps_per_epoch, 1)),
         "train_seconds": train_seconds, "device": str(trainer.strategy.root_device),
-        "recipe": json.dumps(plan.to_dict(), sort_keys=True),
+        "recipe": json.dumps(plan.to_dict(), sort_keys=True), "recipe_origin": plan.recipe_origin,
     }
     return _finish(spec, run_dir, table, index[order], pred, start, extra)
 
@@ -294,7 +298,7 @@ def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> 
     """A frozen foundation encoder's cached embeddings + the HEST linear probe, fitted on train, scored on eval."""
     from spared.models.foundation import build_encoder, collection_embeddings
     from spared.models.probe import LinearProbe
-    from spared.models.recipe import recipe
+    from spared.models.recipe import recipe, recipe_origin
 
     start = time.perf_counter()
     tc = spec.training
@@ -319,7 +323,8 @@ def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> 
     extra = {"best_val_MSE": np.nan, "eval_split": eval_split, "n_train": int(train.size),
              "n_val": int(table.indices("val").size), "steps": 0, "epochs": 0.0,
              "train_seconds": time.perf_counter() - start, "device": device,
-             "recipe": json.dumps({**rec.settings(), "encoder_weights": encoder.weights_source}, sort_keys=True)}
+             "recipe": json.dumps({**rec.settings(), "encoder_weights": encoder.weights_source}, sort_keys=True),
+             "recipe_origin": recipe_origin(rec)}
     return _finish(spec, run_dir, table, index, pred, start, extra)
 
 
@@ -347,6 +352,7 @@ def _finish(spec: RunSpec, run_dir: Path, table: Any, index: np.ndarray, pred: n
         "target": spec.target, "seed": spec.seed, "status": "done", "error": "", **scores,
         "best_val_MSE": extra.pop("best_val_MSE"), "imputed_weight": spec.imputed_weight,
         **protocol_fields(spec.target, spec.layer, extra.pop("eval_split")), "origin": "bench",
+        "custom": bool(spec.custom_model), "model_ref": spec.custom_model.get("ref", ""),
         "n_genes": table.n_genes,
         "n_train": extra.pop("n_train"), "n_val": extra.pop("n_val"), "n_eval": int(index.size),
         "steps": extra.pop("steps"), "seconds": time.perf_counter() - start, **extra,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spared.cli.app import app, console, fail, writable_dir
+from spared.cli.app import app, console, fail, importable_current_folder, writable_dir
 
 EXECUTORS = ("local", "ray")
 
@@ -57,7 +57,8 @@ def _model_configs(path: Path | None) -> dict[str, dict[str, Any]]:
 
 @app.command()
 def bench(
-    models: Annotated[str, typer.Option(help="Models, comma-separated (e.g. stnet,sepal).")],
+    models: Annotated[str, typer.Option(help="Models, comma-separated: registered names (spared models) or custom "
+                                             "classes as package.module:ClassName (e.g. stnet,mymodels:MyNet).")],
     datasets: Annotated[str, typer.Option(help="Datasets, comma-separated: simulated[:key=value,...], a "
                                                 "processed .h5ad, or a catalogue key.")] = "simulated",
     targets: Annotated[str, typer.Option(help="Targets, comma-separated: raw (c_d_log1p, loss on measured entries), "
@@ -107,6 +108,7 @@ def bench(
 
     if executor not in EXECUTORS:
         raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    importable_current_folder()
     if executor == "ray":
         try:
             require_ray()
@@ -127,6 +129,13 @@ def bench(
     except (KeyError, ValueError) as exc:
         raise fail(str(exc).strip("'\"")) from exc
     problems = check_specs(specs)
+    if executor == "ray":
+        from spared.models.registry import ray_runtime_env
+
+        try:
+            ray_runtime_env([spec.custom_model["ref"] for spec in specs if spec.custom_model])
+        except (ImportError, ValueError) as exc:
+            problems.append(str(exc))
     if problems:
         raise fail(f"{len(problems)} problem(s) found before any run started:\n  - " + "\n  - ".join(problems))
     runner = (LocalExecutor(progress=progress) if executor == "local"

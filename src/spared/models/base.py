@@ -61,9 +61,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from spared.models.registry import INPUT_KINDS  # noqa: F401 (re-exported: the kinds of this contract)
+
 Batch = Mapping[str, torch.Tensor]
 
-INPUT_KINDS = ("patch", "slide", "exemplar", "retrieval", "graph")
 
 
 def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
@@ -112,9 +113,12 @@ class ResizableBuffers(nn.Module):
 class Predictor(ResizableBuffers):
     """Histology → expression predictor.
 
-    Subclasses set :attr:`name`, :attr:`input_kind`, :attr:`predicts_deltas` and implement :meth:`forward`;
-    they may override :meth:`loss` (default: masked MSE of :meth:`forward`) and extend :meth:`prepare_step` /
-    :meth:`prepare_end` to build banks from the training split.
+    Subclasses declare :attr:`input_kind` (how the runner batches them), set :attr:`predicts_deltas` when the
+    network regresses deltas, and implement :meth:`forward`; they may override :meth:`loss` (default: masked MSE
+    of :meth:`forward` over the target's loss entries) and extend :meth:`prepare_step` / :meth:`prepare_end` to
+    build banks from the training split. Optional class attributes describe a model registered with
+    :func:`spared.models.register`: :attr:`label`, :attr:`paper`, :attr:`year` and :attr:`recipe` (training
+    settings, completed by the default recipe).
 
     Parameters
     ----------
@@ -125,6 +129,12 @@ class Predictor(ResizableBuffers):
     name: ClassVar[str] = ""
     input_kind: ClassVar[str] = "patch"
     predicts_deltas: ClassVar[bool] = False
+    #: Column label, citation and year shown by ``spared models``, the results and the report.
+    label: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    year: ClassVar[int | None] = None
+    #: Training settings of a registered model (``{"lr": 3e-4, "epochs": 20, ...}``); ``None``: the default recipe.
+    recipe: ClassVar[Any] = None
     #: Whether batches must carry ``"counts"`` and ``"size_factor"``.
     needs_counts: bool = False
     _resizable = ("gene_mean",)

@@ -309,10 +309,14 @@ def _benchmark_section(results_dir: Path) -> str:
 
 
 def model_label(name: str) -> str:
-    """A model's column label (``"stnet"`` → ``"STNet"``)."""
-    from spared.models import MODEL_INFO
+    """A model's column label (``"stnet"`` → ``"STNet"``); a model that cannot be resolved here (a custom module
+    that is not importable now, predictions scored from elsewhere) keeps its name."""
+    from spared.models import registry
 
-    return MODEL_INFO[name].label if name in MODEL_INFO else str(name)
+    try:
+        return registry.get(str(name)).label
+    except (ValueError, ImportError, TypeError):
+        return str(name)
 
 
 # ---------------------------------------------------------------------------------------- processed inputs
