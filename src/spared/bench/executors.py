@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,13 +103,21 @@ class RayExecutor:
         self.max_retries = max_retries
         self.init_kwargs = init_kwargs
 
-    def _connect(self) -> bool:
-        """Initialise Ray when needed; True when this call started it (and so must shut it down)."""
+    def _connect(self, runtime_env: dict[str, Any] | None = None) -> bool:
+        """Initialise Ray when needed (with ``runtime_env``); True when this call started it (and so must shut it
+        down)."""
         import ray
 
         if ray.is_initialized():
+            if runtime_env and runtime_env.get("py_modules"):
+                warnings.warn(f"Ray was initialised before the benchmark, so the modules of its custom models cannot "
+                              f"be shipped to the workers ({runtime_env['py_modules']}); they must be importable "
+                              f"there already (pass runtime_env={{'py_modules': [...]}} to your ray.init)",
+                              UserWarning, stacklevel=3)
             return False
         kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+        if runtime_env:
+            kwargs["runtime_env"] = runtime_env
         ray.init(address=self.address, **kwargs)
         return True
 
@@ -120,12 +129,10 @@ class RayExecutor:
         # custom models' modules that are not installed packages travel with the tasks
         env = ray_runtime_env([spec.custom_model["ref"] for spec in specs if spec.custom_model],
                               self.init_kwargs.get("runtime_env"))
-        started = self._connect()
+        started = self._connect(env)
         try:
             task = ray.remote(num_cpus=self.num_cpus_per_run, num_gpus=self.num_gpus_per_run,
                               max_retries=self.max_retries)(execute)
-            if env.get("py_modules"):
-                task = task.options(runtime_env=env)
             cache = None if data_dir is None else str(data_dir)
             pending = {task.remote(spec, str(out_dir), cache): spec for spec in specs}
             while pending:

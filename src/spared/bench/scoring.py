@@ -275,7 +275,7 @@ def score(predictions: Any, dataset: Any, target: str = "raw", *, model: str = "
     if isinstance(dataset, str):
         from spared.bench.train import DATA_CACHE, load_collection
 
-        cache = Path(data_dir) if data_dir else (Path(out) / DATA_CACHE if out else _default_cache())
+        cache = Path(data_dir) if data_dir else (Path(out) / DATA_CACHE if out else default_cache())
         adata, _ = load_collection(dataset, cache)
         label, version = canonical_dataset(dataset), data_fingerprint(dataset)
     else:
@@ -331,7 +331,8 @@ def anndata_fingerprint(adata: Any, layer: str) -> str:
     return "anndata-" + digest.hexdigest()[:16]
 
 
-def _default_cache() -> Path:
+def default_cache() -> Path:
+    """Where dataset strings are cached when no folder is given: ``$SPARED_DATA/bench``."""
     from spared.io.download import data_dir
 
     return Path(data_dir()) / "bench"

@@ -315,5 +315,11 @@ def recipe_table(models: list[str] | tuple[str, ...]) -> Any:
             training = (f"frozen {rec.encoder['arch']} ({rec.encoder['pool']}); standardise, PCA "
                         f"{rec.pca_components}, ridge alpha {rec.ridge_alpha}, intercept {rec.fit_intercept}")
         deviations = "; ".join(f"{d.what} ({d.why})" for d in rec.deviations) or "none"
-        rows.append({"model": name, "training (recipe)": training, "deviations from the authors": deviations})
-    return pd.DataFrame(rows, columns=["model", "training (recipe)", "deviations from the authors"])
+        rows.append({"model": name, "recipe from": _ORIGIN_WORDS[recipe_origin(rec)], "training (recipe)": training,
+                     "deviations from the authors": deviations})
+    return pd.DataFrame(rows, columns=["model", "recipe from", "training (recipe)", "deviations from the authors"])
+
+
+_ORIGIN_WORDS = {"authors": "its authors (a recipe file, each value with its source)",
+                 "custom": "the model's registration; settings it does not give: spared's default recipe",
+                 "default": "spared's default recipe (the model brings none)"}

@@ -220,12 +220,18 @@ def ensure(name: str, spec_entry: Mapping[str, Any] | None = None) -> ModelEntry
     """The entry of ``name`` in this process, registering it from a run spec's ``custom_model`` when this process
     does not know it (a Ray worker running a model registered in the driver's Python session)."""
     _ensure_loaded()
-    if name not in _REGISTRY and spec_entry:
-        return register(name, spec_entry["ref"], input_kind=spec_entry["input_kind"], label=spec_entry["label"],
-                        paper=spec_entry.get("paper", ""), year=spec_entry.get("year"),
-                        predicts_deltas=spec_entry.get("target") == "deltas", recipe=spec_entry.get("recipe"),
-                        origin="run spec")
-    return get(name)
+    if name in _REGISTRY or not spec_entry:
+        return get(name)
+    if _REF.match(name):  # a module path: its entry as the driver resolved it (the class is imported on use)
+        entry = ModelEntry(name, spec_entry["ref"], spec_entry["label"], spec_entry.get("paper", ""),
+                           spec_entry.get("year"), spec_entry["input_kind"], spec_entry.get("target", "absolute"),
+                           "run spec", spec_entry.get("recipe"))
+        _REGISTRY[name] = entry
+        return entry
+    return register(name, spec_entry["ref"], input_kind=spec_entry["input_kind"], label=spec_entry["label"],
+                    paper=spec_entry.get("paper", ""), year=spec_entry.get("year"),
+                    predicts_deltas=spec_entry.get("target") == "deltas", recipe=spec_entry.get("recipe"),
+                    origin="run spec")
 
 
 def names(kind: str | None = None) -> tuple[str, ...]:
@@ -343,7 +349,7 @@ def _module_to_ship(ref: str) -> str | None:
     if top in importlib.metadata.packages_distributions():
         return None  # an installed distribution: expected on every node
     if spec.submodule_search_locations:
-        return str(Path(list(spec.submodule_search_locations)[0]).resolve())
+        return str(Path(next(iter(spec.submodule_search_locations))).resolve())
     origin = Path(spec.origin or "")
     if origin.suffix != ".py":
         raise ValueError(f"model {ref}: module {top!r} ({origin}) is not a .py file or a package folder; Ray can "

@@ -304,7 +304,8 @@ def _benchmark_section(results_dir: Path) -> str:
     recipes = recipe_table(sorted(set(results["model"])))
     if not recipes.empty:
         parts.append("<h3>How each model was trained</h3>"
-                     + table_html(recipes, text_columns=("training (recipe)", "deviations from the authors")))
+                     + table_html(recipes, text_columns=("recipe from", "training (recipe)",
+                                                         "deviations from the authors")))
     return "".join(parts)
 
 
