@@ -209,3 +209,24 @@ def test_three_targets_from_the_cli_table_and_report(bench_data_dir, tmp_path):
     page = build_report(out, processed={}).read_text()
     for name in TARGETS:
         assert html.escape(TARGETS[name].meaning) in page
+
+
+def test_tables_written_before_the_targets_existed_still_read(tmp_path):
+    """Rows of older versions (no protocol fields, weights or custom flags; targets raw/completed) keep their
+    meaning: raw was already the measured-entries loss."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from spared.cli import app
+    from spared.report import build_report
+
+    old = pd.DataFrame({"run_id": ["a", "b", "c"], "model": "stnet", "dataset": "simulated",
+                        "target": ["raw", "raw", "completed"], "seed": [0, 1, 0], "status": "done", "error": "",
+                        "data_version": "v0", "spec_key": ["k1", "k2", "k3"], "MSE": [1.0, 2.0, 0.5],
+                        "PCC-Gene": [0.1, 0.2, 0.3], "layer": ["c_d_log1p", "c_d_log1p", "c_t_log1p"]})
+    old.to_parquet(tmp_path / "results.parquet", index=False)
+    result = CliRunner().invoke(app, ["results", str(tmp_path), "--json"])
+    (record,) = json.loads(result.output)
+    assert record["MSE raw mean"] == pytest.approx(1.5) and record["n completed"] == 1 and not record["custom"]
+    page = build_report(tmp_path, processed={}).read_text()
+    assert "measured entries only" in page and "MSE ↓, raw" in page and "MSE ↓, median" not in page

@@ -23,7 +23,8 @@ def score(
     seed: Annotated[int, typer.Option(help="Seed of the run that made the predictions.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Results folder to record the row in (spared results, report)."
                                              )] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Dataset cache (default: OUT/_data).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset cache (default: OUT/_data, else "
+                                                       "$SPARED_DATA/bench).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results row as JSON.")] = False,
 ) -> None:
     """Score predictions on the measured entries of the dataset's evaluation split (the benchmark's protocol)."""
