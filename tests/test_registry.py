@@ -92,6 +92,10 @@ def test_builtins_are_registered_through_the_public_mechanism():
     assert [b[0] for b in BUILTIN_MODELS] == list(TRAINED_MODELS) + list(PROBE_MODELS)
     assert all(MODEL_INFO[n].origin == "builtin" for n in TRAINED_MODELS + PROBE_MODELS)
     assert MODEL_INFO["sepal"].input_kind == "graph" and MODEL_INFO["vit_b_delta"].target == "deltas"
+    for name in TRAINED_MODELS:  # the lazy registrations agree with what each class declares
+        cls = MODEL_INFO[name].load()
+        assert cls.input_kind == MODEL_INFO[name].input_kind and cls.predicts_deltas == (name in ("vit_b_delta",
+                                                                                              "sepal"))
     with pytest.raises(ValueError, match="built into spared"):
         registry.unregister("stnet")
     with pytest.raises(ValueError, match="registered already"):
@@ -290,9 +294,10 @@ def test_entry_point_models_are_seen_by_models_and_bench(tmp_path, bench_data_di
     ran = _cli(["bench", "--models", "plugnet", *BENCH_ARGS, "--out", str(out), "--data-dir", str(bench_data_dir)],
                tmp_path, str(site))
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    shown = _cli(["results", str(out), "--json"], tmp_path, str(site))
-    (record,) = json.loads(shown.stdout)
-    assert record["model"] == "plugnet" and record["custom"]
+    from spared.bench import aggregate
+
+    (record,) = aggregate(out).to_dict(orient="records")
+    assert record["model"] == "plugnet" and record["custom"] and record["n raw"] == 1
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_BENCH
 
 import spared
+from conftest import TINY_BENCH
 from spared.bench import ResultsTable, load_collection
 from spared.bench.scoring import METRICS, PROTOCOL, check_row
 
@@ -113,7 +113,7 @@ def test_results_table_refuses_rows_it_cannot_compare(tmp_path, results_row):
 
 @pytest.mark.parametrize("target", ["raw", "median", "completed", "c_t_log1p"])
 def test_loaders_in_two_calls_take_the_loss_entries_from_the_target(target, collection, bench_data_dir):
-    train, val, test, module = spared.bench.loaders(collection, target=target, batch_size=32, patch_size=32,
+    train, _val, test, module = spared.bench.loaders(collection, target=target, batch_size=32, patch_size=32,
                                                     data_dir=bench_data_dir / "patches_of_anndata")
     batch = next(iter(train))
     everything = target != "raw"
