@@ -276,6 +276,7 @@ def _cli(args: list[str], cwd: Path, extra_path: str = "", log: Path | None = No
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_entry_point_models_are_seen_by_models_and_bench(tmp_path, bench_data_dir):
     site = tmp_path / "site"
     (site / "spared_plugin_demo").mkdir(parents=True)
