@@ -62,3 +62,29 @@ def small_disk(tmp_path):
     yield make
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(scope="session")
+def results_row():
+    """Builder of valid ``done`` results rows (every field the results table checks); keywords override."""
+    from spared.bench.scoring import METRICS, protocol_fields
+    from spared.bench.targets import TARGETS
+
+    def build(run_id: str = "r", **fields):
+        target = fields.get("target", "raw")
+        row = {"run_id": run_id, "model": "stnet", "dataset": "simulated", "seed": 0, "status": "done", "error": "",
+               **{m: 0.5 for m in METRICS}, "data_version": "v1", "n_spots_scored": 10.0,
+               **protocol_fields(target, TARGETS[target].layer if target in TARGETS else "?", "test")}
+        return {**row, **fields}
+
+    return build
+
+
+#: A tiny simulated benchmark collection: 3 slides (one per split) of 100 spots, 16 genes kept, a short SpaCKLE fit.
+TINY_BENCH = "simulated:n_slides=3,n_spots=100,n_genes=48,top_moran_genes=16,spackle_max_steps=20"
+
+
+@pytest.fixture(scope="session")
+def bench_data_dir(tmp_path_factory):
+    """Dataset cache shared by the benchmark tests (``TINY_BENCH`` is simulated and processed once)."""
+    return tmp_path_factory.mktemp("bench_data")

@@ -28,7 +28,7 @@ def mode(path) -> int:
 
 
 @pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
-def test_results_get_the_usual_modes(umask, tmp_path, processed_small, mask, file_mode, dir_mode):
+def test_results_get_the_usual_modes(umask, tmp_path, processed_small, mask, file_mode, dir_mode, results_row):
     umask(mask)
     assert mode(write_text(tmp_path / "a.txt", "x")) == file_mode
     assert mode(write_h5ad(processed_small, tmp_path / "p.h5ad")) == file_mode
@@ -41,7 +41,7 @@ def test_results_get_the_usual_modes(umask, tmp_path, processed_small, mask, fil
     assert mode(tmp_path / "folder") == dir_mode and mode(tmp_path / "folder" / "inside.txt") == file_mode
     from spared.bench.results import ResultsTable
 
-    ResultsTable(tmp_path / "res").append({"run_id": "a", "status": "done"})
+    ResultsTable(tmp_path / "res").append(results_row("a"))
     assert mode(tmp_path / "res" / "results.parquet") == file_mode and mode(tmp_path / "res") == dir_mode
 
 

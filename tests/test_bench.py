@@ -38,9 +38,9 @@ def tiny_specs(**changes) -> list[RunSpec]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Dataset cache shared by this module's runs (the tiny collection is simulated and processed once)."""
-    return tmp_path_factory.mktemp("bench_data")
+def data_dir(bench_data_dir):
+    """Dataset cache shared by the benchmark tests (the tiny collection is simulated and processed once)."""
+    return bench_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +98,13 @@ def test_run_spec_rejects_bad_input():
 # -------------------------------------------------------------------------------------------------------- data
 
 
-def test_patch_batches_follow_the_contract(table):
-    data = SpotDataModule(table, "patch", batch_size=16, full_loss_mask=False, seed=0)
+def test_patch_batches_follow_the_contract(table, data_dir):
+    data = SpotDataModule(table, "patch", batch_size=16, seed=0)
     train = np.flatnonzero(table.split == "train")
     seen = []
     for batch in data.train_dataloader():
-        assert set(batch) == {"image", "target", "mask", "coords", "slide", "index", "counts", "size_factor"}
+        assert set(batch) == {"image", "target", "mask", "loss_mask", "coords", "slide", "index", "counts",
+                              "size_factor"}
         b = batch["index"].shape[0]
         assert b == 16  # full batches only while training
         assert batch["image"].shape == (b, 3, 32, 32) and batch["image"].dtype.is_floating_point
@@ -111,6 +112,7 @@ def test_patch_batches_follow_the_contract(table):
         idx = batch["index"].numpy()
         np.testing.assert_array_equal(batch["target"].numpy(), table.target[idx])
         np.testing.assert_array_equal(batch["mask"].numpy(), table.mask[idx])
+        np.testing.assert_array_equal(batch["loss_mask"].numpy(), table.mask[idx])  # a layer name: measured only
         np.testing.assert_array_equal(batch["coords"].numpy(), table.coords[idx])
         np.testing.assert_array_equal(batch["slide"].numpy(), table.slide[idx])
         np.testing.assert_array_equal(batch["counts"].numpy(), table.counts[idx])
@@ -122,8 +124,8 @@ def test_patch_batches_follow_the_contract(table):
     raw = table.store[first["index"].numpy()[:1]][0].astype(np.float32) / 255.0
     expected = (raw - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(first["image"][0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
-    # evaluation covers the held-out split exactly once; completed targets add an all-True loss mask
-    completed = SpotDataModule(table, "patch", batch_size=16, full_loss_mask=True)
+    # evaluation covers the held-out split exactly once; the completed target puts every entry in the loss
+    completed = SpotDataModule(load_table(TINY, "completed", data_dir, patch_size=32), "patch", batch_size=16)
     assert completed.eval_split == "test"
     test_idx = np.concatenate([b["index"].numpy() for b in completed.test_dataloader()])
     np.testing.assert_array_equal(np.sort(test_idx), np.flatnonzero(table.split == "test"))
@@ -230,14 +232,14 @@ def test_failed_run_is_recorded_and_others_go_on(tmp_path, data_dir):
     assert summary.loc[summary["model"] == "no_such_model", "failed"].item() == 1
 
 
-def test_interrupted_run_restarts_cleanly(tmp_path, data_dir):
+def test_interrupted_run_restarts_cleanly(tmp_path, data_dir, results_row):
     spec = tiny_specs()[0]
     run_dir = tmp_path / "runs" / spec.run_id
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
     (run_dir / "checkpoints" / "epoch=0-step=1.ckpt").write_bytes(b"partial")
     # a stale 'done' row whose folder lost metrics.json does not count as finished either
-    ResultsTable(tmp_path).append({"run_id": spec.run_id, "status": "done", "model": "shufflenet"})
+    ResultsTable(tmp_path).append(results_row(spec.run_id, model="shufflenet"))
     frame = run_benchmark([spec], tmp_path, data_dir=data_dir)
     assert frame["status"].item() == "done"
     assert (run_dir / "metrics.json").is_file()
@@ -265,22 +267,22 @@ def test_ray_executor_matches_local(local_results, tmp_path, data_dir):
 # ----------------------------------------------------------------------------------------- results and the CLI
 
 
-def hand_built_rows() -> list[dict]:
+@pytest.fixture
+def hand_built_rows(results_row):
     rows = []
     values = {("stnet", "raw"): [1.0, 2.0, 4.0], ("stnet", "completed"): [0.5, 0.7],
               ("sepal", "raw"): [0.9], ("sepal", "completed"): [0.4, 0.6]}
     for (model, target), mses in values.items():
         for seed, mse in enumerate(mses):
-            rows.append({"run_id": f"{model}-{target}-{seed}", "model": model, "dataset": "simulated",
-                         "target": target, "seed": seed, "status": "done", "error": "", "MSE": mse,
-                         "PCC-Gene": 0.1 * (seed + 1)})
+            rows.append(results_row(f"{model}-{target}-{seed}", model=model, target=target, seed=seed, MSE=mse,
+                                    **{"PCC-Gene": 0.1 * (seed + 1)}))
     rows.append({"run_id": "sepal-raw-9", "model": "sepal", "dataset": "simulated", "target": "raw", "seed": 9,
-                 "status": "failed", "error": "RuntimeError: out of memory"})
+                 "status": "failed", "error": "RuntimeError: out of memory", "data_version": "v1"})
     return rows
 
 
-def test_aggregate_mean_std_over_seeds(tmp_path):
-    ResultsTable(tmp_path).append(hand_built_rows())
+def test_aggregate_mean_std_over_seeds(tmp_path, hand_built_rows):
+    ResultsTable(tmp_path).append(hand_built_rows)
     summary = aggregate(tmp_path).set_index("model")
     stnet, sepal = summary.loc["stnet"], summary.loc["sepal"]
     assert stnet["MSE raw mean"] == pytest.approx(7 / 3)
@@ -291,27 +293,28 @@ def test_aggregate_mean_std_over_seeds(tmp_path):
     assert stnet["PCC-Gene raw mean"] == pytest.approx(0.2)
     assert sepal["MSE raw mean"] == pytest.approx(0.9) and np.isnan(sepal["MSE raw std"])
     assert sepal["n raw"] == 1 and sepal["failed"] == 1  # the failed seed counts as failed, not in the mean
-    with pytest.raises(KeyError, match="R2-Gene"):
-        aggregate(tmp_path, metrics=("R2-Gene",))
+    with pytest.raises(KeyError, match="R2-Plus"):
+        aggregate(tmp_path, metrics=("R2-Plus",))
 
 
-def test_results_table_rewrites_rows_atomically(tmp_path):
+def test_results_table_rewrites_rows_atomically(tmp_path, results_row):
     table = ResultsTable(tmp_path)
-    table.append({"run_id": "a", "status": "failed", "error": "boom"})
-    table.append({"run_id": "a", "status": "done", "MSE": 1.5})
+    table.append({"run_id": "a", "model": "stnet", "dataset": "simulated", "target": "raw", "status": "failed",
+                  "error": "boom"})
+    table.append(results_row("a", MSE=1.5))
     stored = table.load()
     assert len(stored) == 1 and stored["status"].item() == "done" and stored["MSE"].item() == 1.5
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(ValueError, match="status"):
-        table.append({"run_id": "b", "status": "crashed"})
+        table.append(results_row("b", status="crashed"))
 
 
-def test_cli_results_prints_the_table(tmp_path):
+def test_cli_results_prints_the_table(tmp_path, hand_built_rows):
     from typer.testing import CliRunner
 
     from spared.cli import app
 
-    ResultsTable(tmp_path).append(hand_built_rows())
+    ResultsTable(tmp_path).append(hand_built_rows)
     runner = CliRunner()
     result = runner.invoke(app, ["results", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -31,7 +31,7 @@ def no_traceback(result) -> bool:
 
 
 @pytest.fixture
-def fake_training(monkeypatch):
+def fake_training(monkeypatch, results_row):
     """Replace training by a stand-in whose MSE is the number of genes of the file read (bookkeeping tests).
 
     Returns the list of run ids trained; a run of a model named in ``CRASHING`` raises as a failed run would.
@@ -49,9 +49,8 @@ def fake_training(monkeypatch):
         run_dir = Path(out_dir) / "runs" / spec.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text("{}")
-        return {"run_id": spec.run_id, "model": spec.model, "dataset": spec.dataset, "target": spec.target,
-                "seed": spec.seed, "status": "done", "error": "", "MSE": float(n_genes), "PCC-Gene": 0.5,
-                "seconds": 0.0}
+        return results_row(spec.run_id, model=spec.model, dataset=spec.dataset, target=spec.target,
+                           seed=spec.seed, MSE=float(n_genes), seconds=0.0, **{"PCC-Gene": 0.5})
 
     monkeypatch.setattr(spared.bench.train, "run_one", run_one)
     return calls

@@ -16,7 +16,7 @@ from spared.report import build_report
 
 
 @pytest.fixture(scope="module")
-def results_dir(tmp_path_factory, processed_small):
+def results_dir(tmp_path_factory, processed_small, results_row):
     folder = tmp_path_factory.mktemp("results")
     write_h5ad(processed_small, folder / "simulated.h5ad")
     pd.DataFrame({"method": ["spackle", "median"] * 2, "target": ["masked"] * 2 + ["vs truth"] * 2,
@@ -29,11 +29,10 @@ def results_dir(tmp_path_factory, processed_small):
     for model in ("stnet", "sepal"):
         for target in ("raw", "completed"):
             for seed in (0, 1):
-                rows.append({"run_id": f"{model}-{target}-{seed}", "model": model, "dataset": "simulated",
-                             "target": target, "seed": seed, "status": "done", "error": "",
-                             "MSE": 1.0 + seed + (target == "raw"), "PCC-Gene": 0.3 + 0.1 * seed})
+                rows.append(results_row(f"{model}-{target}-{seed}", model=model, target=target, seed=seed,
+                                        MSE=1.0 + seed + (target == "raw"), **{"PCC-Gene": 0.3 + 0.1 * seed}))
     rows.append({"run_id": "bleep-raw-0", "model": "bleep", "dataset": "simulated", "target": "raw", "seed": 0,
-                 "status": "failed", "error": "RuntimeError: out of memory"})
+                 "status": "failed", "error": "RuntimeError: out of memory", "data_version": "v1"})
     ResultsTable(folder).append(rows)
     return folder
 

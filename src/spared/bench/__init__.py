@@ -17,7 +17,9 @@ from typing import Any
 
 _ATTRIBUTES = {
     "RunSpec": "runs", "TrainingConfig": "runs", "make_specs": "runs", "parse_dataset": "runs",
-    "TARGET_LAYERS": "runs",
+    "TARGET_LAYERS": "targets", "TARGETS": "targets", "Target": "targets", "get_target": "targets",
+    "score": "scoring", "PROTOCOL": "scoring", "load_collection": "train",
+    "loaders": "dataloaders", "data_module": "dataloaders", "Loaders": "dataloaders",
     "SpotTable": "data", "SpotDataset": "data", "SpotDataModule": "data", "SlideBatchSampler": "data",
     "normalise_images": "data", "patch_store": "data",
     "run_one": "train", "load_table": "train",

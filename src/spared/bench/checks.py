@@ -30,10 +30,10 @@ def check_specs(specs: Iterable[RunSpec]) -> list[str]:
     seen_models: set[str] = set()
     seen_datasets: set[tuple[str, str]] = set()
     for spec in specs:
-        model_key = spec.model + repr(sorted(spec.model_config.items()))
+        model_key = spec.model + repr(sorted(spec.model_config.items())) + repr(spec.training.weights_dir)
         if model_key not in seen_models:
             seen_models.add(model_key)
-            problems += _model_problems(spec.model, spec.model_config)
+            problems += _model_problems(spec.model, spec.model_config, spec.training)
         if (spec.dataset, spec.target) not in seen_datasets:
             seen_datasets.add((spec.dataset, spec.target))
             problems += _dataset_problems(spec.dataset, spec.target)
@@ -44,17 +44,49 @@ def check_specs(specs: Iterable[RunSpec]) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def _model_problems(name: str, config: dict[str, Any]) -> list[str]:
-    from spared.models import MODEL_NAMES, model_class
+def _model_problems(name: str, config: dict[str, Any], training: Any) -> list[str]:
+    from spared.models import registry
 
-    if name not in MODEL_NAMES:
-        return [f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}"]
-    parameters = inspect.signature(model_class(name)).parameters
+    try:
+        entry = registry.get(name)
+        if entry.input_kind == "probe":
+            return _probe_problems(name, config, training)
+        cls = entry.load()
+        entry.recipe()
+    except (ValueError, ImportError, TypeError, KeyError, FileNotFoundError) as err:
+        return [str(err).strip(chr(34) + chr(39))]
+    parameters = inspect.signature(cls).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return []
     valid = [k for k, p in parameters.items() if k not in ("self", "n_genes") and p.kind is not p.VAR_POSITIONAL]
     unknown = sorted(set(config) - set(valid))
     return [f"model {name!r} has no setting(s) {unknown}; its settings: {', '.join(valid)}"] if unknown else []
+
+
+def _probe_problems(name: str, config: dict[str, Any], training: Any) -> list[str]:
+    """A probe's settings (``weights``, ``encoder``) and, before any work, whether its encoder weights are there."""
+    from spared.models.backbones import WeightsUnavailable
+    from spared.models.foundation import imagenet_encoder, locate_encoder_weights
+    from spared.models.recipe import recipe
+
+    unknown = sorted(set(config) - {"weights", "encoder"})
+    if unknown:
+        return [f"model {name!r} has no setting(s) {unknown}; its settings: weights, encoder"]
+    weights = config.get("weights")
+    if weights is None and training.backbone_weights != "imagenet":
+        weights = training.backbone_weights
+    if weights == "none":
+        return []
+    if weights is not None:
+        return [] if Path(str(weights)).expanduser().is_file() else [f"{name}: weights file {weights} does not exist"]
+    settings = {**recipe(name).encoder, **(config.get("encoder") or {})}
+    if imagenet_encoder(settings):
+        return []  # torchvision's ImageNet file: found or downloaded as the trained models' backbones are
+    try:
+        locate_encoder_weights(name, settings, training.weights_dir)
+    except WeightsUnavailable as err:
+        return [str(err)]
+    return []
 
 
 def _dataset_problems(dataset: str, target: str) -> list[str]:
@@ -125,7 +157,7 @@ def _catalogue_problems(dataset: str, name: str, params: dict[str, Any], target:
 
 
 def _completion_problem(dataset: str, config: Any, target: str) -> list[str]:
-    if target == "completed" and not config.complete_missing:
+    if TARGET_LAYERS[target].startswith("c_t_") and not config.complete_missing:
         return [f"dataset {dataset!r} is processed with complete_missing=false, so it has no completed layer "
                 f"(c_t_log1p) for the 'completed' target; drop that target or set complete_missing=true"]
     return []

@@ -42,26 +42,47 @@ def normalise_images(patches: np.ndarray, size: int | None = None) -> torch.Tens
 class SpotTable:
     """The per-spot arrays of a collection that batches are built from (whole collection, obs order).
 
+    The target decides the loss entries of every batch (:mod:`spared.bench.targets`): ``"raw"`` puts the measured
+    entries in the loss, ``"median"`` and ``"completed"`` every entry; batches always carry that ``"loss_mask"``
+    (and ``"loss_weight"`` when ``imputed_weight`` weighs unmeasured entries less), so a completed-target
+    experiment can never train the raw one by accident.
+
     Parameters
     ----------
     adata
-        Processed AnnData with ``layers[layer]``, ``layers["mask"]``, ``obs`` ``slide_id``/``split``/
+        Processed AnnData with the target's layer, ``layers["mask"]``, ``obs`` ``slide_id``/``split``/
         ``array_row``/``array_col``.
-    layer
-        Absolute target layer (e.g. ``c_d_log1p``).
+    target
+        ``"raw"``, ``"median"``, ``"completed"``, an absolute layer name (e.g. ``"c_t_log1p"``, see
+        :func:`~spared.bench.targets.get_target`) or a :class:`~spared.bench.targets.Target`.
     store
         Patch store of the collection (obs order), or ``None`` to use/extract the one in ``uns``.
     patch_size, patch_scale
         Size the images are delivered at, and the crop scale used when patches must be extracted.
     patch_dir
         Folder for patches extracted because no store exists (default: a temporary folder).
+    imputed_weight
+        Loss weight of unmeasured entries relative to measured ones (targets whose loss uses every entry).
+
+    Attributes
+    ----------
+    target_def
+        The :class:`~spared.bench.targets.Target`; ``layer`` its layer.
+    target, mask, loss_mask, loss_weight
+        ``(n_obs, G)`` target values, measured entries, loss entries and their weights (``None``: all 1).
+    truth
+        The simulated truth (``layers["c_true_log1p"]``) or ``None``.
     """
 
-    def __init__(self, adata: Any, layer: str, store: Any = None, patch_size: int | None = None,
-                 patch_scale: float = 1.0, patch_dir: str | Path | None = None) -> None:
+    def __init__(self, adata: Any, target: Any = "raw", store: Any = None, patch_size: int | None = None,
+                 patch_scale: float = 1.0, patch_dir: str | Path | None = None, imputed_weight: float = 1.0) -> None:
+        from spared.bench.targets import TRUTH_LAYER, get_target, loss_entries
+
         missing = [c for c in ("slide_id", "split", "array_row", "array_col") if c not in adata.obs]
         if missing:
             raise KeyError(f"obs lacks {missing}; batches need a processed collection (docs/data_model.md)")
+        self.target_def = get_target(target)
+        layer = self.target_def.layer
         for name in (layer, "mask"):
             if name not in adata.layers:
                 hint = (" (it is written by SpaCKLE completion: process with complete_missing=True)"
@@ -70,6 +91,8 @@ class SpotTable:
         self.layer = layer
         self.target = _dense(adata.layers[layer], np.float32)
         self.mask = _dense(adata.layers["mask"], bool)
+        self.loss_mask, self.loss_weight = loss_entries(self.mask, self.target_def, imputed_weight)
+        self.truth = _dense(adata.layers[TRUTH_LAYER], np.float32) if TRUTH_LAYER in adata.layers else None
         self.coords = adata.obs[["array_row", "array_col"]].to_numpy(dtype=np.int64)
         self.positions = (np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm
                           else self.coords.astype(np.float64))
@@ -129,9 +152,9 @@ class SpotTable:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         return np.flatnonzero(self.split == split)
 
-    def batch(self, idx: np.ndarray, full_loss_mask: bool = False, graph: dict[str, Any] | None = None
-              ) -> dict[str, torch.Tensor]:
-        """The batch of obs positions ``idx`` (any order) following the batch contract.
+    def batch(self, idx: np.ndarray, graph: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """The batch of obs positions ``idx`` (any order) following the batch contract, with the target's loss
+        entries (``"loss_mask"``, and ``"loss_weight"`` when unmeasured entries weigh less).
 
         ``graph`` (``n_hops``, ``neighbor_radius``, ``hex_geometry``) gives a graph batch: each spot's local graph
         of stage-1 embeddings (:meth:`attach_stage1`) instead of its image.
@@ -140,6 +163,7 @@ class SpotTable:
         out = {
             "target": torch.from_numpy(self.target[idx]),
             "mask": torch.from_numpy(self.mask[idx]),
+            "loss_mask": torch.from_numpy(self.loss_mask[idx]),
             "coords": torch.from_numpy(self.coords[idx]),
             "slide": torch.from_numpy(self.slide[idx]),
             "index": torch.from_numpy(idx),
@@ -151,8 +175,8 @@ class SpotTable:
         if self.counts is not None:
             out["counts"] = torch.from_numpy(self.counts[idx])
             out["size_factor"] = torch.from_numpy(self.size_factor[idx])
-        if full_loss_mask:
-            out["loss_mask"] = torch.ones_like(out["mask"])
+        if self.loss_weight is not None:
+            out["loss_weight"] = torch.from_numpy(self.loss_weight[idx])
         return out
 
     def _graph_batch(self, idx: np.ndarray, graph: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -242,22 +266,19 @@ class SpotDataset(Dataset):
         The collection's :class:`SpotTable`.
     split
         ``"train"``, ``"val"`` or ``"test"``.
-    full_loss_mask
-        Add an all-``True`` ``"loss_mask"`` (completed targets: every entry is trusted).
     augment
         ``"dihedral"``: each image under an independent random flip/90° rotation (training); ``"none"``.
     graph
         Local-graph settings for graph batches (see :meth:`SpotTable.batch`), or ``None`` for images.
     """
 
-    def __init__(self, table: SpotTable, split: str, full_loss_mask: bool = False, augment: str = "none",
+    def __init__(self, table: SpotTable, split: str, augment: str = "none",
                  graph: dict[str, Any] | None = None) -> None:
         if augment not in ("none", "dihedral"):
             raise ValueError(f"augment must be 'none' or 'dihedral', got {augment!r}")
         self.table = table
         self.split = split
         self.idx = table.indices(split)
-        self.full_loss_mask = full_loss_mask
         self.augment = augment
         self.graph = graph
 
@@ -268,7 +289,7 @@ class SpotDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
     def __getitems__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        out = self.table.batch(self.idx[np.asarray(items, dtype=np.int64)], self.full_loss_mask, self.graph)
+        out = self.table.batch(self.idx[np.asarray(items, dtype=np.int64)], self.graph)
         if self.augment == "dihedral" and "image" in out:
             from spared.models.layers import random_dihedral
 
@@ -350,7 +371,7 @@ class SpotDataModule(L.LightningDataModule):
     Parameters
     ----------
     table
-        The collection's :class:`SpotTable`.
+        The collection's :class:`SpotTable` (its target decides the loss entries of the batches).
     input_kind
         The model's ``input_kind``: ``"slide"`` batches by slide, every other kind by independent spots
         (``"graph"``: with their local graphs, see ``graph``).
@@ -358,8 +379,6 @@ class SpotDataModule(L.LightningDataModule):
         Spots per batch of patch-level (and graph) models.
     slide_spots
         Most spots per batch of slide-level models.
-    full_loss_mask
-        Train on every entry (completed targets) instead of the real ones only.
     seed
         Seed of the training batch order.
     num_workers
@@ -372,7 +391,7 @@ class SpotDataModule(L.LightningDataModule):
     """
 
     def __init__(self, table: SpotTable, input_kind: str, batch_size: int = 64, slide_spots: int = 512,
-                 full_loss_mask: bool = False, seed: int = 0, num_workers: int = 0, augment: str = "none",
+                 seed: int = 0, num_workers: int = 0, augment: str = "none",
                  graph: dict[str, Any] | None = None) -> None:
         super().__init__()
         from spared.models.base import INPUT_KINDS
@@ -388,8 +407,8 @@ class SpotDataModule(L.LightningDataModule):
         if input_kind == "graph" and graph is None:
             raise ValueError("graph models need their local-graph settings (graph=model.graph_spec())")
         graph = graph if input_kind == "graph" else None
-        self.datasets = {s: SpotDataset(table, s, full_loss_mask, graph=graph) for s in SPLITS}
-        self.train_dataset = SpotDataset(table, "train", full_loss_mask, augment, graph)
+        self.datasets = {s: SpotDataset(table, s, graph=graph) for s in SPLITS}
+        self.train_dataset = SpotDataset(table, "train", augment, graph)
         for split in ("train", "val"):
             if len(self.datasets[split]) == 0:
                 raise ValueError(f"the collection has no {split} spots; training selects on val and fits on train")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,7 @@ def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: st
         pass  # no room or no permission for the traceback: the row still carries the error
     return {"run_id": spec.run_id, "model": spec.model, "dataset": canonical_dataset(spec.dataset),
             "target": spec.target, "seed": spec.seed, "status": "failed", "error": f"{type(err).__name__}: {err}",
+            "custom": bool(spec.custom_model), "model_ref": spec.custom_model.get("ref", ""),
             "data_version": spec.data_version, "spec_key": spec.spec_key,
             "run_dir": str(run_dir.resolve()),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -88,6 +90,11 @@ class RayExecutor:
         Ray retries of a task whose worker died (a run that raises is not retried: it is recorded as failed).
     init_kwargs
         Extra arguments of ``ray.init`` (e.g. ``num_cpus`` for a local instance, ``runtime_env``).
+
+    Custom models given as ``module:Class`` (or registered from a module) reach the workers through Ray's runtime
+    environment: :func:`spared.models.registry.ray_runtime_env` adds their modules that are not installed
+    packages to ``py_modules`` (merged with the ``runtime_env`` given); installed packages must be installed on
+    every node.
     """
 
     def __init__(self, address: str | None = None, num_cpus_per_run: float = 1, num_gpus_per_run: float = 0,
@@ -102,20 +109,33 @@ class RayExecutor:
         self.max_retries = max_retries
         self.init_kwargs = init_kwargs
 
-    def _connect(self) -> bool:
-        """Initialise Ray when needed; True when this call started it (and so must shut it down)."""
+    def _connect(self, runtime_env: dict[str, Any] | None = None) -> bool:
+        """Initialise Ray when needed (with ``runtime_env``); True when this call started it (and so must shut it
+        down)."""
         import ray
 
         if ray.is_initialized():
+            if runtime_env and runtime_env.get("py_modules"):
+                warnings.warn(f"Ray was initialised before the benchmark, so the modules of its custom models cannot "
+                              f"be shipped to the workers ({runtime_env['py_modules']}); they must be importable "
+                              f"there already (pass runtime_env={{'py_modules': [...]}} to your ray.init)",
+                              UserWarning, stacklevel=3)
             return False
         kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+        if runtime_env:
+            kwargs["runtime_env"] = runtime_env
         ray.init(address=self.address, **kwargs)
         return True
 
     def map(self, specs: list[RunSpec], out_dir: Path, data_dir: Path | None = None) -> Iterator[dict[str, Any]]:
         import ray
 
-        started = self._connect()
+        from spared.models.registry import ray_runtime_env
+
+        # custom models' modules that are not installed packages travel with the tasks
+        env = ray_runtime_env([spec.custom_model["ref"] for spec in specs if spec.custom_model],
+                              self.init_kwargs.get("runtime_env"))
+        started = self._connect(env)
         try:
             task = ray.remote(num_cpus=self.num_cpus_per_run, num_gpus=self.num_gpus_per_run,
                               max_retries=self.max_retries)(execute)

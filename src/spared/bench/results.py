@@ -10,26 +10,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spared.bench.scoring import METRICS, STATUSES, check_row  # noqa: F401 (re-exported)
 from spared.io.atomic import atomic_path
 
 PARQUET = "results.parquet"
 CSV = "results.csv"
 RUNS = "runs"
 METRICS_FILE = "metrics.json"
-#: Metrics every successful row carries (those of :func:`spared.metrics.compute`).
-METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch", "R2-Gene", "R2-Patch", "Global")
 #: Leading columns of the table, in order; metric and bookkeeping columns follow.
 KEY_COLUMNS = ("run_id", "model", "dataset", "target", "seed", "status", "error", "data_version", "spec_key")
-STATUSES = ("done", "failed")
 
 
 class ResultsTable:
     """The table ``results.parquet`` (and its twin ``results.csv``) of a benchmark folder.
 
-    Only the driver writes it: :meth:`append` rewrites both files atomically (temporary file + rename), one row
-    per run id (a re-run replaces its row). Rows carry the run's ``spec_key`` (its settings without the data's
-    content): a new row of a spec replaces that spec's failed rows, and a successful one also its rows on
-    earlier versions of the data.
+    Only the driver writes it: :meth:`append` checks every new row (:func:`spared.bench.scoring.check_row`: a known
+    target, the protocol's split, scored entries and layer, every metric) and rewrites both files atomically
+    (temporary file + rename), one row per run id (a re-run replaces its row). Rows carry the run's ``spec_key``
+    (its settings without the data's content): a new row of a spec replaces that spec's failed rows, and a
+    successful one also its rows on earlier versions of the data.
     """
 
     def __init__(self, results_dir: str | Path) -> None:
@@ -54,14 +53,18 @@ class ResultsTable:
         return pd.read_parquet(self.parquet_path)
 
     def append(self, rows: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-        """Add rows (replacing earlier rows of the same ``run_id``) and rewrite the table atomically."""
+        """Add rows (replacing earlier rows of the same ``run_id``) and rewrite the table atomically.
+
+        Raises
+        ------
+        ValueError
+            When a row cannot be compared with the others (every problem of every row is listed; nothing is
+            written).
+        """
         rows = [rows] if isinstance(rows, Mapping) else list(rows)
-        for row in rows:
-            missing = [c for c in ("run_id", "status") if c not in row]
-            if missing:
-                raise KeyError(f"a results row needs {missing}")
-            if row["status"] not in STATUSES:
-                raise ValueError(f"status must be one of {list(STATUSES)}, got {row['status']!r}")
+        problems = [f"row {row.get('run_id', i)!r}: {p}" for i, row in enumerate(rows) for p in check_row(row)]
+        if problems:
+            raise ValueError("results rows refused (nothing written):\n  - " + "\n  - ".join(problems))
         new = pd.DataFrame([_flat(row) for row in rows])
         old = self.load()
         replaced = old["run_id"].isin(new["run_id"])
@@ -119,7 +122,7 @@ def mark_stale(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE", "PCC-Gene")) -> pd.DataFrame:
-    """Model × dataset summary: per target (raw, completed) and metric, mean and std over seeds.
+    """Model × dataset summary: per target (raw, median, completed) and metric, mean and std over seeds.
 
     Parameters
     ----------
@@ -130,35 +133,45 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
 
     Returns
     -------
-    DataFrame with columns ``model``, ``dataset`` and, for each target ``t`` present and metric ``m``,
-    ``"m t mean"``, ``"m t std"`` (sample standard deviation, NaN with one seed) and ``"n t"`` (seeds). Only
-    runs with status ``done`` count; ``failed`` gives the number of failed runs of the model and dataset.
-    Runs on different versions of a dataset's content (``data_version``) are summarised apart, never averaged
-    together; a ``stale`` column (any run of the row on data that changed since) is kept when ``results`` has
-    one (:func:`mark_stale`).
+    DataFrame with columns ``model``, ``dataset``, ``data_version``, ``custom`` (a model not built into spared,
+    or predictions scored from elsewhere) and, for each target label ``t`` present
+    (:func:`~spared.bench.targets.target_label`: the target, with its imputed-entry weight when that is not 1)
+    and metric ``m``, ``"m t mean"``, ``"m t std"`` (sample standard deviation, NaN with one seed) and ``"n t"``
+    (seeds); ``attrs["targets"]`` lists the labels in table order. Only runs with status ``done`` count;
+    ``failed`` gives the number of failed runs of the model and dataset. Runs on different versions of a
+    dataset's content (``data_version``) are summarised apart, never averaged together; a ``stale`` column (any
+    run of the row on data that changed since) is kept when ``results`` has one (:func:`mark_stale`).
     """
+    from spared.bench.targets import label_order, target_label
+
     table = load_results(results).copy()
     metrics = list(metrics)
     absent = [m for m in metrics if m not in table.columns]
     if absent and (table["status"] == "done").any():
         raise KeyError(f"metrics {absent} are not columns of the results ({list(table.columns)})")
     table["data_version"] = table["data_version"].fillna("").astype(str) if "data_version" in table else ""
+    weights = table["imputed_weight"] if "imputed_weight" in table else pd.Series(np.nan, index=table.index)
+    table["target_label"] = [target_label(t, w) for t, w in zip(table["target"], weights, strict=True)]
+    table["custom"] = table["custom"].fillna(False).astype(bool) if "custom" in table else False
     keys = ["model", "dataset", "data_version"]
     ok = table[table["status"] == "done"]
     out = table[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
-    for target in [t for t in ("raw", "completed") if t in set(ok["target"])]:
-        rows = ok[ok["target"] == target].groupby(keys)
-        stats = pd.DataFrame({f"n {target}": rows.size()})
+    out = out.merge(table.groupby(keys)["custom"].any().reset_index(), on=keys, how="left")
+    labels = label_order(set(ok["target_label"]))
+    for label in labels:
+        rows = ok[ok["target_label"] == label].groupby(keys)
+        stats = pd.DataFrame({f"n {label}": rows.size()})
         for m in metrics:
             values = rows[m].agg(["mean", "std"])
-            stats[f"{m} {target} mean"], stats[f"{m} {target} std"] = values["mean"], values["std"]
+            stats[f"{m} {label} mean"], stats[f"{m} {label} std"] = values["mean"], values["std"]
         out = out.merge(stats.reset_index(), on=keys, how="left")
-        out[f"n {target}"] = out[f"n {target}"].fillna(0).astype(np.int64)
+        out[f"n {label}"] = out[f"n {label}"].fillna(0).astype(np.int64)
     failed = table[table["status"] == "failed"].groupby(keys).size().rename("failed")
     out = out.merge(failed.reset_index(), on=keys, how="left")
     out["failed"] = out["failed"].fillna(0).astype(np.int64)
     if "stale" in table:
         out = out.merge(table.groupby(keys)["stale"].any().reset_index(), on=keys, how="left")
+    out.attrs["targets"] = labels
     return out
 
 

@@ -14,8 +14,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-#: Targets and the absolute (log) layer each one trains on: raw/median vs SpaCKLE-completed.
-TARGET_LAYERS: dict[str, str] = {"raw": "c_d_log1p", "completed": "c_t_log1p"}
+from spared.bench.targets import TARGET_LAYERS, TARGETS, check_imputed_weight, weight_applies
+
 #: Loggers a run can write to (each but ``csv`` needs its package installed).
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 #: Training fields that change how a run executes but not what it computes (left out of the run id).
@@ -67,6 +67,11 @@ class TrainingConfig:
         it (reduction order), so fix it to compare executors bit for bit.
     loggers
         Any of :data:`LOGGERS`; CSV is the default.
+    imputed_weight
+        Loss weight of the entries that are not measurements (median fills for the ``median`` target, SpaCKLE
+        completions for ``completed``) relative to measured ones (:func:`spared.bench.targets.loss_entries`):
+        1 (default) is a plain MSE over every loss entry, 0 keeps the measured entries only (as ``raw``). No
+        effect on ``raw``, whose loss has measured entries only.
     """
 
     max_steps: int | None = None
@@ -86,6 +91,7 @@ class TrainingConfig:
     num_workers: int = 0
     num_threads: int | None = None
     loggers: tuple[str, ...] = ("csv",)
+    imputed_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "epochs", "batch_size", "slide_spots", "val_every", "patch_size"):
@@ -111,6 +117,7 @@ class TrainingConfig:
         if unknown or not loggers:
             raise ValueError(f"training.loggers must be a non-empty subset of {list(LOGGERS)}, got {list(loggers)}")
         object.__setattr__(self, "loggers", loggers)
+        object.__setattr__(self, "imputed_weight", check_imputed_weight(self.imputed_weight))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -134,12 +141,13 @@ class RunSpec:
     Attributes
     ----------
     model
-        Model name (``spared.models``).
+        A registered model name (``spared models``) or a custom model's ``"module:Class"`` reference.
     dataset
         ``"simulated"`` or ``"simulated:key=value,..."``, the path of a processed ``.h5ad``, or a catalogue key
         (optionally ``"name:key=value,..."`` with processing overrides).
     target
-        ``"raw"`` (``c_d_log1p``) or ``"completed"`` (``c_t_log1p``).
+        ``"raw"``, ``"median"`` or ``"completed"`` (:data:`spared.bench.targets.TARGETS`: the layer trained on and
+        the entries its loss uses).
     seed
         Seed of weights, batch order and augmentation.
     model_config
@@ -149,6 +157,10 @@ class RunSpec:
     data_version
         Fingerprint of the dataset's content (:func:`data_fingerprint`), part of the run id so that a run on
         re-processed data is a new run; computed when the spec is made unless given (specs read back from disk).
+    custom_model
+        For a model not built into spared, its registry entry (:meth:`spared.models.registry.ModelEntry.to_spec`:
+        import reference, input kind, labels, resolved recipe), so that any process (a Ray worker) rebuilds it and
+        the run id changes with its recipe; filled when the spec is made, empty for built-in models.
     """
 
     model: str
@@ -158,14 +170,15 @@ class RunSpec:
     model_config: Mapping[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data_version: str = ""
+    custom_model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty name, got {self.model!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
-        if self.target not in TARGET_LAYERS:
-            raise ValueError(f"target must be one of {list(TARGET_LAYERS)}, got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.training, TrainingConfig):
@@ -178,18 +191,32 @@ class RunSpec:
         object.__setattr__(self, "model_config", config)
         if not self.data_version:
             object.__setattr__(self, "data_version", data_fingerprint(self.dataset))
+        object.__setattr__(self, "custom_model", dict(self.custom_model) or custom_entry(self.model))
 
     @property
     def layer(self) -> str:
         """The absolute layer the run trains on and is scored against."""
         return TARGET_LAYERS[self.target]
 
+    @property
+    def imputed_weight(self) -> float:
+        """The loss weight of unmeasured entries that applies to this run (1 where the target has none)."""
+        return self.training.imputed_weight if weight_applies(self.target, self.training.imputed_weight) else 1.0
+
     def identity(self) -> dict[str, Any]:
-        """Everything that determines the run's outcome (what :attr:`run_id` hashes), the data's content included."""
+        """Everything that determines the run's outcome (what :attr:`run_id` hashes), the data's content included.
+
+        ``imputed_weight`` counts only where it changes the loss, so runs made before it existed keep their ids.
+        """
         training = {k: v for k, v in self.training.to_dict().items() if k not in _EXECUTION_ONLY}
-        return {"model": self.model, "dataset": canonical_dataset(self.dataset), "target": self.target,
-                "seed": self.seed, "model_config": dict(self.model_config), "training": training,
-                "data": self.data_version}
+        if not weight_applies(self.target, self.training.imputed_weight):
+            training.pop("imputed_weight")
+        identity = {"model": self.model, "dataset": canonical_dataset(self.dataset), "target": self.target,
+                    "seed": self.seed, "model_config": dict(self.model_config), "training": training,
+                    "data": self.data_version}
+        if self.custom_model:
+            identity["custom_model"] = dict(self.custom_model)
+        return identity
 
     @property
     def spec_key(self) -> str:
@@ -204,12 +231,13 @@ class RunSpec:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":")).encode()
         digest = hashlib.sha256(blob).hexdigest()[:10]
         slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset_label(self.dataset)).strip("_")[:40] or "dataset"
-        return f"{self.model}-{slug}-{self.target}-s{self.seed}-{digest}"
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model)
+        return f"{model}-{slug}-{self.target}-s{self.seed}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dataset": self.dataset, "target": self.target, "seed": self.seed,
                 "model_config": dict(self.model_config), "training": self.training.to_dict(),
-                "data_version": self.data_version, "run_id": self.run_id}
+                "data_version": self.data_version, "custom_model": dict(self.custom_model), "run_id": self.run_id}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -219,6 +247,19 @@ class RunSpec:
         if "run_id" in data and data["run_id"] != spec.run_id:
             raise ValueError(f"run_id {data['run_id']!r} does not match the settings (expected {spec.run_id!r})")
         return spec
+
+
+def custom_entry(model: str) -> dict[str, Any]:
+    """What a run spec of ``model`` carries about it: nothing for a built-in model, the registry entry of any other
+    (:meth:`~spared.models.registry.ModelEntry.to_spec`); nothing either when ``model`` does not resolve (the
+    pre-run check, :func:`spared.bench.checks.check_specs`, reports why)."""
+    from spared.models import registry
+
+    try:
+        entry = registry.get(model)
+        return {} if entry.builtin else entry.to_spec()
+    except (ImportError, ValueError, TypeError, KeyError, FileNotFoundError):
+        return {}
 
 
 def make_specs(models: Iterable[str], datasets: Iterable[str], targets: Iterable[str] = ("raw", "completed"),

@@ -11,11 +11,13 @@ The run folder ``{out_dir}/runs/{run_id}/`` holds ``config.json``, ``checkpoints
 (``logs/version_0/metrics.csv`` with the default CSV logger), ``predictions.npz`` and, written last,
 ``metrics.json``: a folder without ``metrics.json`` is an unfinished run and is started again from scratch.
 
-Every model trains on and is scored against the absolute log layer of its target (``c_d_log1p`` raw,
-``c_t_log1p`` completed), as the batch contract of :mod:`spared.models.base` says: delta models (SEPAL, ViT-B+Δ)
-regress deltas internally and add back the train-split gene means they collect in ``Predictor.prepare``
-(the values of ``var[f"{layer}_avg_exp"]``). ``prepare`` is called for every model before training. Metrics are
-computed on the real entries (``layers["mask"]``) of the evaluation split (test, or val without a test split).
+Every model trains on and is scored against the absolute log layer of its target (``c_d_log1p`` for ``raw`` and
+``median``, ``c_t_log1p`` for ``completed``), with the target's loss entries (:mod:`spared.bench.targets`), as the
+batch contract of :mod:`spared.models.base` says: delta models (SEPAL, ViT-B+Δ) regress deltas internally and add
+back the train-split gene means they collect in ``Predictor.prepare`` (the values of ``var[f"{layer}_avg_exp"]``).
+``prepare`` is called for every model before training. Scoring follows :mod:`spared.bench.scoring`: the measured
+entries (``layers["mask"]``) of the evaluation split (test, or val without a test split), and on simulated data
+every entry against the truth.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spared.bench.results import METRICS, METRICS_FILE, RUNS
+from spared.bench.results import METRICS_FILE, RUNS
 from spared.bench.runs import RunSpec, TrainingConfig, canonical_dataset, data_fingerprint, parse_dataset
+from spared.bench.scoring import eval_split_of, protocol_fields, score_arrays
 from spared.io.atomic import atomic_path, full_disk_errors, write_h5ad, write_text
 from spared.training_runtime import quiet_lightning, torch_threads
 
@@ -99,36 +102,38 @@ class TrainingPlan:
     loss: dict[str, float]
     head_init: str
     backbone_weights: str
+    recipe_origin: str = "authors"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def training_plan(model: str, training: TrainingConfig) -> TrainingPlan:
-    """The :class:`TrainingPlan` of ``model`` under ``training``."""
-    from spared.models import MODEL_INFO
-    from spared.models.recipe import recipe
+    """The :class:`TrainingPlan` of ``model`` under ``training``; ``recipe_origin`` says whose recipe it applies
+    (``"authors"``: a built-in recipe file; ``"custom"``: settings given with a registered model, the rest from
+    the default recipe; ``"default"``: spared's default recipe)."""
+    from spared.models import registry
+    from spared.models.recipe import recipe_origin
 
-    rec = recipe(model)
+    entry = registry.get(model)
+    rec = entry.recipe()
     if rec.kind != "trained":
         raise ValueError(f"{model} is a linear probe; it has no training plan")
-    override = training.slide_spots if MODEL_INFO[model].input_kind == "slide" else training.batch_size
+    override = training.slide_spots if entry.input_kind == "slide" else training.batch_size
     return TrainingPlan(
         model=model, optimizer=rec.optimizer, lr=training.lr if training.lr is not None else rec.lr,
         momentum=rec.momentum,
         weight_decay=training.weight_decay if training.weight_decay is not None else rec.weight_decay,
         schedule=dict(rec.schedule), epochs=None if training.max_steps else (training.epochs or rec.epochs),
         max_steps=training.max_steps, batch_size=override or rec.batch_size, augment=rec.augment, tta=rec.tta,
-        loss=dict(rec.loss), head_init=rec.head_init, backbone_weights=training.backbone_weights)
+        loss=dict(rec.loss), head_init=rec.head_init, backbone_weights=training.backbone_weights,
+        recipe_origin=recipe_origin(rec))
 
 
 def _run(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
-    from spared.models import MODEL_INFO, MODEL_NAMES
-    from spared.models.recipe import recipe
+    from spared.models import registry
 
-    if spec.model not in MODEL_INFO:
-        raise ValueError(f"unknown model {spec.model!r}; valid models: {', '.join(MODEL_NAMES)}")
-    if recipe(spec.model).kind == "probe":
+    if registry.ensure(spec.model, spec.custom_model).input_kind == "probe":
         return _run_probe(spec, out_dir, data_dir, progress)
     return _run_trained(spec, out_dir, data_dir, progress)
 
@@ -154,15 +159,17 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
     import lightning as L
 
     from spared.bench.data import SpotDataModule
-    from spared.models import build_model
+    from spared.models import registry
     from spared.models.lightning import PredictorModule
 
     out_dir = Path(out_dir)
     data_dir = Path(data_dir) if data_dir else out_dir / DATA_CACHE
     tc = spec.training
     plan = training_plan(spec.model, tc)
-    table = load_table(spec.dataset, spec.layer, data_dir, tc.patch_size, tc.patch_scale)
-    config = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir, **spec.model_config}
+    table = load_table(spec.dataset, spec.target, data_dir, tc.patch_size, tc.patch_scale, spec.imputed_weight)
+    cls = registry.ensure(spec.model, spec.custom_model).load()
+    shared = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir}
+    config = {**{k: v for k, v in shared.items() if registry.accepts(cls, k)}, **spec.model_config}
     stage1_config = config.pop("stage1", None)
     if recipe_stage1(spec.model):
         # the image backbone belongs to stage 1: a per-model weights setting is meant for it
@@ -172,13 +179,12 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
         table.attach_stage1(embedding, deltas)
         config.setdefault("embedding_dim", int(embedding.shape[1]))
     L.seed_everything(spec.seed, workers=True, verbose=False)
-    model = build_model(spec.model, table.n_genes, **config)
+    model = cls(table.n_genes, **config)
     if model.needs_counts and table.counts is None:
         raise ValueError(f"{spec.model} needs raw counts (its ZINB loss term) but the collection has no "
                          f"layers['counts']; reprocess it with spared, or set zinb=0 in its model config")
     data = SpotDataModule(table, model.input_kind, batch_size=plan.batch_size, slide_spots=plan.batch_size,
-                          full_loss_mask=spec.target == "completed", seed=spec.seed, num_workers=tc.num_workers,
-                          augment=plan.augment,
+                          seed=spec.seed, num_workers=tc.num_workers, augment=plan.augment,
                           graph=model.graph_spec() if model.input_kind == "graph" else None)
     model.prepare(data.prepare_batches())  # every model sees the training split (banks, gene means)
     steps_per_epoch = len(data.train_dataloader())
@@ -223,7 +229,7 @@ def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -
         "eval_split": data.eval_split, "n_train": len(data.datasets["train"]), "n_val": len(data.datasets["val"]),
         "steps": int(trainer.global_step), "epochs": float(trainer.global_step / max(parts.steps_per_epoch, 1)),
         "train_seconds": train_seconds, "device": str(trainer.strategy.root_device),
-        "recipe": json.dumps(plan.to_dict(), sort_keys=True),
+        "recipe": json.dumps(plan.to_dict(), sort_keys=True), "recipe_origin": plan.recipe_origin,
     }
     return _finish(spec, run_dir, table, index[order], pred, start, extra)
 
@@ -294,12 +300,12 @@ def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> 
     """A frozen foundation encoder's cached embeddings + the HEST linear probe, fitted on train, scored on eval."""
     from spared.models.foundation import build_encoder, collection_embeddings
     from spared.models.probe import LinearProbe
-    from spared.models.recipe import recipe
+    from spared.models.recipe import recipe, recipe_origin
 
     start = time.perf_counter()
     tc = spec.training
     rec = recipe(spec.model)
-    table = load_table(spec.dataset, spec.layer, data_dir, tc.patch_size, tc.patch_scale)
+    table = load_table(spec.dataset, spec.target, data_dir, tc.patch_size, tc.patch_scale, spec.imputed_weight)
     run_dir = _fresh_run_dir(spec, out_dir, {"recipe": rec.to_dict()})
     config = dict(spec.model_config)
     if "weights" not in config and tc.backbone_weights != "imagenet":
@@ -308,17 +314,19 @@ def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> 
     device = "cuda" if torch.cuda.is_available() and tc.accelerator != "cpu" else "cpu"
     embeddings = collection_embeddings(table, encoder, data_dir / "embeddings", device=device, progress=progress)
     train = table.indices("train")
-    eval_split = "test" if table.indices("test").size else "val"
+    eval_split = eval_split_of(table.split)
     index = table.indices(eval_split)
-    mask = np.ones_like(table.mask[train]) if spec.target == "completed" else table.mask[train]
+    weight = None if table.loss_weight is None else table.loss_weight[train]
     probe = LinearProbe(n_components=rec.pca_components, alpha=rec.ridge_alpha, standardize=rec.standardize,
-                        fit_intercept=rec.fit_intercept).fit(embeddings[train], table.target[train], mask)
+                        fit_intercept=rec.fit_intercept).fit(embeddings[train], table.target[train],
+                                                             table.loss_mask[train], weight)
     probe.save(run_dir / "probe.npz")
     pred = probe.predict(embeddings[index]).astype(np.float32)
     extra = {"best_val_MSE": np.nan, "eval_split": eval_split, "n_train": int(train.size),
              "n_val": int(table.indices("val").size), "steps": 0, "epochs": 0.0,
              "train_seconds": time.perf_counter() - start, "device": device,
-             "recipe": json.dumps({**rec.settings(), "encoder_weights": encoder.weights_source}, sort_keys=True)}
+             "recipe": json.dumps({**rec.settings(), "encoder_weights": encoder.weights_source}, sort_keys=True),
+             "recipe_origin": recipe_origin(rec)}
     return _finish(spec, run_dir, table, index, pred, start, extra)
 
 
@@ -334,22 +342,20 @@ def _fresh_run_dir(spec: RunSpec, out_dir: Path, extra: dict[str, Any]) -> Path:
 
 def _finish(spec: RunSpec, run_dir: Path, table: Any, index: np.ndarray, pred: np.ndarray, start: float,
             extra: dict[str, Any]) -> dict[str, Any]:
-    """Score the predictions of the spots ``index``, write ``predictions.npz`` then ``metrics.json``, return the row."""
-    from spared.metrics import compute
-
+    """Score the predictions of the spots ``index`` (:mod:`spared.bench.scoring`), write ``predictions.npz`` then
+    ``metrics.json``, return the row."""
     target, mask = table.target[index], table.mask[index]
-    metrics = compute(target, pred, mask)
-    train_mean = table.target[table.indices("train")].mean(axis=0)
-    baseline = compute(target, np.broadcast_to(train_mean, target.shape), mask)["MSE"]
+    scores = score_arrays(target, pred, mask, table.target[table.indices("train")].mean(axis=0),
+                          None if table.truth is None else table.truth[index])
     _atomic_npz(run_dir / "predictions.npz", prediction=pred, target=target, mask=mask, index=index,
                 obs_names=table.obs_names[index], var_names=table.var_names)
     row = {
         "run_id": spec.run_id, "model": spec.model, "dataset": canonical_dataset(spec.dataset),
-        "target": spec.target, "seed": spec.seed, "status": "done", "error": "",
-        **{m: float(metrics[m]) for m in METRICS},
-        "n_genes_scored": float(metrics["n_genes_scored"]), "n_spots_scored": float(metrics["n_spots_scored"]),
-        "baseline_MSE": float(baseline), "best_val_MSE": extra.pop("best_val_MSE"),
-        "layer": spec.layer, "eval_split": extra.pop("eval_split"), "n_genes": table.n_genes,
+        "target": spec.target, "seed": spec.seed, "status": "done", "error": "", **scores,
+        "best_val_MSE": extra.pop("best_val_MSE"), "imputed_weight": spec.imputed_weight,
+        **protocol_fields(spec.target, spec.layer, extra.pop("eval_split")), "origin": "bench",
+        "custom": bool(spec.custom_model), "model_ref": spec.custom_model.get("ref", ""),
+        "n_genes": table.n_genes,
         "n_train": extra.pop("n_train"), "n_val": extra.pop("n_val"), "n_eval": int(index.size),
         "steps": extra.pop("steps"), "seconds": time.perf_counter() - start, **extra,
         "run_dir": str(run_dir.resolve()),
@@ -357,23 +363,39 @@ def _finish(spec: RunSpec, run_dir: Path, table: Any, index: np.ndarray, pred: n
         "training": json.dumps(spec.training.to_dict(), sort_keys=True),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    _write_json(run_dir / METRICS_FILE, {**row, "metrics": metrics})
+    _write_json(run_dir / METRICS_FILE, row)
     return row
 
 
-def load_table(dataset: str, layer: str, cache_dir: str | Path, patch_size: int = 224, patch_scale: float = 1.0):
-    """The :class:`~spared.bench.data.SpotTable` of a dataset string, building (and caching) what is missing.
+def load_table(dataset: str, target: Any, cache_dir: str | Path, patch_size: int = 224, patch_scale: float = 1.0,
+               imputed_weight: float = 1.0):
+    """The :class:`~spared.bench.data.SpotTable` of a dataset string for ``target`` (a target name, a layer name or
+    a :class:`~spared.bench.targets.Target`), building (and caching) what is missing.
+
+    The collection comes from :func:`load_collection`. Patches come from the collection's store when it has one of
+    the right size, else they are extracted into the collection's cache folder. ``imputed_weight`` weighs the
+    loss entries that are not measurements (:func:`spared.bench.targets.loss_entries`).
+    """
+    from filelock import FileLock
+
+    from spared.bench.data import SpotTable, patch_store
+
+    adata, folder = load_collection(dataset, cache_dir)
+    with FileLock(str(folder / ".lock")):
+        store = patch_store(adata, patch_size, patch_scale, patch_dir=folder)
+    return SpotTable(adata, target, store=store, patch_size=patch_size, imputed_weight=imputed_weight)
+
+
+def load_collection(dataset: str, cache_dir: str | Path) -> tuple[Any, Path]:
+    """The processed AnnData of a dataset string and its cache folder (no patches are read or cut).
 
     ``"simulated[:key=value,...]"``: :func:`spared.synthetic.make_collection` (keys of its signature) processed by
     :func:`spared.pp.process` with SpaCKLE completion (keys of :class:`~spared.config.ProcessingConfig`; ``seed``
     seeds both), cached in ``cache_dir`` by a hash of the parameters. A path ending in ``.h5ad``: a processed
     collection. Anything else: a catalogue key for :func:`spared.datasets.get` (``name:key=value`` overrides
-    processing parameters). Patches come from the collection's store when it has one of the right size, else
-    they are extracted into ``cache_dir``. A file lock keeps parallel runs from building the same entry twice.
+    processing parameters). A file lock keeps parallel runs from building the same entry twice.
     """
     from filelock import FileLock
-
-    from spared.bench.data import SpotTable, patch_store
 
     name, params = parse_dataset(dataset)
     key = hashlib.sha256(json.dumps([canonical_dataset(dataset), _versions()["spared"], _source_stamp(dataset)],
@@ -387,8 +409,7 @@ def load_table(dataset: str, layer: str, cache_dir: str | Path, patch_size: int 
             adata = _read_h5ad(Path(name))
         else:
             adata = _catalogue(name, params)
-        store = patch_store(adata, patch_size, patch_scale, patch_dir=folder)
-    return SpotTable(adata, layer, store=store, patch_size=patch_size)
+    return adata, folder
 
 
 def _source_stamp(dataset: str) -> list[Any]:

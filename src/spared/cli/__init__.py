@@ -10,7 +10,7 @@ from spared.cli.app import app, fail
 
 #: Modules of ``spared.cli`` that define commands (imported for their ``@app.command`` side effect).
 COMMAND_MODULES: tuple[str, ...] = ("processing", "reporting", "completion", "data", "bench", "datasets",
-                                     "models", "info")
+                                     "models", "info", "scoring")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"spared.cli.{_name}")

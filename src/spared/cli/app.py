@@ -67,3 +67,14 @@ def writable_dir(path: Path) -> Path:
         return check_writable_dir(path)
     except OutputPathError as exc:
         raise fail(str(exc)) from exc
+
+
+def importable_current_folder() -> None:
+    """Let ``module:Class`` model references name modules of the current folder, as ``python -m`` does (the folder
+    is appended to ``sys.path``, so it never shadows an installed package)."""
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)

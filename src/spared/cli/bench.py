@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spared.cli.app import app, console, fail, writable_dir
+from spared.cli.app import app, console, fail, importable_current_folder, writable_dir
 
 EXECUTORS = ("local", "ray")
 
@@ -68,11 +68,18 @@ def _model_configs(path: Path | None) -> dict[str, dict[str, Any]]:
 
 @app.command()
 def bench(
-    models: Annotated[str, typer.Option(help="Models, comma-separated (e.g. stnet,sepal).")],
+    models: Annotated[str, typer.Option(help="Models, comma-separated: registered names (spared models) or custom "
+                                             "classes as package.module:ClassName (e.g. stnet,mymodels:MyNet).")],
     datasets: Annotated[str, typer.Option(help="Datasets, comma-separated: simulated[:key=value,...], a "
                                                 "processed .h5ad, or a catalogue key.")] = "simulated",
-    targets: Annotated[str, typer.Option(help="Targets: raw (c_d_log1p) and/or completed (c_t_log1p).")]
+    targets: Annotated[str, typer.Option(help="Targets, comma-separated: raw (c_d_log1p, loss on measured entries), "
+                                              "median (c_d_log1p, loss on every entry: the authors' raw experiment), "
+                                              "completed (c_t_log1p, loss on every entry).")]
     = "raw,completed",
+    imputed_weight: Annotated[float | None, typer.Option(help="Loss weight of unmeasured entries (median fills, "
+                                                              "SpaCKLE completions) relative to measured ones for "
+                                                              "the median and completed targets (default 1).")]
+    = None,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0",
     executor: Annotated[str, typer.Option(help="local (in-process, sequential) or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance).")]
@@ -112,6 +119,7 @@ def bench(
 
     if executor not in EXECUTORS:
         raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    importable_current_folder()
     if executor == "ray":
         try:
             require_ray()
@@ -122,7 +130,7 @@ def bench(
         writable_dir(data_dir)
     settings = {"max_steps": max_steps, "epochs": epochs, "batch_size": batch_size, "slide_spots": slide_spots,
                 "patch_size": patch_size, "lr": lr, "val_every": val_every, "backbone_weights": backbone_weights,
-                "weights_dir": str(weights_dir) if weights_dir else None,
+                "weights_dir": str(weights_dir) if weights_dir else None, "imputed_weight": imputed_weight,
                 "loggers": tuple(_split(loggers, "loggers"))}
     try:
         seed_values = _unique([_seed(s) for s in _split(seeds, "seeds")], "seeds")
@@ -133,6 +141,13 @@ def bench(
     except (KeyError, ValueError) as exc:
         raise fail(str(exc).strip("'\"")) from exc
     problems = check_specs(specs)
+    if executor == "ray":
+        from spared.models.registry import ray_runtime_env
+
+        try:
+            ray_runtime_env([spec.custom_model["ref"] for spec in specs if spec.custom_model])
+        except (ImportError, ValueError) as exc:
+            problems.append(str(exc))
     if problems:
         raise fail(f"{len(problems)} problem(s) found before any run started:\n  - " + "\n  - ".join(problems))
     runner = (LocalExecutor(progress=progress) if executor == "local"
@@ -161,14 +176,17 @@ def bench(
 
 def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gene"), as_json: bool = False,
                   table: Any = None) -> None:
-    """Print the model × dataset table of a results folder (raw vs completed, mean ± std over seeds).
+    """Print the model × dataset table of a results folder (one column per target and metric, mean ± std over
+    seeds).
 
     ``table``: show these rows (e.g. the runs of one ``spared bench`` call) instead of the whole folder's.
-    Rows on data that changed since they ran are marked stale.
+    Rows on data that changed since they ran are marked stale; custom models (and predictions scored from
+    elsewhere) are marked custom.
     """
     from rich.table import Table
 
     from spared.bench.results import aggregate, format_mean_std, load_results, mark_stale, summary_labels
+    from spared.bench.targets import target_meaning
 
     table = load_results(results_dir) if table is None else table
     if table.empty:
@@ -179,7 +197,7 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
                    for row in summary.to_dict(orient="records")]
         typer.echo(json.dumps(records, indent=2, default=lambda v: v.item()))
         return
-    targets = [t for t in ("raw", "completed") if f"n {t}" in summary]
+    targets = summary.attrs["targets"]
     view = Table(title=f"{results_dir}: mean ± std over seeds")
     view.add_column("model")
     view.add_column("dataset")
@@ -192,8 +210,10 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
     for label, row in zip(labels, summary.to_dict(orient="records"), strict=True):
         cells = [format_mean_std(row[f"{m} {t} mean"], row[f"{m} {t} std"]) for m in metrics for t in targets]
         seeds = "/".join(str(row[f"n {t}"]) for t in targets) or "0"
-        view.add_row(row["model"], label, *cells, seeds, str(row["failed"]))
+        model = row["model"] + (" (custom)" if row["custom"] else "")
+        view.add_row(model, label, *cells, seeds, str(row["failed"]))
     console.print(view)
+    console.print("targets: " + "; ".join(f"[bold]{t}[/] = {target_meaning(t)}" for t in targets))
     if summary["stale"].any():
         console.print("[yellow](stale)[/]: the dataset changed since these runs (its content is not what they ran "
                       "on); run `spared bench` again to refresh them.")
@@ -205,7 +225,7 @@ def results(
     metrics: Annotated[str, typer.Option(help="Metrics to show, comma-separated.")] = "MSE,PCC-Gene",
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON records.")] = False,
 ) -> None:
-    """Print the model × dataset table: raw vs completed targets, mean ± std over seeds."""
+    """Print the model × dataset table: one column per target (raw, median, completed), mean ± std over seeds."""
     try:
         print_results(results_dir, tuple(_split(metrics, "metrics")), as_json)
     except (FileNotFoundError, KeyError) as exc:

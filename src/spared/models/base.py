@@ -12,10 +12,13 @@ A batch is a ``dict[str, torch.Tensor]`` with ``B`` spots and ``G`` genes:
     Delta models add the train-split gene means themselves.
 ``"mask"``
     ``bool (B, G)``: ``True`` on real measurements (the ``mask`` layer). Metrics use it.
-``"loss_mask"`` (optional)
-    ``bool (B, G)``: the entries the training loss uses; defaults to ``"mask"``. The runner passes all-``True``
-    for a completed target (``c_t_*``) and omits it for the raw target (``c_d_*``), where only real entries are
-    trusted. Entries whose target is not finite are always left out of the loss.
+``"loss_mask"``
+    ``bool (B, G)``: the entries the training loss uses, decided by the target (:mod:`spared.bench.targets`):
+    ``"mask"`` for ``raw``, all ``True`` for ``median`` and ``completed``. Defaults to ``"mask"`` when absent.
+    Entries whose target is not finite are always left out of the loss.
+``"loss_weight"`` (optional)
+    ``float32 (B, G)``: weight of each loss entry (1 on measured entries, ``imputed_weight`` on the others) when
+    unmeasured entries weigh less; the losses are then weighted means. Absent: every loss entry weighs 1.
 ``"coords"``
     ``(B, 2)`` integer array positions ``(array_row, array_col)``.
 ``"slide"``
@@ -58,9 +61,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from spared.models.registry import INPUT_KINDS  # noqa: F401 (re-exported: the kinds of this contract)
+
 Batch = Mapping[str, torch.Tensor]
 
-INPUT_KINDS = ("patch", "slide", "exemplar", "retrieval", "graph")
 
 
 def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
@@ -76,11 +80,21 @@ def loss_mask(batch: Batch) -> torch.Tensor:
     return finite if mask is None else mask.bool() & finite
 
 
-def masked_mse(pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean squared error over the loss entries of ``batch`` (0 when there are none)."""
+def loss_weights(batch: Batch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weight of every entry in the loss: 0 outside :func:`loss_mask`, else ``"loss_weight"`` (default 1)."""
     mask = loss_mask(batch)
-    diff = torch.where(mask, pred - torch.nan_to_num(batch["target"]), torch.zeros_like(pred))
-    return diff.square().sum() / mask.sum().clamp_min(1)
+    weight = batch.get("loss_weight")
+    if weight is None:
+        return mask.to(dtype)
+    return torch.where(mask, weight.to(dtype), torch.zeros((), dtype=dtype, device=mask.device))
+
+
+def masked_mse(pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean squared error over the loss entries of ``batch``, weighted by ``"loss_weight"`` when present (0 when
+    there are none)."""
+    weight = loss_weights(batch, pred.dtype)
+    diff = torch.where(weight > 0, pred - torch.nan_to_num(batch["target"]).to(pred.dtype), torch.zeros_like(pred))
+    return (weight * diff.square()).sum() / weight.sum().clamp_min(torch.finfo(pred.dtype).tiny)
 
 
 class ResizableBuffers(nn.Module):
@@ -99,9 +113,12 @@ class ResizableBuffers(nn.Module):
 class Predictor(ResizableBuffers):
     """Histology → expression predictor.
 
-    Subclasses set :attr:`name`, :attr:`input_kind`, :attr:`predicts_deltas` and implement :meth:`forward`;
-    they may override :meth:`loss` (default: masked MSE of :meth:`forward`) and extend :meth:`prepare_step` /
-    :meth:`prepare_end` to build banks from the training split.
+    Subclasses declare :attr:`input_kind` (how the runner batches them), set :attr:`predicts_deltas` when the
+    network regresses deltas, and implement :meth:`forward`; they may override :meth:`loss` (default: masked MSE
+    of :meth:`forward` over the target's loss entries) and extend :meth:`prepare_step` / :meth:`prepare_end` to
+    build banks from the training split. Optional class attributes describe a model registered with
+    :func:`spared.models.register`: :attr:`label`, :attr:`paper`, :attr:`year` and :attr:`recipe` (training
+    settings, completed by the default recipe).
 
     Parameters
     ----------
@@ -112,6 +129,12 @@ class Predictor(ResizableBuffers):
     name: ClassVar[str] = ""
     input_kind: ClassVar[str] = "patch"
     predicts_deltas: ClassVar[bool] = False
+    #: Column label, citation and year shown by ``spared models``, the results and the report.
+    label: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    year: ClassVar[int | None] = None
+    #: Training settings of a registered model (``{"lr": 3e-4, "epochs": 20, ...}``); ``None``: the default recipe.
+    recipe: ClassVar[Any] = None
     #: Whether batches must carry ``"counts"`` and ``"size_factor"``.
     needs_counts: bool = False
     _resizable = ("gene_mean",)

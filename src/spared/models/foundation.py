@@ -189,9 +189,14 @@ def build_encoder(model: str, weights: str | Path | None = None, weights_dir: st
     return module
 
 
+def imagenet_encoder(settings: Mapping[str, Any]) -> bool:
+    """Whether the encoder is torchvision's ImageNet ResNet-50 (weights downloaded like the trained models')."""
+    return settings["arch"] == "resnet50" and list(settings["weights_files"]) == ["resnet50-0676ba61.pth"]
+
+
 def locate_encoder_weights(model: str, settings: Mapping[str, Any], weights_dir: str | Path | None) -> Path:
     """The local weight file of ``model``'s encoder, or :class:`WeightsUnavailable` saying where to put it."""
-    if settings["arch"] == "resnet50" and settings["weights_files"] == ["resnet50-0676ba61.pth"]:
+    if imagenet_encoder(settings):
         return locate_imagenet("resnet50", weights_dir)
     folder = model.removesuffix("_probe")
     candidates = [Path(weights_dir) / folder / name for name in settings["weights_files"]] if weights_dir else []

@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from spared.models.backbones import ImageEncoder, Weights, build_backbone
-from spared.models.base import Batch, Predictor, ResizableBuffers, loss_mask
+from spared.models.base import Batch, Predictor, ResizableBuffers, loss_weights
 
 # ----------------------------------------------------------------------------------------------- transformers
 
@@ -394,21 +394,22 @@ def random_dihedral(images: torch.Tensor, generator: torch.Generator | None = No
 
 
 def masked_pcc_loss(pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """``1 − mean_g r_g``: Pearson correlation of each gene over its loss entries (EGN/EGGN's correlation term).
+    """``1 − mean_g r_g``: Pearson correlation of each gene over its loss entries (EGN/EGGN's correlation term),
+    weighted by ``"loss_weight"`` when present (weighted means, covariance and variances).
 
     As in the authors' code a gene's correlation uses ``+1e-8`` in the denominator and counts as ``−1`` when
     undefined; genes with fewer than two loss entries are left out (0 when no gene has two).
     """
-    mask = loss_mask(batch).to(pred.dtype)
+    weight = loss_weights(batch, pred.dtype)
     target = torch.nan_to_num(batch["target"].to(pred.dtype))
-    count = mask.sum(0)
-    keep = count >= 2
+    keep = (weight > 0).sum(0) >= 2
     if not bool(keep.any()):
         return pred.sum() * 0.0
-    n = count.clamp_min(1)
-    dp = (pred - (pred * mask).sum(0) / n) * mask
-    dt = (target - (target * mask).sum(0) / n) * mask
-    r = (dp * dt).sum(0) / ((dp.square().sum(0).sqrt() * dt.square().sum(0).sqrt()) + 1e-8)
+    n = weight.sum(0).clamp_min(torch.finfo(pred.dtype).tiny)
+    dp = pred - (pred * weight).sum(0) / n
+    dt = target - (target * weight).sum(0) / n
+    cov, var_p, var_t = ((weight * a * b).sum(0) for a, b in ((dp, dt), (dp, dp), (dt, dt)))
+    r = cov / ((var_p.sqrt() * var_t.sqrt()) + 1e-8)
     r = torch.nan_to_num(r, nan=-1.0)
     return 1.0 - r[keep].mean()
 

@@ -4,7 +4,8 @@
 ``n_components`` fitted on the training embeddings, then a ridge regression with ``alpha = 100 / (k · G)`` (``k``
 PCA components, ``G`` genes). Two choices of this benchmark are documented in the probe recipes: the ridge fits an
 intercept (SpaRED reports MSE, and centred PCA scores without one predict expression near 0), and each gene is
-fitted on its own real measurements (``mask``), so raw targets never train on imputed zeros. PCA is exact (an
+fitted on the loss entries of its target (``mask``: its real measurements for the raw target, so that target
+never trains on imputed values), optionally weighted (``weight``). PCA is exact (an
 eigendecomposition of the covariance) and the ridge is solved in closed form, so the probe equals scikit-learn's
 ``StandardScaler → PCA(svd_solver="full") → Ridge`` (checked by the tests) without depending on it.
 """
@@ -48,8 +49,10 @@ class LinearProbe:
         self.intercept_: np.ndarray | None = None
         self.alpha_: float | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray | None = None) -> LinearProbe:
-        """Fit on embeddings ``X (n, d)``, targets ``Y (n, G)`` and the entries to fit on ``mask (n, G)``."""
+    def fit(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray | None = None,
+            weight: np.ndarray | None = None) -> LinearProbe:
+        """Fit on embeddings ``X (n, d)``, targets ``Y (n, G)``, the entries to fit on ``mask (n, G)`` and,
+        optionally, each entry's weight ``weight (n, G)`` (weighted least squares; default 1)."""
         X = _matrix(X, "X")
         Y = _matrix(Y, "Y")
         if Y.shape[0] != X.shape[0]:
@@ -57,6 +60,11 @@ class LinearProbe:
         mask = np.ones(Y.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if mask.shape != Y.shape:
             raise ValueError(f"mask must have Y's shape {Y.shape}, got {mask.shape}")
+        if weight is not None:
+            weight = np.asarray(weight, dtype=np.float64)
+            if weight.shape != Y.shape or not (np.isfinite(weight).all() and (weight >= 0).all()):
+                raise ValueError(f"weight must be finite, >= 0 and of Y's shape {Y.shape}")
+            mask = mask & (weight > 0)
         if not np.isfinite(Y[mask]).all():
             raise ValueError("Y has NaN/inf in fitted entries; leave them out with the mask")
         self.mean_ = X.mean(axis=0)
@@ -70,7 +78,8 @@ class LinearProbe:
         self.components_ = comps
         P = Z @ comps.T
         self.alpha_ = 100.0 / (k * Y.shape[1]) if self.alpha == "hest" else float(self.alpha)
-        self.coef_, self.intercept_ = _ridge(P, np.where(mask, Y, 0.0), mask, self.alpha_, self.fit_intercept)
+        weights = mask.astype(np.float64) if weight is None else np.where(mask, weight, 0.0)
+        self.coef_, self.intercept_ = _ridge(P, np.where(mask, Y, 0.0), weights, self.alpha_, self.fit_intercept)
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -112,26 +121,26 @@ def _matrix(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def _ridge(P: np.ndarray, Y: np.ndarray, mask: np.ndarray, alpha: float, intercept: bool
+def _ridge(P: np.ndarray, Y: np.ndarray, weight: np.ndarray, alpha: float, intercept: bool
            ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene ridge ``min ||y_g − b_g − P w_g||² + α ||w_g||²`` over each gene's rows ``mask[:, g]``.
+    """Per-gene weighted ridge ``min Σ_i w_ig (y_ig − b_g − P_i w_g)² + α ||w_g||²``.
 
-    ``Y`` is 0 outside the mask. Genes sharing a mask column share one factorisation (one solve when all
-    entries are fitted); a gene without rows predicts 0.
+    ``weight`` is 0 on rows a gene is not fitted on (``Y`` is 0 there). Genes sharing a weight column share one
+    factorisation (one solve when all entries weigh the same); a gene without rows predicts 0.
     """
     k, G = P.shape[1], Y.shape[1]
     coef, bias = np.zeros((k, G)), np.zeros(G)
-    columns, group = np.unique(mask, axis=1, return_inverse=True)
+    columns, group = np.unique(weight, axis=1, return_inverse=True)
     for c in range(columns.shape[1]):
         genes = np.flatnonzero(group.ravel() == c)
-        rows = columns[:, c]
-        n = int(rows.sum())
-        if n == 0:
+        rows = columns[:, c] > 0
+        if not rows.any():
             continue
+        w = columns[rows, c][:, None]
         Pr, Yr = P[rows], Y[np.ix_(rows, genes)]
-        p_mean = Pr.mean(axis=0) if intercept else np.zeros(k)
-        y_mean = Yr.mean(axis=0) if intercept else np.zeros(genes.size)
+        p_mean = (w * Pr).sum(axis=0) / w.sum() if intercept else np.zeros(k)
+        y_mean = (w * Yr).sum(axis=0) / w.sum() if intercept else np.zeros(genes.size)
         Pc = Pr - p_mean
-        coef[:, genes] = np.linalg.solve(Pc.T @ Pc + alpha * np.eye(k), Pc.T @ (Yr - y_mean))
+        coef[:, genes] = np.linalg.solve(Pc.T @ (w * Pc) + alpha * np.eye(k), Pc.T @ (w * (Yr - y_mean)))
         bias[genes] = y_mean - p_mean @ coef[:, genes]
     return coef, bias

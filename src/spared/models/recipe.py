@@ -148,23 +148,88 @@ def _recipe_files() -> dict[str, Any]:
 
 #: Every model with a recipe file.
 RECIPE_NAMES: tuple[str, ...] = tuple(sorted(_recipe_files()))
+#: Where the default recipe is stated.
+DEFAULT_SOURCE = "spared's default recipe for models without their own (docs/models.md#default-recipe)"
+#: The recipe of a trained model that brings none (or only some settings): a plain, common setting.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "optimizer": "adam", "lr": 1e-4, "momentum": 0.0, "weight_decay": 0.0, "schedule": {"name": "constant"},
+    "epochs": 50, "batch_size": 64, "augment": "dihedral", "tta": "none", "loss": {"mse": 1.0},
+    "head_init": "default", "backbone_weights": "none",
+}
+#: Default batch of slide-level models: a window of this many spots of one slide.
+DEFAULT_SLIDE_SPOTS = 512
+_DEFAULT_NOTES = {
+    "loss": "the model's own loss() is trained (Predictor's default: MSE over the target's loss entries)",
+    "head_init": "informational: a custom model initialises its own layers",
+    "backbone_weights": "informational: the benchmark's --backbone-weights reaches models that accept it",
+    "batch_size": f"spots per batch; slide-level models: windows of {DEFAULT_SLIDE_SPOTS} spots",
+}
 
 
-@functools.cache
 def recipe(model: str) -> Recipe:
-    """The recipe of ``model`` (read once from ``spared/models/recipes/{model}.toml``).
+    """The recipe of ``model``: its file ``spared/models/recipes/{model}.toml`` for a built-in model, else the
+    recipe its registration gave (:func:`spared.models.register`), completed by the default one.
 
     Raises
     ------
     KeyError
-        When no recipe file exists for ``model``.
+        When ``model`` is neither a recipe file nor a registered model.
     ValueError
         When the file is malformed (a setting without value or source, an unknown key, a bad value).
     """
-    files = _recipe_files()
-    if model not in files:
-        raise KeyError(f"no recipe for model {model!r}; recipes exist for {', '.join(sorted(files))}")
-    return parse_recipe(tomllib.loads(files[model].read_text()), f"{model}.toml")
+    if model in _recipe_files():
+        return _file_recipe(model)
+    from spared.models import registry
+
+    try:
+        entry = registry.get(model)
+    except (ValueError, ImportError) as err:
+        raise KeyError(f"no recipe for model {model!r}: {err}") from err
+    return entry.recipe()
+
+
+@functools.cache
+def _file_recipe(model: str) -> Recipe:
+    return parse_recipe(tomllib.loads(_recipe_files()[model].read_text()), f"{model}.toml")
+
+
+def custom_recipe(model: str, settings: Mapping[str, Any] | str | None, input_kind: str) -> Recipe:
+    """The recipe of a model registered with ``settings``, every setting it does not give taken from
+    :data:`DEFAULT_SETTINGS` (sourced to :data:`DEFAULT_SOURCE`).
+
+    ``settings`` maps a setting to its value, or to a table ``{"value", "source", "note"}`` as in the recipe
+    files; a ``str`` is a TOML file in that layout. A probe model (``input_kind="probe"``) needs a complete probe
+    recipe (``kind = "probe"``).
+    """
+    if isinstance(settings, str):
+        from pathlib import Path
+
+        path = Path(settings).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model {model!r}: recipe file {path} does not exist")
+        settings = tomllib.loads(path.read_text())
+    data = dict(settings or {})
+    data.pop("model", None)
+    kind = data.pop("kind", "probe" if input_kind == "probe" else "trained")
+    given = {k: v if isinstance(v, Mapping) and "value" in v else {"value": v, "source": "given with the model"}
+             for k, v in data.items() if k != "deviations"}
+    if kind == "probe":
+        return parse_recipe({"model": model, "kind": kind, **given, "deviations": data.get("deviations", [])},
+                            f"recipe of {model}")
+    defaults = {**DEFAULT_SETTINGS, "batch_size": DEFAULT_SLIDE_SPOTS if input_kind == "slide" else 64}
+    merged = {k: {"value": v, "source": DEFAULT_SOURCE, **({"note": _DEFAULT_NOTES[k]} if k in _DEFAULT_NOTES else {})}
+              for k, v in defaults.items()}
+    merged.update(given)
+    return parse_recipe({"model": model, "kind": kind, **merged, "deviations": data.get("deviations", [])},
+                        f"recipe of {model}")
+
+
+def recipe_origin(rec: Recipe) -> str:
+    """Where a recipe's settings come from: ``"authors"`` (a built-in recipe file, each value sourced), ``"default"``
+    (spared's default recipe throughout) or ``"custom"`` (given with the model, the rest from the default)."""
+    if rec.model in _recipe_files():
+        return "authors"
+    return "default" if set(rec.sources.values()) <= {DEFAULT_SOURCE} else "custom"
 
 
 def parse_recipe(data: Mapping[str, Any], origin: str = "recipe") -> Recipe:
@@ -250,5 +315,11 @@ def recipe_table(models: list[str] | tuple[str, ...]) -> Any:
             training = (f"frozen {rec.encoder['arch']} ({rec.encoder['pool']}); standardise, PCA "
                         f"{rec.pca_components}, ridge alpha {rec.ridge_alpha}, intercept {rec.fit_intercept}")
         deviations = "; ".join(f"{d.what} ({d.why})" for d in rec.deviations) or "none"
-        rows.append({"model": name, "training (recipe)": training, "deviations from the authors": deviations})
-    return pd.DataFrame(rows, columns=["model", "training (recipe)", "deviations from the authors"])
+        rows.append({"model": name, "recipe from": _ORIGIN_WORDS[recipe_origin(rec)], "training (recipe)": training,
+                     "deviations from the authors": deviations})
+    return pd.DataFrame(rows, columns=["model", "recipe from", "training (recipe)", "deviations from the authors"])
+
+
+_ORIGIN_WORDS = {"authors": "its authors (a recipe file, each value with its source)",
+                 "custom": "the model's registration; settings it does not give: spared's default recipe",
+                 "default": "spared's default recipe (the model brings none)"}

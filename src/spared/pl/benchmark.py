@@ -1,12 +1,10 @@
-"""Benchmark figures: raw vs completed targets per model, and a model × dataset heatmap."""
+"""Benchmark figures: one bar per target (raw, median, completed) per model, and a model × dataset heatmap."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from spared.pl._figure import better_label, finish, legend_outside, new_axes
-
-TARGETS = ("raw", "completed")
 
 
 def _check(results, metric: str) -> None:
@@ -17,14 +15,19 @@ def _check(results, metric: str) -> None:
 
 def benchmark_bars(results, metric: str = "MSE", dataset: str | None = None, ax=None, show: bool | None = None,
                    save=None):
-    """Bars of ``metric`` per model, raw vs completed targets side by side (mean ± std over seeds)."""
+    """Bars of ``metric`` per model, one per target side by side (mean ± std over seeds).
+
+    Targets are the ``target`` column's values (names or labels such as ``"completed w=0.5"``), in table order.
+    """
+    from spared.bench.targets import label_order
+
     _check(results, metric)
     rows = results if dataset is None else results[results["dataset"] == dataset]
     stats = rows.groupby(["model", "target"])[metric].agg(["mean", "std"]).unstack("target")
     fig, axis = new_axes(ax, figsize=(max(4.0, 0.9 * len(stats) + 2.5), 3.6))
     pos = np.arange(len(stats))
     # a target with no finite value draws no bar, so it gets no legend entry either
-    targets = [t for t in TARGETS if t in stats["mean"].columns and np.isfinite(stats["mean"][t]).any()]
+    targets = [t for t in label_order(set(stats["mean"].columns)) if np.isfinite(stats["mean"][t]).any()]
     width = 0.8 / max(len(targets), 1)
     for k, target in enumerate(targets):
         axis.bar(pos + k * width, stats["mean"][target], width, yerr=np.nan_to_num(stats["std"][target]),

@@ -49,9 +49,6 @@ COMPLETION_TARGETS: dict[str, tuple[str, str]] = {
 #: Readable names of the completion methods.
 METHOD_NAMES = {"spackle": "SpaCKLE", "median": "adaptive median filter", "mean": "train-split gene mean",
                 "knn": "mean of k nearest spots"}
-#: Benchmark targets: what the models were trained and scored on.
-TARGET_NAMES = {"raw": ("raw", "c_d_log1p: measured values, missing ones filled by the adaptive median filter"),
-                "completed": ("completed", "c_t_log1p: missing values completed by SpaCKLE")}
 #: Columns of the dataset table shown as percentages.
 PERCENT_COLUMNS = ("missing, raw (all genes)", "missing (kept genes)", "missing after median filter")
 
@@ -245,6 +242,7 @@ def _completion_section(results_dir: Path) -> str:
 def _benchmark_section(results_dir: Path) -> str:
     from spared import pl
     from spared.bench.results import aggregate, format_mean_std, load_results, mark_stale, summary_labels
+    from spared.bench.targets import target_label, target_meaning
 
     results = load_results(results_dir)
     if results.empty:
@@ -252,20 +250,26 @@ def _benchmark_section(results_dir: Path) -> str:
     results = mark_stale(results)
     done = results[results["status"] == "done"]
     summary = aggregate(results, BENCHMARK_METRICS)
-    targets = [t for t in TARGET_NAMES if f"n {t}" in summary]
-    shown = pd.DataFrame({"Model": summary["model"].map(model_label), "Dataset": summary_labels(summary)})
+    targets = summary.attrs["targets"]
+    shown = pd.DataFrame({"Model": [model_label(m) + (" (custom)" if c else "")
+                                    for m, c in zip(summary["model"], summary["custom"], strict=True)],
+                          "Dataset": summary_labels(summary)})
     for m in BENCHMARK_METRICS:
         for t in targets:
-            shown[f"{metric_header(m)}, {TARGET_NAMES[t][0]}"] = [
+            shown[f"{metric_header(m)}, {t}"] = [
                 format_mean_std(a, b) for a, b in zip(summary[f"{m} {t} mean"], summary[f"{m} {t} std"], strict=True)]
     shown["Seeds"] = ["/".join(str(row[f"n {t}"]) for t in targets) or "0" for _, row in summary.iterrows()]
     shown["Failed runs"] = summary["failed"]
-    key = "".join(f"<dt>{html.escape(name)}</dt><dd>{html.escape(meaning)}</dd>"
-                  for t, (name, meaning) in TARGET_NAMES.items() if t in targets)
+    key = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(target_meaning(t))}</dd>" for t in targets)
+    custom = ("<p class=note>(custom): a model that is not built into spared (registered by a user or a package), "
+              "or predictions made elsewhere and scored with <code>spared score</code>; scored by the same protocol."
+              "</p>" if summary["custom"].any() else "")
     parts = [table_html(shown),
              f"<p class=note>Mean ± standard deviation over seeds (Seeds: runs per target, {'/'.join(targets)}). "
-             "Every model is scored on the measured values of the held-out test slides only.</p>",
-             f"<dl class=key>{key}</dl>", metric_key(BENCHMARK_METRICS)]
+             "Every model is scored on the measured values of the held-out test slides (validation slides where a "
+             "collection has no test split), whatever its target: the target decides only which entries the "
+             "training loss uses.</p>",
+             f"<dl class=key>{key}</dl>", custom, metric_key(BENCHMARK_METRICS)]
     if summary.get("stale", pd.Series(dtype=bool)).any():
         parts.append("<p class=note>(stale): the dataset changed since these runs; run <code>spared bench</code> "
                      "again to refresh them.</p>")
@@ -282,14 +286,16 @@ def _benchmark_section(results_dir: Path) -> str:
                               "Target": failed["target"], "Seed": failed["seed"], "Error": failed["error"]})
         parts.append("<h3>Failed runs</h3>" + table_html(table, text_columns=("Error",)))
     if not done.empty:
-        bars = done.assign(model=done["model"].map(model_label), dataset=label(done))
+        weights = done["imputed_weight"] if "imputed_weight" in done else [None] * len(done)
+        bars = done.assign(model=done["model"].map(model_label), dataset=label(done),
+                           target=[target_label(t, w) for t, w in zip(done["target"], weights, strict=True)])
         datasets = list(dict.fromkeys(bars["dataset"]))
         for metric in [m for m in BENCHMARK_METRICS if m in bars]:
             for dataset in datasets[:6]:
                 ax = pl.benchmark_bars(bars, metric=metric, dataset=dataset, show=False)
                 where = f" on {dataset}" if len(datasets) > 1 else ""
-                parts.append(figure_html(ax.figure, f"{metric_header(metric)} by model{where}: raw vs completed "
-                                                    f"targets (mean ± std over seeds)"))
+                parts.append(figure_html(ax.figure, f"{metric_header(metric)} by model{where}, one bar per target "
+                                                    f"(mean ± std over seeds)"))
         if len(datasets) > 1:
             ax = pl.benchmark_heatmap(bars, metric="MSE", show=False)
             parts.append(figure_html(ax.figure, f"{metric_header('MSE')}, models × datasets"))
@@ -298,15 +304,20 @@ def _benchmark_section(results_dir: Path) -> str:
     recipes = recipe_table(sorted(set(results["model"])))
     if not recipes.empty:
         parts.append("<h3>How each model was trained</h3>"
-                     + table_html(recipes, text_columns=("training (recipe)", "deviations from the authors")))
+                     + table_html(recipes, text_columns=("recipe from", "training (recipe)",
+                                                         "deviations from the authors")))
     return "".join(parts)
 
 
 def model_label(name: str) -> str:
-    """A model's column label (``"stnet"`` → ``"STNet"``)."""
-    from spared.models import MODEL_INFO
+    """A model's column label (``"stnet"`` → ``"STNet"``); a model that cannot be resolved here (a custom module
+    that is not importable now, predictions scored from elsewhere) keeps its name."""
+    from spared.models import registry
 
-    return MODEL_INFO[name].label if name in MODEL_INFO else str(name)
+    try:
+        return registry.get(str(name)).label
+    except (ValueError, ImportError, TypeError):
+        return str(name)
 
 
 # ---------------------------------------------------------------------------------------- processed inputs
