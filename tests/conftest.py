@@ -35,3 +35,15 @@ def realdata() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("real data not available: set SPARED_REALDATA to the shared realdata folder (see README)")
     return Path(root)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A real Ray cluster of two nodes on this machine (1 CPU each, own working folder, temporary folder and
+    ports, token authentication), stopped at the end of the module by the ids of the processes it started
+    (``tests/ray_cluster.py``; never ``ray stop``, which would stop every Ray instance of the user)."""
+    pytest.importorskip("ray")
+    from ray_cluster import LocalRayCluster
+
+    with LocalRayCluster(tmp_path_factory.mktemp("ray_cluster"), nodes=2, cpus=1) as cluster:
+        yield cluster

@@ -1,46 +1,103 @@
-"""``spared prepare NAME``: download → read → process → patches → cache, for a catalogue dataset."""
+"""``spared prepare NAME...``: download → read → process → patches → cache, for catalogue datasets, in this process
+or in parallel on a Ray cluster (``--executor ray``)."""
 
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from spared.cli.app import app, console, writable_dir
+from spared.cli.cluster import (
+    AddressOption,
+    CheckOption,
+    CpusOption,
+    GpusOption,
+    MemoryOption,
+    NodeCacheOption,
+    PipOption,
+    ResourceOption,
+    RetriesOption,
+    RuntimeEnvOption,
+    StorageOption,
+    TimeoutOption,
+    WorkingDirOption,
+    ray_settings,
+    reject_ray_options,
+)
 from spared.cli.datasets import FromOption
 from spared.cli.processing import fail, load_config
+
+EXECUTORS = ("local", "ray")
 
 
 @app.command()
 def prepare(
-    name: Annotated[str, typer.Argument(help="Dataset key (see `spared datasets`).")],
+    names: Annotated[list[str], typer.Argument(help="Dataset keys (see `spared datasets`).")],
     config_file: Annotated[Path | None, typer.Option("--config", help="TOML/JSON parameter file.")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: key=value.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Cache root (default: $SPARED_DATA).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached result exists.")] = False,
     patches: Annotated[bool, typer.Option("--patches/--no-patches", help="Cut image patches.")] = True,
     source: FromOption = None,
+    executor: Annotated[str, typer.Option(help="local (one dataset after the other, here) or ray (in parallel on a "
+                                                "Ray cluster; caches come back to --data-dir; --from must then be "
+                                                "a folder every node reads, or a storage URI).")] = "local",
+    progress: Annotated[bool, typer.Option("--progress", help="With --executor ray: a bar per dataset being "
+                                                             "prepared (and its node).")] = False,
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = 1.0,
+    gpus_per_run: GpusOption = 0.0,
+    memory_per_run: MemoryOption = None,
+    resource: ResourceOption = None,
+    retries: RetriesOption = 0,
+    timeout: TimeoutOption = None,
+    runtime_env: RuntimeEnvOption = None,
+    working_dir: WorkingDirOption = None,
+    pip: PipOption = None,
+    storage: StorageOption = None,
+    node_cache: NodeCacheOption = None,
+    check_resources: CheckOption = True,
 ) -> None:
-    """Build (or load from cache) the processed collection NAME and print where it lies."""
-    prepare_dataset(name, config_file, overrides, data_dir, force, patches, source)
+    """Build (or load from cache) the processed collections NAME... and print where they lie."""
+    if executor not in EXECUTORS:
+        raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    reject_ray_options(executor, {
+        "--address": address, "--cpus-per-run": cpus_per_run != 1.0, "--gpus-per-run": gpus_per_run,
+        "--memory-per-run": memory_per_run, "--resource": resource, "--retries": retries, "--timeout": timeout,
+        "--runtime-env": runtime_env, "--working-dir": working_dir, "--pip": pip, "--storage": storage,
+        "--node-cache": node_cache, "--no-check-resources": not check_resources, "--progress": progress})
+    if executor == "local":
+        for name in names:
+            prepare_dataset(name, config_file, overrides, data_dir, force, patches, source)
+        return
+    settings = ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout,
+                            runtime_env, working_dir, pip, storage, node_cache, check_resources)
+    prepare_datasets_on_ray(names, settings, config_file, overrides, data_dir, force, patches, source, progress)
+
+
+def _config(name: str, config_file: Path | None, overrides: list[str] | None) -> Any:
+    """The processing settings of catalogue dataset ``name``: its own, then the file, then the overrides."""
+    from spared.catalog import load_spec
+
+    try:
+        base = load_spec(name).processing_config(None)
+    except (LookupError, ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    return load_config(config_file, overrides, base=base)
 
 
 def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[str] | None = None,
                     data_dir: Path | None = None, force: bool = False, patches: bool = True,
                     source: Path | None = None) -> None:
-    """The work of ``spared prepare`` (also ``spared process NAME``)."""
-    from spared.catalog import load_spec
+    """The work of ``spared prepare`` for one dataset in this process (also ``spared process NAME``)."""
     from spared.datasets import cache_paths, get
     from spared.io.readers import ReaderError
 
-    try:
-        spec = load_spec(name)
-        base = spec.processing_config(None)
-    except (LookupError, ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
-    cfg = load_config(config_file, overrides, base=base)
+    cfg = _config(name, config_file, overrides)
     h5ad, patch_file = cache_paths(name, cfg, data_dir)
     cached = h5ad.is_file() and not force
     if not cached:
@@ -51,14 +108,64 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
             adata = get(name, config=cfg, data_dir=data_dir, force=force, patches=patches, source=source)
     except (ReaderError, LookupError, ValueError, OSError) as exc:
         raise fail(f"{type(exc).__name__}: {exc}") from exc
+    summary = _summary(adata, [str(w.message) for w in caught])
+    shown = patch_file if patches and "patches" in adata.uns.get("spared", {}) else None
+    print_prepared(name, "loaded" if cached else "built", h5ad, shown, summary)
+
+
+def prepare_datasets_on_ray(names: list[str], settings: Any, config_file: Path | None, overrides: list[str] | None,
+                            data_dir: Path | None, force: bool, patches: bool, source: Path | str | None,
+                            progress: bool) -> None:
+    """``spared prepare NAME... --executor ray``: every dataset a task on the cluster, caches written here."""
+    import anndata as ad
+
+    from spared.bench.progress import ProgressBoard
+    from spared.cluster.prepare import prepare_on_ray
+    from spared.cluster.session import ClusterError
+    from spared.datasets import cache_paths
+
+    requests = [(name, _config(name, config_file, overrides)) for name in dict.fromkeys(names)]
+    for name, cfg in requests:
+        writable_dir(cache_paths(name, cfg, data_dir)[0].parent)
+    where = str(source) if source is not None and "://" in str(source) else (
+        str(Path(source).resolve()) if source is not None else None)
+    board = ProgressBoard(console, label="datasets") if progress else None
+    failed = []
+    try:
+        with board or nullcontext():
+            for done in prepare_on_ray(requests, settings, data_dir, force, patches, where, board):
+                if done.status == "failed":
+                    failed.append(done.name)
+                    console.print(f"[red]failed[/] {done.name} on {done.node or 'no node'}: {done.error}",
+                                  highlight=False)
+                    continue
+                summary = done.summary
+                if done.status == "cached":
+                    adata = ad.read_h5ad(done.h5ad, backed="r")
+                    summary = _summary(adata)
+                    adata.file.close()
+                label = "loaded" if done.status == "cached" else f"built on {summary.get('node', '?')}:"
+                print_prepared(done.name, label, done.h5ad, done.patches, summary)
+    except ClusterError as exc:
+        raise fail(str(exc)) from exc
+    if failed:
+        raise fail(f"{len(failed)} of {len(requests)} datasets failed: {', '.join(failed)}")
+
+
+def _summary(adata: Any, caught: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Size of a prepared collection and its warnings: those recorded in it, then others ``caught`` meanwhile."""
     recorded = [str(m) for m in adata.uns.get("spared", {}).get("warnings", [])]
-    others = dict.fromkeys(str(w.message) for w in caught if str(w.message) not in recorded)
-    slides = adata.obs["slide_id"].nunique()
-    console.print(f"{'loaded' if cached else 'built'} {name}: {adata.n_obs} spots × {adata.n_vars} genes, "
-                  f"{slides} slide(s)")
+    return {"n_obs": adata.n_obs, "n_vars": adata.n_vars, "slides": adata.obs["slide_id"].nunique(),
+            "warnings": [*recorded, *dict.fromkeys(m for m in caught if m not in recorded)]}
+
+
+def print_prepared(name: str, label: str, h5ad: Path, patches: Path | None, summary: dict[str, Any]) -> None:
+    """The lines ``spared prepare`` prints for a dataset: its size, files and warnings."""
+    console.print(f"{label} {name}: {summary['n_obs']} spots × {summary['n_vars']} genes, {summary['slides']} "
+                  f"slide(s)")
     console.print(f"  h5ad:    {h5ad}")
-    if patches and "patches" in adata.uns.get("spared", {}):
-        console.print(f"  patches: {patch_file}")
-    for message in [*recorded, *others]:
+    if patches is not None:
+        console.print(f"  patches: {patches}")
+    for message in summary.get("warnings", []):
         console.print("  [bold yellow]warning:[/]", end=" ")
         console.print(str(message), markup=False, highlight=False, soft_wrap=True)
