@@ -72,7 +72,9 @@ class LocalRayCluster:
     Attributes
     ----------
     address
-        ``host:port`` of the head's GCS (what ``--address`` takes).
+        ``host:port`` of the head's GCS (what ``--address`` takes on a node of the cluster).
+    client_address
+        ``ray://host:port`` of the head's Ray Client server (what ``--address`` takes from elsewhere).
     env
         Environment for a driver: the token settings (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``) and this
         checkout's sources first on ``PYTHONPATH``.
@@ -88,7 +90,7 @@ class LocalRayCluster:
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
                     "RAY_USAGE_STATS_ENABLED": "0"}
-        self.address = ""
+        self.address = self.client_address = ""
         self.node_dirs: list[Path] = []
         self.ray_dirs: list[Path] = []
         self.processes: list[subprocess.Popen] = []
@@ -118,8 +120,10 @@ class LocalRayCluster:
         if head:
             port = free_port()
             self.address = f"127.0.0.1:{port}"
+            client = free_port()
+            self.client_address = f"ray://127.0.0.1:{client}"
             args += ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                     f"--ray-client-server-port={free_port()}"]
+                     f"--ray-client-server-port={client}"]
         else:
             args += [f"--address={self.address}"]
         env = {**self.env, "TMPDIR": str(folder / "tmp")}

@@ -59,7 +59,10 @@ def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefac
     dataset file is moved away and that run's worker is killed: both runs still finish (the killed one on its
     second attempt, --retries 1), and every artefact lands under --out; a rerun skips both."""
     user = user_folder(tmp_path / "user", tiny_h5ad)
-    args = bench_args(ray_cluster.address, "--datasets", "sim.h5ad", "--out", "out", "--progress", "--retries", "1")
+    (user / "weights").mkdir()
+    (user / "weights" / "notes.txt").write_text("weights in a folder only the driver has")
+    args = bench_args(ray_cluster.address, "--datasets", "sim.h5ad", "--out", "out", "--progress", "--retries", "1",
+                      "--weights-dir", "weights")
     driver = subprocess.Popen(args, cwd=user, env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     killed: list[int] = []
@@ -94,7 +97,11 @@ def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefac
     for node in ray_cluster.node_dirs:
         assert {p.name for p in node.iterdir()} <= {"tmp", "ray_start.log"}
     cached = {p.name for p in ray_cluster.root.glob("*/tmp/spared-ray-cache/inputs/*/[!.]*")}
-    assert cached == {"sim.h5ad", "patches_32_1.h5"}
+    assert cached == {"sim.h5ad", "patches_32_1.h5", "notes.txt"}
+    for row in table.itertuples():  # --weights-dir was rebuilt on the run's node
+        weights_dir = Path(json.loads((Path(row.run_dir) / "config.json").read_text())["training"]["weights_dir"])
+        assert (weights_dir / "notes.txt").read_text() == "weights in a folder only the driver has"
+        assert weights_dir.is_relative_to(ray_cluster.root)
     assert "runs" in stderr + stdout  # the progress board
 
     (user / "moved.h5ad").rename(user / "sim.h5ad")

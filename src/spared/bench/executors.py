@@ -15,6 +15,7 @@ folder on its node; its folder (config, metrics, predictions, checkpoint, logs) 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -156,8 +157,6 @@ class RayExecutor:
         return merge_runtime_env(self.settings.runtime_env)
 
     def map(self, specs: list[RunSpec], out_dir: Path, data_dir: Path | None = None) -> Iterator[dict[str, Any]]:
-        import dataclasses
-
         import ray
 
         from spared.bench.progress import ProgressBoard
@@ -192,7 +191,7 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
     from spared.bench.progress import report
     from spared.bench.train import stage1_spec
     from spared.cluster.session import Job, NodeSettings, run_tasks
-    from spared.cluster.transfer import Shipper, pack_dirs
+    from spared.cluster.transfer import Shipper, pack_dirs, ship_folder
 
     shipper = Shipper(settings.storage)
     node = NodeSettings.of(settings)
@@ -207,6 +206,8 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
                 except Exception as err:  # the dataset cannot be built or read: its runs fail, the others go on
                     shipped[key] = (err, traceback.format_exc())
         ids = {spec.run_id for spec in specs}
+        weights = {folder: ship_folder(folder, shipper)
+                   for folder in {spec.training.weights_dir for spec in specs} - {None}}
         jobs: list[Job] = []
         for spec in specs:
             inputs = shipped[_dataset_key(spec)]
@@ -221,7 +222,8 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
             elif stage1 is not None and (out_dir / RUNS / stage1.run_id / METRICS_FILE).is_file():
                 archive = pack_dirs(out_dir / RUNS, [stage1.run_id], Path(scratch) / f"{stage1.run_id}.tar")
                 ready.append(shipper.ship(archive))
-            jobs.append(Job(spec.run_id, (spec, spec.run_id, inputs, ready, node), after))
+            files = weights.get(spec.training.weights_dir)
+            jobs.append(Job(spec.run_id, (spec, spec.run_id, inputs, ready, files, node), after))
         jobs.sort(key=lambda job: job.after is not None)  # a stage-1 run is submitted before the runs needing it
         by_id = {spec.run_id: spec for spec in specs}
         for outcome in run_tasks(run_on_node, jobs, settings, progress):
@@ -269,24 +271,38 @@ def _install(result: dict[str, Any], spec: RunSpec, out_dir: Path, scratch: Path
     return {**result["row"], "dataset": canonical_dataset(spec.dataset), "run_dir": str(run_dir)}
 
 
-def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: list[Any], node: Any,
-                prerequisite: dict[str, Any] | None, events: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: list[Any], weights: list[Any] | None,
+                node: Any, prerequisite: dict[str, Any] | None,
+                events: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The Ray task of one run: fetch its dataset into the node cache, train in a scratch folder, send back its
     run folder(s) and row.
 
-    ``node``: :class:`~spared.cluster.session.NodeSettings`; ``ready``: archives of finished runs it builds on
-    (SEPAL's stage 1 finished earlier); ``prerequisite``: the result of the stage-1 task it waited for, or ``None``.
+    ``ready``: archives of finished runs it builds on (SEPAL's stage 1 finished earlier); ``weights``: the files of
+    ``--weights-dir`` (:func:`~spared.cluster.transfer.ship_folder`), rebuilt on the node; ``node``:
+    :class:`~spared.cluster.session.NodeSettings`; ``prerequisite``: the result of the stage-1 task it waited for,
+    or ``None``.
     """
     from spared.bench.train import staged_datasets
     from spared.cluster.session import start_on_node
-    from spared.cluster.transfer import archive_folders, fetch, node_cache, pack_dirs, send_back, unpack_dir
+    from spared.cluster.transfer import (
+        archive_folders,
+        fetch,
+        fetch_files,
+        node_cache,
+        pack_dirs,
+        send_back,
+        unpack_dir,
+    )
 
     identity = start_on_node(node, events, run_id=run_id)
+    cache = node_cache(node.node_cache)
+    if weights is not None:  # an execution setting (not in the run id): the node's copy of the folder
+        local = dataclasses.replace(spec.training, weights_dir=str(fetch_files(weights, cache)))
+        spec = dataclasses.replace(spec, training=local)
     if spec.run_id != run_id:
         raise RuntimeError(f"node {identity['node']} computes run id {spec.run_id} for the driver's {run_id} (the "
                            f"dataset path {spec.dataset} resolves differently there); give the dataset by a path "
                            f"without symbolic links")
-    cache = node_cache(node.node_cache)
     h5ad, patches = (fetch(ref, cache) for ref in dataset)
     (cache / "work").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=cache / "work"))

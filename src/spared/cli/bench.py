@@ -126,12 +126,6 @@ def bench(
     check_resources: CheckOption = True,
 ) -> None:
     """Train and evaluate every model × dataset × target × seed; one row per run in OUT/results.parquet."""
-    from spared.bench.checks import check_specs
-    from spared.bench.executors import LocalExecutor, RayExecutor, run_benchmark
-    from spared.bench.progress import ProgressBoard
-    from spared.bench.runs import TrainingConfig, make_specs
-    from spared.cluster.session import ClusterError
-
     if executor not in EXECUTORS:
         raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     reject_ray_options(executor, {
@@ -142,6 +136,12 @@ def bench(
     cluster = (ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout,
                             runtime_env, working_dir, pip, storage, node_cache, check_resources)
                if executor == "ray" else None)
+    from spared.bench.checks import check_specs
+    from spared.bench.executors import LocalExecutor, RayExecutor, run_benchmark
+    from spared.bench.progress import ProgressBoard
+    from spared.bench.runs import TrainingConfig, make_specs
+    from spared.cluster.session import ClusterError
+
     writable_dir(out)
     if data_dir is not None:
         writable_dir(data_dir)

@@ -167,25 +167,31 @@ def check_resources(resources: TaskResources) -> None:
     """Raise :class:`ClusterError` naming the resource when no live node can meet a task's request."""
     import ray
 
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    nodes = {f"{node.get('NodeManagerAddress', '?')} ({str(node.get('NodeID', ''))[:8]})": node.get("Resources", {})
+             for node in ray.nodes() if node.get("Alive")}
+    problem = unmet_request(resources.request(), nodes)
+    if problem:
+        raise ClusterError(problem)
+
+
+def unmet_request(need: Mapping[str, float], nodes: Mapping[str, Mapping[str, float]]) -> str | None:
+    """Why no node (name → its resources) can run a task requesting ``need``, or ``None`` when one can."""
     if not nodes:
-        raise ClusterError("the Ray cluster has no live node")
-    need = resources.request()
-    offers = [node.get("Resources", {}) for node in nodes]
+        return "the Ray cluster has no live node"
+    offers = list(nodes.values())
     if any(all(offer.get(k, 0.0) >= v for k, v in need.items()) for offer in offers):
-        return
+        return None
     short = {k: v for k, v in need.items() if max(offer.get(k, 0.0) for offer in offers) < v}
-    described = "; ".join(f"{node.get('NodeManagerAddress', '?')}: {_format(offer, need)}"
-                          for node, offer in zip(nodes, offers, strict=True))
     if short:
         what = ", ".join(f"{_amount(k, v)} (the most any node has: "
                          f"{_amount(k, max(o.get(k, 0.0) for o in offers))})" for k, v in short.items())
         head = f"no node of the Ray cluster has {what}"
     else:
         head = f"no single node of the Ray cluster has all of {_format(need, need)} at once"
-    raise ClusterError(f"{head}, so a task requesting {_format(need, need)} would wait forever. Nodes: {described}. "
-                       f"Lower the request (--cpus-per-run, --gpus-per-run, --memory-per-run, --resource), add a node "
-                       f"that has it, or pass --no-check-resources on an autoscaling cluster that starts one on demand")
+    described = "; ".join(f"{name}: {_format(offer, need)}" for name, offer in nodes.items())
+    return (f"{head}, so a task requesting {_format(need, need)} would wait forever. Nodes: {described}. Lower the "
+            f"request (--cpus-per-run, --gpus-per-run, --memory-per-run, --resource), add a node that has it, or "
+            f"pass --no-check-resources on an autoscaling cluster that starts one on demand")
 
 
 def _amount(name: str, value: float) -> str:

@@ -144,6 +144,36 @@ class Shipper:
         return ref
 
 
+def ship_folder(folder: str | Path, shipper: Shipper) -> list[tuple[str, FileRef]]:
+    """Driver side: every file under ``folder`` as (path relative to it, :class:`FileRef`)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise TransferError(f"cannot ship {folder}: no such folder on the driver")
+    return [(path.relative_to(folder).as_posix(), shipper.ship(path))
+            for path in sorted(folder.rglob("*")) if path.is_file()]
+
+
+def fetch_files(files: list[tuple[str, FileRef]], cache: Path) -> Path:
+    """Node side: the folder of a :func:`ship_folder` listing rebuilt in ``cache/folders/`` (files linked from the
+    cache of shipped inputs), once per listing."""
+    import hashlib
+
+    from filelock import FileLock
+
+    listing = hashlib.sha256("\n".join(f"{name} {ref.sha256}" for name, ref in files).encode()).hexdigest()[:16]
+    folder = cache / "folders" / listing
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".complete").is_file():
+            for name, ref in files:
+                target = folder / "data" / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                os.link(fetch(ref, cache), target)
+            (folder / ".complete").write_text(listing)
+    return folder / "data"
+
+
 def fetch(ref: FileRef, cache: Path) -> Path:
     """Node side: the local copy of ``ref`` in ``cache/inputs/<sha256>/``, fetched and checked on first use."""
     from filelock import FileLock
