@@ -240,15 +240,15 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
 
 def _ship_dataset(spec: RunSpec, cache: Path, shipper: Any) -> tuple[Any, Any]:
     """Build or read the dataset of ``spec`` on the driver and ship its ``.h5ad`` and patch store."""
+    from spared.bench.runs import data_fingerprint
     from spared.bench.train import dataset_files
-    from spared.io.sniff import sha256sum
 
     files = dataset_files(spec.dataset, cache, spec.training.patch_size, spec.training.patch_scale)
-    digest = sha256sum(files.h5ad)
-    if spec.dataset.endswith(".h5ad") and spec.data_version != digest[:16]:
-        raise RuntimeError(f"{spec.dataset} changed after the runs were defined (content {digest[:16]}, runs made "
+    now = data_fingerprint(spec.dataset)
+    if spec.data_version and now != spec.data_version:
+        raise RuntimeError(f"{spec.dataset} changed after the runs were defined (data version {now}, runs made "
                            f"for {spec.data_version}); start the benchmark again")
-    return shipper.ship(files.h5ad, digest), shipper.ship(files.store.path)
+    return shipper.ship(files.h5ad), shipper.ship(files.store.path)
 
 
 def _install(result: dict[str, Any], spec: RunSpec, out_dir: Path, scratch: Path) -> dict[str, Any]:
