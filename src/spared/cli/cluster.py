@@ -38,7 +38,7 @@ WorkingDirOption = Annotated[Path | None, typer.Option(
     help="Folder uploaded to every task as its working directory (Ray's runtime environment working_dir).",
     rich_help_panel=PANEL)]
 PipOption = Annotated[list[str] | None, typer.Option(
-    "--pip", help="A pip requirement installed for the tasks (repeatable), e.g. 'spared[ray]==0.1.0'.",
+    "--pip", help="A pip requirement installed for the tasks (repeatable), e.g. spared==0.1.0.",
     rich_help_panel=PANEL)]
 StorageOption = Annotated[str | None, typer.Option(
     help="A path or URI every node can read (s3://, gs://, hdfs://, a network mount): datasets and results travel "
