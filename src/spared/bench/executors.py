@@ -150,8 +150,9 @@ class RayExecutor:
         return executor
 
     def runtime_env(self, specs: list[RunSpec]) -> dict[str, Any]:
-        """The runtime environment of the runs of ``specs``: the one given, merged (with
-        :func:`~spared.cluster.session.merge_runtime_env`) with what the runs' models need shipped."""
+        """The runtime environment of the runs of ``specs``: the one given (anything the runs' models need shipped,
+        such as their modules as ``py_modules``, joins it here through
+        :func:`~spared.cluster.session.merge_runtime_env`)."""
         from spared.cluster.session import merge_runtime_env
 
         return merge_runtime_env(self.settings.runtime_env)
@@ -193,6 +194,7 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
     from spared.cluster.session import Job, NodeSettings, run_tasks
     from spared.cluster.transfer import Shipper, pack_dirs, ship_folder
 
+    report(progress, "submitted", count=len(specs))
     shipper = Shipper(settings.storage)
     node = NodeSettings.of(settings)
     out_dir.mkdir(parents=True, exist_ok=True)

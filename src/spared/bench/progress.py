@@ -5,7 +5,7 @@ Executors and runs report events, plain dicts with an ``"event"`` key:
 - ``submitted`` (``count``): the runs handed to the executor;
 - ``started`` (``run_id``, ``node``, ``pid``, ``attempt``): a run began on a node (again after a retry);
 - ``step`` (``run_id``, ``step``, ``total``): a training run's optimiser steps (:class:`StepReporter`);
-- ``finished`` (``run_id``, ``status``): its row was recorded.
+- ``finished`` (``run_id``, ``status``): the run ended; its row follows.
 
 A run's ``progress`` argument is ``False`` (nothing), ``True`` (Lightning's own bar, in the process that trains)
 or a callable receiving the events. :class:`ProgressBoard` is such a callable: one bar over the runs and one per

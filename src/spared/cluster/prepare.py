@@ -58,11 +58,13 @@ def prepare_on_ray(requests: Sequence[tuple[str, Any]], settings: RaySettings, d
     from spared.datasets import cache_paths
 
     send = progress or (lambda event: None)
+    send({"event": "submitted", "count": len(requests)})
     targets = {name: cache_paths(name, config, data_dir) for name, config in requests}
     jobs = []
     for name, config in requests:
         h5ad, patch_file = targets[name]
         if not force and h5ad.is_file() and (not patches or patch_file.is_file()):
+            send({"event": "finished", "dataset": name, "status": "cached"})
             yield Prepared(name, "cached", h5ad, patch_file if patch_file.is_file() else None)
         else:
             jobs.append(Job(name, (name, config, force, patches, source, NodeSettings.of(settings))))

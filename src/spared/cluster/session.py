@@ -308,8 +308,7 @@ def run_tasks(function: Callable[..., Any], jobs: Sequence[Job], settings: RaySe
 
     ``events`` is an :class:`EventSink` the task reports to; a ``started`` event (sent by the task when it
     begins, with ``node`` and ``pid``) counts an attempt and starts the attempt's clock for ``settings.timeout``.
-    Every event (with ``attempt`` added to ``started``) is passed on to ``progress``, after a ``submitted`` event
-    once every job is submitted.
+    Every event (with ``attempt`` added to ``started``) is passed on to ``progress``.
     """
     import ray
     from ray.util.queue import Queue
@@ -327,7 +326,6 @@ def run_tasks(function: Callable[..., Any], jobs: Sequence[Job], settings: RaySe
         if job.key in needed:
             refs[job.key] = ref
     send = progress or (lambda event: None)
-    send({"event": "submitted", "count": len(jobs)})
     attempts: Counter[str] = Counter()
     started: dict[str, float] = {}
     nodes: dict[str, dict[str, str]] = {}
