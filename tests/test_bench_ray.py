@@ -70,7 +70,7 @@ def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefac
     deadline = time.monotonic() + 300
     while driver.poll() is None and not killed and time.monotonic() < deadline:
         for pid, node in ray_cluster.task_processes("run_on_node").items():
-            if list((node / "tmp" / "spared-ray-cache" / "work").glob("run-*")):  # started, inputs fetched
+            if list((node / "tmp" / "spared-ray-cache" / "work").glob(".*.tmp")):  # started, inputs fetched
                 (user / "sim.h5ad").rename(user / "moved.h5ad")
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -94,7 +94,9 @@ def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefac
         assert json.loads((run_dir / "metrics.json").read_text())["run_dir"] == str(run_dir)
         preds = np.load(run_dir / "predictions.npz")
         assert compute(preds["target"], preds["prediction"], preds["mask"])["MSE"] == pytest.approx(row.MSE)
-    # nothing was written where the nodes run; their caches hold the shipped inputs, named by content hash
+    # no scratch folder is left in --out, nothing was written where the nodes run, and their caches hold the
+    # shipped inputs, named by content hash
+    assert not list((user / "out").glob(".*"))
     for node in ray_cluster.node_dirs:
         assert {p.name for p in node.iterdir()} <= {"tmp", "ray_start.log"}
     cached = {p.name for p in ray_cluster.root.glob("*/tmp/spared-ray-cache/inputs/*/[!.]*")}

@@ -21,9 +21,9 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -197,8 +197,7 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
     report(progress, "submitted", count=len(specs))
     shipper = Shipper(settings.storage)
     node = NodeSettings.of(settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".ray-", dir=out_dir) as scratch:
+    with _scratch(out_dir / "ray-transfers") as scratch:
         shipped: dict[tuple[str, int, float], Any] = {}
         for spec in specs:
             key = _dataset_key(spec)
@@ -238,6 +237,22 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
             row = {**row, **{k: v for k, v in outcome.node.items() if k not in row}, "attempts": outcome.attempts}
             report(progress, "finished", run_id=spec.run_id, status=row["status"])
             yield row
+
+
+@contextmanager
+def _scratch(path: Path) -> Iterator[Path]:
+    """A scratch folder beside ``path`` named after this process (those of dead processes, killed before they
+    removed theirs, are removed first); removed on leaving."""
+    from spared.io.atomic import remove_stale_temps, temp_sibling
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
+    folder = temp_sibling(path)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _ship_dataset(spec: RunSpec, cache: Path, shipper: Any) -> tuple[Any, Any]:
@@ -306,9 +321,7 @@ def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: lis
                            f"dataset path {spec.dataset} resolves differently there); give the dataset by a path "
                            f"without symbolic links")
     h5ad, patches = (fetch(ref, cache) for ref in dataset)
-    (cache / "work").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=cache / "work"))
-    try:
+    with _scratch(cache / "work" / run_id) as work:
         runs = work / RUNS
         runs.mkdir()
         for ref in [*ready, *([prerequisite["archive"]] if prerequisite else [])]:
@@ -321,8 +334,6 @@ def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: lis
         names = sorted({p.name for p in runs.iterdir()} - before | {run_id})
         back = send_back(pack_dirs(runs, names, work / "runs.tar"), node.storage)
         return {"row": {**row, **identity}, "archive": back}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_benchmark(specs: Iterable[RunSpec], out_dir: str | Path, executor: Executor | None = None,
