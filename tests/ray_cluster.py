@@ -12,6 +12,7 @@ every Ray instance of the user).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -74,7 +75,8 @@ class LocalRayCluster:
     address
         ``host:port`` of the head's GCS (what ``--address`` takes on a node of the cluster).
     client_address
-        ``ray://host:port`` of the head's Ray Client server (what ``--address`` takes from elsewhere).
+        ``ray://host:port`` of the head's Ray Client server (what ``--address`` takes from elsewhere; empty
+        without ``ray[client]``).
     env
         Environment for a driver: the token settings (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``) and this
         checkout's sources first on ``PYTHONPATH``.
@@ -120,10 +122,11 @@ class LocalRayCluster:
         if head:
             port = free_port()
             self.address = f"127.0.0.1:{port}"
-            client = free_port()
-            self.client_address = f"ray://127.0.0.1:{client}"
-            args += ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
-                     f"--ray-client-server-port={client}"]
+            args += ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}"]
+            if importlib.util.find_spec("grpc") is not None:  # Ray Client is installed (ray[client])
+                client = free_port()
+                self.client_address = f"ray://127.0.0.1:{client}"
+                args.append(f"--ray-client-server-port={client}")
         else:
             args += [f"--address={self.address}"]
         env = {**self.env, "TMPDIR": str(folder / "tmp")}
