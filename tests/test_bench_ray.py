@@ -143,9 +143,10 @@ from spared.cluster.session import Job, RaySettings, connect, run_tasks
 def task(seconds, prerequisite, events):  # defined in __main__: Ray ships it by value
     events({"event": "started", "node": "here"})
     time.sleep(seconds)
-    return seconds
+    return [seconds, open("note.txt").read(), os.environ["SPARED_NOTE"]]  # the runtime environment's
 
-settings = RaySettings(os.environ["ADDRESS"], timeout=2.0)
+settings = RaySettings(os.environ["ADDRESS"], timeout=2.0,
+                       runtime_env={"working_dir": "shipped", "env_vars": {"SPARED_NOTE": "env"}})
 connect(settings)
 start = time.monotonic()
 out = {o.key: [repr(o.error), o.value, o.attempts, round(time.monotonic() - start, 1)]
@@ -155,14 +156,17 @@ print(json.dumps(out))
 
 
 def test_a_run_past_its_time_limit_is_stopped(ray_cluster, tmp_path):
-    """Through Ray Client (ray://), the form for drivers outside the cluster."""
+    """Through Ray Client (ray://), the form for drivers outside the cluster, with a runtime environment (a local
+    working folder uploaded for the tasks, an environment variable)."""
     if not ray_cluster.client_address:
         pytest.skip("Ray Client is not installed: pip install 'spared[ray]'")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "note.txt").write_text("folder")
     done = subprocess.run([sys.executable, "-c", TIMEOUT_DRIVER], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, env={**ray_cluster.env, "ADDRESS": ray_cluster.client_address})
     assert done.returncode == 0, done.stdout + done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["quick"][:3] == ["None", 0, 1]
+    assert out["quick"][:3] == ["None", [0, "folder", "env"], 1]
     error, value, attempts, seconds = out["slow"]
     assert "TimeoutError" in error and "stopped after 2 s" in error and value is None and attempts == 1
     assert seconds < 30

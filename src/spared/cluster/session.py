@@ -126,13 +126,20 @@ def require_ray() -> None:
 
 
 def connect(settings: RaySettings) -> bool:
-    """Initialise Ray for ``settings.address`` unless it is initialised already; True when this call did it (the
-    caller then shuts it down). A failure raises :class:`ClusterError` saying how to connect."""
+    """Initialise Ray for ``settings.address``, with ``settings.runtime_env`` as the job's runtime environment
+    (Ray uploads local folders, ``working_dir`` and ``py_modules``, only for a job), unless it is initialised
+    already; True when this call did it (the caller then shuts it down). A failure raises :class:`ClusterError`
+    saying how to connect."""
     import ray
 
     if ray.is_initialized():
+        if settings.runtime_env:
+            raise ClusterError("Ray is already initialised in this process, so spared cannot set the runtime "
+                               "environment of its tasks: pass runtime_env=... to your ray.init call instead")
         return False
     kwargs: dict[str, Any] = {"log_to_driver": False, **settings.init_kwargs}
+    if settings.runtime_env:
+        kwargs["runtime_env"] = dict(settings.runtime_env)
     if settings.address is None:
         kwargs.setdefault("include_dashboard", False)
     try:
@@ -315,7 +322,6 @@ def run_tasks(function: Callable[..., Any], jobs: Sequence[Job], settings: RaySe
 
     queue = Queue(actor_options={"num_cpus": 0})
     remote = ray.remote(function).options(max_retries=settings.retries, retry_exceptions=False,
-                                          runtime_env=dict(settings.runtime_env or {}) or None,
                                           **settings.resources.options())
     needed = {job.after for job in jobs if job.after}
     refs: dict[str, Any] = {}  # results other jobs need
