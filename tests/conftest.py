@@ -88,3 +88,15 @@ TINY_BENCH = "simulated:n_slides=3,n_spots=100,n_genes=48,top_moran_genes=16,spa
 def bench_data_dir(tmp_path_factory):
     """Dataset cache shared by the benchmark tests (``TINY_BENCH`` is simulated and processed once)."""
     return tmp_path_factory.mktemp("bench_data")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A real Ray cluster of two nodes on this machine (1 CPU each, own working folder, temporary folder and
+    ports, token authentication), stopped at the end of the module by the ids of the processes it started
+    (``tests/ray_cluster.py``; never ``ray stop``, which would stop every Ray instance of the user)."""
+    pytest.importorskip("ray")
+    from ray_cluster import LocalRayCluster
+
+    with LocalRayCluster(tmp_path_factory.mktemp("ray_cluster"), nodes=2, cpus=1) as cluster:
+        yield cluster

@@ -27,6 +27,8 @@ from spared.bench.results import METRICS
 TINY = "simulated:n_slides=3,n_spots=100,n_genes=48,top_moran_genes=16,spackle_max_steps=20"
 #: A tiny ShuffleNet (a few thousand weights) trained for a few steps on 32-px patches.
 TINY_SHUFFLENET = {"backbone_kwargs": {"stages_repeats": [1, 1, 1], "stages_out_channels": [8, 16, 16, 16, 32]}}
+#: A one-layer ViT on 32-px patches (ViT-B+Δ, SEPAL's stage 1).
+TINY_VIT = {"image_size": 32, "patch_size": 8, "num_layers": 1, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}
 FAST = TrainingConfig(max_steps=6, batch_size=16, patch_size=32, val_every=3, lr=1e-2, num_threads=1,
                       backbone_weights="none")
 
@@ -249,18 +251,33 @@ def test_interrupted_run_restarts_cleanly(tmp_path, data_dir, results_row):
 
 def test_ray_executor_matches_local(local_results, tmp_path, data_dir):
     ray = pytest.importorskip("ray")
+    from spared.bench.train import stage1_spec
+
     _, local, _ = local_results
+    sepal = RunSpec("sepal", TINY, "raw", 0, {"stage1": {"backbone_kwargs": TINY_VIT}, "preprocess_dims": [8],
+                                              "graph_dims": [8]}, FAST)
+    events: list[dict] = []
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = run_benchmark(tiny_specs(), tmp_path, RayExecutor(num_cpus_per_run=1), data_dir=data_dir)
+        executor = RayExecutor(num_cpus_per_run=1, node_cache=str(tmp_path / "node"), progress=events.append)
+        remote = run_benchmark(tiny_specs(), tmp_path, executor, data_dir=data_dir)
+        # SEPAL's task waits for its stage-1 run's task and trains on the run folder that task sent back
+        chained = run_benchmark([sepal, stage1_spec(sepal)], tmp_path / "sepal", executor, data_dir=data_dir)
     finally:
         ray.shutdown()
+    assert list(chained["status"]) == ["done", "done"], list(chained["error"])
+    order = [(e["event"], e["run_id"]) for e in events if e["event"] in ("started", "finished")][-4:]
+    assert order == [("started", stage1_spec(sepal).run_id), ("finished", stage1_spec(sepal).run_id),
+                     ("started", sepal.run_id), ("finished", sepal.run_id)]
+    assert sorted(p.name for p in (tmp_path / "sepal" / "runs").iterdir()) == sorted(chained["run_id"])
     assert list(remote["status"]) == ["done", "done"]
     assert list(remote["run_id"]) == list(local["run_id"])
-    for metric in (*METRICS, "baseline_MSE", "best_val_MSE"):
-        np.testing.assert_allclose(remote[metric], local[metric], rtol=1e-4, atol=1e-6, err_msg=metric)
+    for metric in (*METRICS, "baseline_MSE", "best_val_MSE"):  # one thread each: the same numbers, bit for bit
+        np.testing.assert_array_equal(remote[metric], local[metric], err_msg=metric)
     for rid in remote["run_id"]:
         assert (tmp_path / "runs" / rid / "metrics.json").is_file()
+        np.testing.assert_array_equal(np.load(tmp_path / "runs" / rid / "predictions.npz")["prediction"],
+                                      np.load(local_results[0] / "runs" / rid / "predictions.npz")["prediction"])
     assert len(pd.read_parquet(tmp_path / "results.parquet")) == 2
 
 

@@ -2,27 +2,44 @@
 
 :func:`run_benchmark` is the driver: it skips finished runs (unless ``force``), hands the others to an executor,
 and appends each run's row to the results table as soon as the run ends. A run that raises is recorded as
-``failed`` with its error (the traceback goes to ``error.txt`` in its folder) and the other runs go on.
+``failed`` with its error (the traceback goes to ``error.txt`` in its folder) and the other runs go on. Every
+row records the ``node`` (host name) that ran it.
+
+The Ray executor assumes that the machines share nothing but Ray. Paths are resolved on the driver, which builds
+or reads each dataset once (in its own data cache); the processed ``.h5ad`` and its patch store travel to the
+nodes through Ray's object store (or a storage location every node reads), are cached on each node by content
+hash, and are staged for the run (:func:`spared.bench.train.staged_datasets`). Each run trains in a scratch
+folder on its node; its folder (config, metrics, predictions, checkpoint, logs) comes back into the driver's
+``out_dir/runs/``, so a rerun skips it and the report finds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+import os
+import shutil
+import socket
 import traceback
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 
-from spared.bench.results import RUNS, ResultsTable
+from spared.bench.results import METRICS_FILE, RUNS, ResultsTable
 from spared.bench.runs import RunSpec, canonical_dataset
+from spared.cluster.session import require_ray
 
 
 def execute(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = None,
-            progress: bool = False) -> dict[str, Any]:
-    """Run ``spec`` with :func:`~spared.bench.train.run_one`; an exception becomes a ``failed`` row."""
+            progress: Any = False) -> dict[str, Any]:
+    """Run ``spec`` with :func:`~spared.bench.train.run_one`; an exception becomes a ``failed`` row.
+
+    ``progress``: ``True`` for Lightning's bar, or a callable receiving the run's progress events.
+    """
     from spared.bench.train import run_one
     from spared.io.atomic import DiskFullError
 
@@ -32,11 +49,13 @@ def execute(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
         raise  # every later run would fail the same way: the benchmark stops with the one clear message
     except Exception as err:
         return failed_row(spec, out_dir, err, traceback.format_exc())
-    return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key}
+    return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key, "node": socket.gethostname()}
 
 
-def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: str = "") -> dict[str, Any]:
-    """The results row of a run that raised ``err`` (its traceback is kept in ``runs/{run_id}/error.txt``)."""
+def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: str = "",
+               node: str | None = None) -> dict[str, Any]:
+    """The results row of a run that raised ``err`` (its traceback is kept in ``runs/{run_id}/error.txt``);
+    ``node``: the host that ran it (default: this one)."""
     run_dir = Path(out_dir) / RUNS / spec.run_id
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +66,7 @@ def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: st
             "target": spec.target, "seed": spec.seed, "status": "failed", "error": f"{type(err).__name__}: {err}",
             "custom": bool(spec.custom_model), "model_ref": spec.custom_model.get("ref", ""),
             "data_version": spec.data_version, "spec_key": spec.spec_key,
-            "run_dir": str(run_dir.resolve()),
+            "run_dir": str(run_dir.resolve()), "node": socket.gethostname() if node is None else node,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
@@ -64,103 +83,271 @@ class LocalExecutor:
     Parameters
     ----------
     progress
-        Show Lightning's progress bar.
+        ``True``: Lightning's progress bar; a callable (e.g. :class:`~spared.bench.progress.ProgressBoard`):
+        receives the progress events of :mod:`spared.bench.progress`.
     """
 
-    def __init__(self, progress: bool = False) -> None:
+    def __init__(self, progress: Any = False) -> None:
         self.progress = progress
 
     def map(self, specs: list[RunSpec], out_dir: Path, data_dir: Path | None = None) -> Iterator[dict[str, Any]]:
+        from spared.bench.progress import report
+
+        report(self.progress, "submitted", count=len(specs))
         for spec in specs:
-            yield execute(spec, out_dir, data_dir, self.progress)
+            report(self.progress, "started", run_id=spec.run_id, node=socket.gethostname(), pid=os.getpid(),
+                   attempt=1)
+            row = execute(spec, out_dir, data_dir, self.progress)
+            report(self.progress, "finished", run_id=spec.run_id, status=row["status"])
+            yield row
 
 
 class RayExecutor:
-    """Each run is a Ray task requesting ``num_cpus_per_run`` CPUs and ``num_gpus_per_run`` GPUs.
+    """Each run is a Ray task; the machines need to share nothing but Ray (see the module docstring).
 
     Parameters
     ----------
     address
-        Cluster to join (``"auto"``, ``"ray://host:10001"``, ...); ``None`` starts a local instance unless Ray
-        is already initialised in this process. Run folders and the dataset cache are written by the workers
-        under ``out_dir``, so on a multi-node cluster ``out_dir`` must be a shared filesystem.
-    num_cpus_per_run, num_gpus_per_run
-        Resources of each task (Ray schedules as many at once as the cluster fits).
+        Cluster to join: ``"host:port"`` from a node of the cluster, ``"ray://host:10001"`` from anywhere (Ray
+        Client), ``"auto"``; ``None`` starts a local instance unless Ray is already initialised in this process.
+        A secured cluster needs its token in the environment (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``).
+    num_cpus_per_run, num_gpus_per_run, memory_per_run, resources
+        What each run asks of a node (memory in bytes; custom resources by name). Ray runs as many at once as
+        the nodes fit; a request no node can meet is an error before anything is submitted (unless
+        ``check_resources=False``, for autoscaling clusters).
     max_retries
-        Ray retries of a task whose worker died (a run that raises is not retried: it is recorded as failed).
+        Times a run is started again when its worker process or node died (a run that raises is recorded as
+        failed, not retried).
+    timeout
+        Seconds one attempt of a run may take on its node; then it is stopped and recorded as failed.
+    runtime_env
+        Ray runtime environment of the runs (``working_dir``, ``pip``, ``env_vars``, ...).
+    storage
+        A path or URI every node can read (``s3://``, ``gs://``, a network mount, ...): datasets and run folders
+        travel through it instead of the object store (for data too large for it).
+    node_cache
+        Cache folder on each node (default: ``$SPARED_NODE_CACHE`` there, else its temporary folder).
+    progress
+        A callable receiving progress events (:mod:`spared.bench.progress`), or ``True`` for a
+        :class:`~spared.bench.progress.ProgressBoard` on stderr.
     init_kwargs
-        Extra arguments of ``ray.init`` (e.g. ``num_cpus`` for a local instance, ``runtime_env``).
+        More arguments of ``ray.init`` (e.g. ``num_cpus`` for a local instance).
 
     Custom models given as ``module:Class`` (or registered from a module) reach the workers through Ray's runtime
     environment: :func:`spared.models.registry.ray_runtime_env` adds their modules that are not installed
-    packages to ``py_modules`` (merged with the ``runtime_env`` given); installed packages must be installed on
+    packages to ``py_modules`` (joined with the ``runtime_env`` given); installed packages must be installed on
     every node.
     """
 
     def __init__(self, address: str | None = None, num_cpus_per_run: float = 1, num_gpus_per_run: float = 0,
-                 max_retries: int = 0, **init_kwargs: Any) -> None:
+                 max_retries: int = 0, *, memory_per_run: int | None = None,
+                 resources: Mapping[str, float] | None = None, timeout: float | None = None,
+                 runtime_env: Mapping[str, Any] | None = None, storage: str | None = None,
+                 node_cache: str | None = None, check_resources: bool = True, progress: Any = False,
+                 **init_kwargs: Any) -> None:
+        from spared.cluster.session import RaySettings, TaskResources
+
         require_ray()
-        if num_cpus_per_run <= 0 or num_gpus_per_run < 0:
-            raise ValueError(f"num_cpus_per_run must be > 0 and num_gpus_per_run >= 0, got {num_cpus_per_run} and "
-                             f"{num_gpus_per_run}")
-        self.address = address
-        self.num_cpus_per_run = num_cpus_per_run
-        self.num_gpus_per_run = num_gpus_per_run
-        self.max_retries = max_retries
-        self.init_kwargs = init_kwargs
+        self.settings = RaySettings(address, TaskResources(num_cpus_per_run, num_gpus_per_run, memory_per_run,
+                                                           resources or {}),
+                                    max_retries, timeout, runtime_env, storage, node_cache, check_resources,
+                                    init_kwargs)
+        self.progress = progress
 
-    def _connect(self, runtime_env: dict[str, Any] | None = None) -> bool:
-        """Initialise Ray when needed (with ``runtime_env``); True when this call started it (and so must shut it
-        down)."""
-        import ray
+    @classmethod
+    def from_settings(cls, settings: Any, progress: Any = False) -> RayExecutor:
+        """An executor with the given :class:`~spared.cluster.session.RaySettings`."""
+        executor = cls(progress=progress)
+        executor.settings = settings
+        return executor
 
-        if ray.is_initialized():
-            if runtime_env and runtime_env.get("py_modules"):
-                warnings.warn(f"Ray was initialised before the benchmark, so the modules of its custom models cannot "
-                              f"be shipped to the workers ({runtime_env['py_modules']}); they must be importable "
-                              f"there already (pass runtime_env={{'py_modules': [...]}} to your ray.init)",
-                              UserWarning, stacklevel=3)
-            return False
-        kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
-        if runtime_env:
-            kwargs["runtime_env"] = runtime_env
-        ray.init(address=self.address, **kwargs)
-        return True
+    def runtime_env(self, specs: list[RunSpec]) -> dict[str, Any]:
+        """The runtime environment of the runs of ``specs``: the one given (anything the runs' models need shipped,
+        such as their modules as ``py_modules``, joins it here through
+        :func:`~spared.cluster.session.merge_runtime_env`)."""
+        from spared.cluster.session import merge_runtime_env
+        from spared.models.registry import ray_runtime_env
+
+        refs = [spec.custom_model["ref"] for spec in specs if spec.custom_model]
+        return merge_runtime_env(self.settings.runtime_env, ray_runtime_env(refs))
 
     def map(self, specs: list[RunSpec], out_dir: Path, data_dir: Path | None = None) -> Iterator[dict[str, Any]]:
         import ray
 
-        from spared.models.registry import ray_runtime_env
+        from spared.bench.progress import ProgressBoard
+        from spared.bench.train import DATA_CACHE
+        from spared.cluster.session import check_resources, connect
 
-        # custom models' modules that are not installed packages travel with the tasks
-        env = ray_runtime_env([spec.custom_model["ref"] for spec in specs if spec.custom_model],
-                              self.init_kwargs.get("runtime_env"))
-        started = self._connect(env)
+        out_dir = Path(out_dir).resolve()
+        cache = Path(data_dir).resolve() if data_dir is not None else out_dir / DATA_CACHE
+        settings = dataclasses.replace(self.settings, runtime_env=self.runtime_env(specs))
+        started = connect(settings)
         try:
-            task = ray.remote(num_cpus=self.num_cpus_per_run, num_gpus=self.num_gpus_per_run,
-                              max_retries=self.max_retries)(execute)
-            cache = None if data_dir is None else str(data_dir)
-            pending = {task.remote(spec, str(out_dir), cache): spec for spec in specs}
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    spec = pending.pop(ref)
-                    try:
-                        yield ray.get(ref)
-                    except Exception as err:  # the worker died or the task could not run
-                        yield failed_row(spec, out_dir, err)
+            if settings.check_resources:
+                check_resources(settings.resources)
+            if self.progress is True:
+                with ProgressBoard() as board:
+                    yield from _run_on_ray(specs, out_dir, cache, settings, board)
+            else:
+                yield from _run_on_ray(specs, out_dir, cache, settings, self.progress or None)
         finally:
             if started:
                 ray.shutdown()
 
 
-def require_ray() -> None:
-    """Raise ``ImportError`` saying how to install Ray when it is not installed."""
+def _dataset_key(spec: RunSpec) -> tuple[str, int, float]:
+    """What a run's staged dataset is keyed by: the dataset string and the patch geometry."""
+    return spec.dataset, spec.training.patch_size, float(spec.training.patch_scale)
+
+
+def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
+                progress: Callable[[dict[str, Any]], None] | None) -> Iterator[dict[str, Any]]:
+    """Ship the inputs, submit a task per run (SEPAL after its stage-1 run), install each result as it ends."""
+    from spared.bench.progress import report
+    from spared.bench.train import stage1_spec
+    from spared.cluster.session import Job, NodeSettings, run_tasks
+    from spared.cluster.transfer import Shipper, pack_dirs, ship_folder
+
+    report(progress, "submitted", count=len(specs))
+    shipper = Shipper(settings.storage)
+    node = NodeSettings.of(settings)
+    with _scratch(out_dir / "ray-transfers") as scratch:
+        shipped: dict[tuple[str, int, float], Any] = {}
+        for spec in specs:
+            key = _dataset_key(spec)
+            if key not in shipped:
+                try:
+                    shipped[key] = _ship_dataset(spec, cache, shipper)
+                except Exception as err:  # the dataset cannot be built or read: its runs fail, the others go on
+                    shipped[key] = (err, traceback.format_exc())
+        ids = {spec.run_id for spec in specs}
+        weights = {folder: ship_folder(folder, shipper)
+                   for folder in {spec.training.weights_dir for spec in specs} - {None}}
+        jobs: list[Job] = []
+        for spec in specs:
+            inputs = shipped[_dataset_key(spec)]
+            if isinstance(inputs[0], BaseException):
+                row = failed_row(spec, out_dir, *inputs)
+                report(progress, "finished", run_id=spec.run_id, status="failed")
+                yield row
+                continue
+            stage1, after, ready = stage1_spec(spec), None, []
+            if stage1 is not None and stage1.run_id in ids:
+                after = stage1.run_id
+            elif stage1 is not None and (out_dir / RUNS / stage1.run_id / METRICS_FILE).is_file():
+                archive = pack_dirs(out_dir / RUNS, [stage1.run_id], Path(scratch) / f"{stage1.run_id}.tar")
+                ready.append(shipper.ship(archive))
+            files = weights.get(spec.training.weights_dir)
+            jobs.append(Job(spec.run_id, (spec, spec.run_id, inputs, ready, files, node), after))
+        jobs.sort(key=lambda job: job.after is not None)  # a stage-1 run is submitted before the runs needing it
+        by_id = {spec.run_id: spec for spec in specs}
+        for outcome in run_tasks(run_on_node, jobs, settings, progress):
+            spec = by_id[outcome.key]
+            if outcome.error is not None:
+                trace = "".join(traceback.format_exception(outcome.error))
+                row = failed_row(spec, out_dir, outcome.error, trace, node=outcome.node.get("node", ""))
+            else:
+                row = _install(outcome.value, spec, out_dir, Path(scratch))
+            row = {**row, **{k: v for k, v in outcome.node.items() if k not in row}, "attempts": outcome.attempts}
+            report(progress, "finished", run_id=spec.run_id, status=row["status"])
+            yield row
+
+
+@contextmanager
+def _scratch(path: Path) -> Iterator[Path]:
+    """A scratch folder beside ``path`` named after this process (those of dead processes, killed before they
+    removed theirs, are removed first); removed on leaving."""
+    from spared.io.atomic import remove_stale_temps, temp_sibling
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
+    folder = temp_sibling(path)
+    folder.mkdir()
     try:
-        import ray  # noqa: F401
-    except ImportError as err:
-        raise ImportError("the Ray executor needs Ray, which is not installed: pip install 'spared[ray]' (or run "
-                          "with --executor local)") from err
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ship_dataset(spec: RunSpec, cache: Path, shipper: Any) -> tuple[Any, Any]:
+    """Build or read the dataset of ``spec`` on the driver and ship its ``.h5ad`` and patch store."""
+    from spared.bench.runs import data_fingerprint
+    from spared.bench.train import dataset_files
+
+    files = dataset_files(spec.dataset, cache, spec.training.patch_size, spec.training.patch_scale)
+    now = data_fingerprint(spec.dataset)
+    if spec.data_version and now != spec.data_version:
+        raise RuntimeError(f"{spec.dataset} changed after the runs were defined (data version {now}, runs made "
+                           f"for {spec.data_version}); start the benchmark again")
+    return shipper.ship(files.h5ad), shipper.ship(files.store.path)
+
+
+def _install(result: dict[str, Any], spec: RunSpec, out_dir: Path, scratch: Path) -> dict[str, Any]:
+    """Put the run folders a task sent back under ``out_dir/runs`` (its own run replaces any earlier folder;
+    a stage-1 run it trained is added unless finished here already); the row then points at the copy."""
+    from spared.cluster.transfer import archive_folders, receive, unpack_dir
+    from spared.io.atomic import write_text
+
+    archive = receive(result["archive"], scratch / f"{spec.run_id}.tar")
+    for name in archive_folders(archive):
+        dest = out_dir / RUNS / name
+        if name == spec.run_id or not (dest / METRICS_FILE).is_file():
+            unpack_dir(archive, name, dest)
+    archive.unlink()
+    run_dir = out_dir / RUNS / spec.run_id
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file():
+        stored = json.loads(metrics.read_text())
+        write_text(metrics, json.dumps({**stored, "run_dir": str(run_dir)}, indent=2, sort_keys=True))
+    return {**result["row"], "dataset": canonical_dataset(spec.dataset), "run_dir": str(run_dir)}
+
+
+def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: list[Any], weights: list[Any] | None,
+                node: Any, prerequisite: dict[str, Any] | None,
+                events: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The Ray task of one run: fetch its dataset into the node cache, train in a scratch folder, send back its
+    run folder(s) and row.
+
+    ``ready``: archives of finished runs it builds on (SEPAL's stage 1 finished earlier); ``weights``: the files of
+    ``--weights-dir`` (:func:`~spared.cluster.transfer.ship_folder`), rebuilt on the node; ``node``:
+    :class:`~spared.cluster.session.NodeSettings`; ``prerequisite``: the result of the stage-1 task it waited for,
+    or ``None``.
+    """
+    from spared.bench.train import staged_datasets
+    from spared.cluster.session import start_on_node
+    from spared.cluster.transfer import (
+        archive_folders,
+        fetch,
+        fetch_files,
+        node_cache,
+        pack_dirs,
+        send_back,
+        unpack_dir,
+    )
+
+    identity = start_on_node(node, events, run_id=run_id)
+    cache = node_cache(node.node_cache)
+    if weights is not None:  # an execution setting (not in the run id): the node's copy of the folder
+        local = dataclasses.replace(spec.training, weights_dir=str(fetch_files(weights, cache)))
+        spec = dataclasses.replace(spec, training=local)
+    if spec.run_id != run_id:
+        raise RuntimeError(f"node {identity['node']} computes run id {spec.run_id} for the driver's {run_id} (the "
+                           f"dataset path {spec.dataset} resolves differently there); give the dataset by a path "
+                           f"without symbolic links")
+    h5ad, patches = (fetch(ref, cache) for ref in dataset)
+    with _scratch(cache / "work" / run_id) as work:
+        runs = work / RUNS
+        runs.mkdir()
+        for ref in [*ready, *([prerequisite["archive"]] if prerequisite else [])]:
+            archive = fetch(ref, cache)
+            for name in archive_folders(archive):
+                unpack_dir(archive, name, runs / name)
+        before = {p.name for p in runs.iterdir()}
+        with staged_datasets({_dataset_key(spec): (h5ad, patches)}):
+            row = execute(spec, work, cache / "data", events)
+        names = sorted({p.name for p in runs.iterdir()} - before | {run_id})
+        back = send_back(pack_dirs(runs, names, work / "runs.tar"), node.storage)
+        return {"row": {**row, **identity}, "archive": back}
 
 
 def run_benchmark(specs: Iterable[RunSpec], out_dir: str | Path, executor: Executor | None = None,
@@ -195,7 +382,7 @@ def run_benchmark(specs: Iterable[RunSpec], out_dir: str | Path, executor: Execu
     finished = set() if force else table.finished()
     todo = [spec for spec in unique if spec.run_id not in finished]
     data_dir = Path(data_dir) if data_dir is not None else None
-    for row in (executor or LocalExecutor()).map(todo, out_dir, data_dir):
+    for row in (executor or LocalExecutor()).map(todo, out_dir, data_dir) if todo else ():
         table.append(row)
         if on_result is not None:
             on_result(row)

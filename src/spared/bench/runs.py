@@ -177,6 +177,8 @@ class RunSpec:
             raise ValueError(f"model must be a non-empty name, got {self.model!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
+        if self.dataset.endswith(".h5ad"):  # resolved where the spec is made: workers elsewhere get the same path
+            object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

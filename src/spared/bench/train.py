@@ -30,6 +30,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spared.bench.progress import Progress, lightning_progress
 from spared.bench.results import METRICS_FILE, RUNS
 from spared.bench.runs import RunSpec, TrainingConfig, canonical_dataset, data_fingerprint, parse_dataset
 from spared.bench.scoring import eval_split_of, protocol_fields, score_arrays
@@ -51,7 +55,7 @@ SIMULATED = "simulated"
 
 
 def run_one(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = None,
-            progress: bool = False) -> dict[str, Any]:
+            progress: Progress = False) -> dict[str, Any]:
     """Train and evaluate one run, write its folder, and return its results row.
 
     Parameters
@@ -63,7 +67,8 @@ def run_one(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
     data_dir
         Dataset cache (processed collections and patch stores); default ``out_dir/_data``.
     progress
-        Show Lightning's progress bar.
+        ``True``: Lightning's progress bar; a callable: receives the run's step events
+        (:mod:`spared.bench.progress`).
 
     Returns
     -------
@@ -130,7 +135,7 @@ def training_plan(model: str, training: TrainingConfig) -> TrainingPlan:
         recipe_origin=recipe_origin(rec))
 
 
-def _run(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
+def _run(spec: RunSpec, out_dir: Path, data_dir: Path, progress: Progress) -> dict[str, Any]:
     from spared.models import registry
 
     if registry.ensure(spec.model, spec.custom_model).input_kind == "probe":
@@ -153,7 +158,7 @@ class RunParts:
 
 
 def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = None,
-                progress: bool = False) -> RunParts:
+                progress: Progress = False) -> RunParts:
     """Assemble a trained run: resolve its plan, load the table (and stage-1 values), build and prepare the model,
     the data module and the Lightning module with the plan's optimiser, schedule and test-time augmentation."""
     import lightning as L
@@ -170,12 +175,9 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
     cls = registry.ensure(spec.model, spec.custom_model).load()
     shared = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir}
     config = {**{k: v for k, v in shared.items() if registry.accepts(cls, k)}, **spec.model_config}
-    stage1_config = config.pop("stage1", None)
+    config.pop("stage1", None)  # settings of the stage-1 model (stage1_spec)
     if recipe_stage1(spec.model):
-        # the image backbone belongs to stage 1: a per-model weights setting is meant for it
-        inherited = {k: spec.model_config[k] for k in ("backbone_weights", "weights_dir") if k in spec.model_config}
-        embedding, deltas = stage1_values(spec, out_dir, data_dir, table, progress,
-                                          {**inherited, **(stage1_config or {})})
+        embedding, deltas = stage1_values(spec, out_dir, data_dir, table, progress)
         table.attach_stage1(embedding, deltas)
         config.setdefault("embedding_dim", int(embedding.shape[1]))
     L.seed_everything(spec.seed, workers=True, verbose=False)
@@ -196,7 +198,7 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
                     min(tc.val_every or steps_per_epoch, total))
 
 
-def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
+def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: Progress) -> dict[str, Any]:
     import lightning as L
 
     start = time.perf_counter()
@@ -206,14 +208,15 @@ def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -
     run_dir = _fresh_run_dir(spec, out_dir, {"plan": plan.to_dict()})
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                                      monitor="val_MSE", mode="min", save_top_k=1)
+    progress_bar, reporters = lightning_progress(progress, spec.run_id)
     with quiet_lightning(BENCH_NOISE):
         trainer = L.Trainer(
             max_steps=total, max_epochs=-1, val_check_interval=parts.val_every, check_val_every_n_epoch=None,
-            num_sanity_val_steps=0, callbacks=[checkpoint],
+            num_sanity_val_steps=0, callbacks=[checkpoint, *reporters],
             logger=make_loggers(tc.loggers, run_dir, spec.run_id, out_dir), default_root_dir=run_dir,
             accelerator=tc.accelerator, devices=1, precision=tc.precision,
             deterministic="warn" if tc.deterministic else False, log_every_n_steps=min(10, total),
-            enable_progress_bar=progress, enable_model_summary=False,
+            enable_progress_bar=progress_bar, enable_model_summary=False,
         )
         trainer.fit(module, datamodule=data)
         if not checkpoint.best_model_path:
@@ -241,21 +244,39 @@ def recipe_stage1(model: str) -> str | None:
     return getattr(recipe(model), "stage1", None)
 
 
-def stage1_values(spec: RunSpec, out_dir: Path, data_dir: Path, table: Any, progress: bool = False,
+def stage1_spec(spec: RunSpec, model_config: dict[str, Any] | None = None) -> RunSpec | None:
+    """The run whose frozen outputs ``spec`` trains on (SEPAL: a ViT-B+Δ run), or ``None`` for other models.
+
+    It has the same dataset (and data version), target, seed and training settings; its model settings are
+    ``model_config``, by default ``spec``'s ``stage1`` setting plus its backbone weight settings (the image
+    backbone belongs to stage 1, so a per-model weights setting is meant for it).
+    """
+    model = recipe_stage1(spec.model)
+    if model is None:
+        return None
+    if model_config is None:
+        inherited = {k: spec.model_config[k] for k in ("backbone_weights", "weights_dir") if k in spec.model_config}
+        model_config = {**inherited, **(spec.model_config.get("stage1") or {})}
+    return RunSpec(model, spec.dataset, spec.target, spec.seed, model_config, spec.training,
+                   data_version=spec.data_version)
+
+
+def stage1_values(spec: RunSpec, out_dir: Path, data_dir: Path, table: Any, progress: Progress = False,
                   model_config: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-spot embeddings and deltas of the stage-1 model of ``spec`` (SEPAL's frozen ViT-B+Δ).
 
-    Stage 1 is an ordinary benchmark run of ``recipe_stage1(spec.model)`` with the same dataset, target, seed
-    and training settings (``model_config`` for its model): its finished run folder is reused, otherwise it is
-    run first (and then serves as that model's own benchmark run too). Its best checkpoint is applied once to
-    every spot; the values are cached in ``stage1.npz`` of its folder, keyed by the checkpoint's sha256.
+    Stage 1 is an ordinary benchmark run, :func:`stage1_spec` (``model_config`` for its model): its finished run
+    folder is reused, otherwise it is run first (and then serves as that model's own benchmark run too). Its best
+    checkpoint is applied once to every spot; the values are cached in ``stage1.npz`` of its folder, keyed by the
+    checkpoint's sha256.
     """
     from filelock import FileLock
 
     from spared.models.backbones import sha256_of
 
-    stage1 = RunSpec(recipe_stage1(spec.model), spec.dataset, spec.target, spec.seed, model_config or {},
-                     spec.training)
+    stage1 = stage1_spec(spec, model_config)
+    if stage1 is None:
+        raise ValueError(f"{spec.model} has no stage-1 model")
     run_dir = out_dir / RUNS / stage1.run_id
     (out_dir / ".locks").mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir / ".locks" / f"{stage1.run_id}.lock")):
@@ -296,7 +317,7 @@ def _apply_stage1(stage1: RunSpec, ckpt: Path, table: Any, chunk: int = 256) -> 
     return np.concatenate(embeddings), np.concatenate(deltas)
 
 
-def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> dict[str, Any]:
+def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: Progress) -> dict[str, Any]:
     """A frozen foundation encoder's cached embeddings + the HEST linear probe, fitted on train, scored on eval."""
     from spared.models.foundation import build_encoder, collection_embeddings
     from spared.models.probe import LinearProbe
@@ -312,7 +333,8 @@ def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: bool) -> 
         config["weights"] = tc.backbone_weights  # "none" (random encoder) or a weights file
     encoder = build_encoder(spec.model, weights_dir=tc.weights_dir, **config)
     device = "cuda" if torch.cuda.is_available() and tc.accelerator != "cpu" else "cpu"
-    embeddings = collection_embeddings(table, encoder, data_dir / "embeddings", device=device, progress=progress)
+    embeddings = collection_embeddings(table, encoder, data_dir / "embeddings", device=device,
+                                       progress=progress is True)
     train = table.indices("train")
     eval_split = eval_split_of(table.split)
     index = table.indices(eval_split)
@@ -367,23 +389,31 @@ def _finish(spec: RunSpec, run_dir: Path, table: Any, index: np.ndarray, pred: n
     return row
 
 
-def load_table(dataset: str, target: Any, cache_dir: str | Path, patch_size: int = 224, patch_scale: float = 1.0,
-               imputed_weight: float = 1.0):
-    """The :class:`~spared.bench.data.SpotTable` of a dataset string for ``target`` (a target name, a layer name or
-    a :class:`~spared.bench.targets.Target`), building (and caching) what is missing.
+@dataclass(frozen=True)
+class DatasetFiles:
+    """A dataset string's processed collection (read) and the files it lives in: the ``.h5ad`` and the patch
+    store the runs read (what the Ray executor ships to the nodes)."""
+
+    adata: Any
+    h5ad: Path
+    store: Any
+
+
+def dataset_files(dataset: str, cache_dir: str | Path, patch_size: int = 224, patch_scale: float = 1.0
+                  ) -> DatasetFiles:
+    """The :class:`DatasetFiles` of a dataset string, building (and caching) what is missing.
 
     The collection comes from :func:`load_collection`. Patches come from the collection's store when it has one of
-    the right size, else they are extracted into the collection's cache folder. ``imputed_weight`` weighs the
-    loss entries that are not measurements (:func:`spared.bench.targets.loss_entries`).
+    the right size, else they are extracted into the collection's cache folder.
     """
     from filelock import FileLock
 
-    from spared.bench.data import SpotTable, patch_store
+    from spared.bench.data import patch_store
 
-    adata, folder = load_collection(dataset, cache_dir)
+    adata, folder, h5ad = _collection(dataset, cache_dir)
     with FileLock(str(folder / ".lock")):
         store = patch_store(adata, patch_size, patch_scale, patch_dir=folder)
-    return SpotTable(adata, target, store=store, patch_size=patch_size, imputed_weight=imputed_weight)
+    return DatasetFiles(adata, h5ad, store)
 
 
 def load_collection(dataset: str, cache_dir: str | Path) -> tuple[Any, Path]:
@@ -395,6 +425,12 @@ def load_collection(dataset: str, cache_dir: str | Path) -> tuple[Any, Path]:
     collection. Anything else: a catalogue key for :func:`spared.datasets.get` (``name:key=value`` overrides
     processing parameters). A file lock keeps parallel runs from building the same entry twice.
     """
+    adata, folder, _ = _collection(dataset, cache_dir)
+    return adata, folder
+
+
+def _collection(dataset: str, cache_dir: str | Path) -> tuple[Any, Path, Path]:
+    """:func:`load_collection`, and the ``.h5ad`` the collection was read from."""
     from filelock import FileLock
 
     name, params = parse_dataset(dataset)
@@ -404,12 +440,56 @@ def load_collection(dataset: str, cache_dir: str | Path) -> tuple[Any, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
         if name == SIMULATED:
-            adata = _simulated(params, folder / "processed.h5ad")
+            h5ad = folder / "processed.h5ad"
+            adata = _simulated(params, h5ad)
         elif name.endswith(".h5ad"):
-            adata = _read_h5ad(Path(name))
+            h5ad = Path(name)
+            adata = _read_h5ad(h5ad)
         else:
+            from spared.datasets import cache_paths
+
+            h5ad = cache_paths(name, params or None)[0]
             adata = _catalogue(name, params)
-    return adata, folder
+    return adata, folder, h5ad
+
+
+#: Local copies of datasets staged in this process (:func:`staged_datasets`).
+_STAGED: ContextVar[dict[tuple[str, int, float], tuple[Path, Path]] | None] = ContextVar("spared_staged",
+                                                                                         default=None)
+
+
+@contextmanager
+def staged_datasets(files: dict[tuple[str, int, float], tuple[Path, Path]]) -> Iterator[None]:
+    """Within this block, :func:`load_table` reads the given local copies ``(h5ad, patch store)`` of the datasets
+    ``(dataset string, patch size, patch scale)`` instead of resolving the strings (the Ray executor ships a
+    run's dataset to the run's node and stages it there)."""
+    token = _STAGED.set(dict(files))
+    try:
+        yield
+    finally:
+        _STAGED.reset(token)
+
+
+def load_table(dataset: str, target: Any, cache_dir: str | Path, patch_size: int = 224, patch_scale: float = 1.0,
+               imputed_weight: float = 1.0):
+    """The :class:`~spared.bench.data.SpotTable` of a dataset string for ``target`` (a target name, a layer name or
+    a :class:`~spared.bench.targets.Target`): its staged copy (:func:`staged_datasets`), else
+    :func:`dataset_files` (built and cached in ``cache_dir`` when missing). ``imputed_weight`` weighs the loss
+    entries that are not measurements (:func:`spared.bench.targets.loss_entries`).
+    """
+    from spared.bench.data import SpotTable
+
+    staged = (_STAGED.get() or {}).get((dataset, patch_size, float(patch_scale)))
+    if staged is not None:
+        import anndata as ad
+
+        from spared.io.patches import PatchStore
+
+        adata, store = ad.read_h5ad(staged[0]), PatchStore(staged[1])
+    else:
+        files = dataset_files(dataset, cache_dir, patch_size, patch_scale)
+        adata, store = files.adata, files.store
+    return SpotTable(adata, target, store=store, patch_size=patch_size, imputed_weight=imputed_weight)
 
 
 def _source_stamp(dataset: str) -> list[Any]:

@@ -5,12 +5,30 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from spared.cli.app import app, console, fail, importable_current_folder, writable_dir
+from spared.cli.cluster import (
+    AddressOption,
+    CheckOption,
+    CpusOption,
+    GpusOption,
+    MemoryOption,
+    NodeCacheOption,
+    PipOption,
+    ResourceOption,
+    RetriesOption,
+    RuntimeEnvOption,
+    StorageOption,
+    TimeoutOption,
+    WorkingDirOption,
+    ray_settings,
+    reject_ray_options,
+)
 
 EXECUTORS = ("local", "ray")
 
@@ -81,11 +99,8 @@ def bench(
                                                               "the median and completed targets (default 1).")]
     = None,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0",
-    executor: Annotated[str, typer.Option(help="local (in-process, sequential) or ray.")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance).")]
-    = None,
-    cpus_per_run: Annotated[float, typer.Option(help="CPUs requested by each Ray task.")] = 1.0,
-    gpus_per_run: Annotated[float, typer.Option(help="GPUs requested by each Ray task.")] = 0.0,
+    executor: Annotated[str, typer.Option(help="local (in-process, sequential) or ray (a Ray cluster or local "
+                                                "instance; see the Ray executor options).")] = "local",
     max_steps: Annotated[int | None, typer.Option(help="Training steps per run, replacing the recipe's epoch "
                                                         "budget (smoke runs).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: each model's recipe; "
@@ -110,27 +125,49 @@ def bench(
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     data_dir: Annotated[Path | None, typer.Option(help="Dataset cache (default: OUT/_data).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Run again runs that already finished.")] = False,
-    progress: Annotated[bool, typer.Option("--progress", help="Show Lightning progress bars.")] = False,
+    progress: Annotated[bool, typer.Option("--progress", help="Show a progress bar per run (and its node) and "
+                                                             "one over the runs.")] = False,
+    threads_per_run: Annotated[int | None, typer.Option(help="torch threads of each run (default: torch's, which "
+                                                             "Ray sets to the run's CPUs).")] = None,
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = 1.0,
+    gpus_per_run: GpusOption = 0.0,
+    memory_per_run: MemoryOption = None,
+    resource: ResourceOption = None,
+    retries: RetriesOption = 0,
+    timeout: TimeoutOption = None,
+    runtime_env: RuntimeEnvOption = None,
+    working_dir: WorkingDirOption = None,
+    pip: PipOption = None,
+    storage: StorageOption = None,
+    node_cache: NodeCacheOption = None,
+    check_resources: CheckOption = True,
 ) -> None:
     """Train and evaluate every model × dataset × target × seed; one row per run in OUT/results.parquet."""
-    from spared.bench.checks import check_specs
-    from spared.bench.executors import LocalExecutor, RayExecutor, require_ray, run_benchmark
-    from spared.bench.runs import TrainingConfig, make_specs
-
     if executor not in EXECUTORS:
         raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    reject_ray_options(executor, {
+        "--address": address, "--cpus-per-run": cpus_per_run != 1.0, "--gpus-per-run": gpus_per_run,
+        "--memory-per-run": memory_per_run, "--resource": resource, "--retries": retries, "--timeout": timeout,
+        "--runtime-env": runtime_env, "--working-dir": working_dir, "--pip": pip, "--storage": storage,
+        "--node-cache": node_cache, "--no-check-resources": not check_resources})
+    cluster = (ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout,
+                            runtime_env, working_dir, pip, storage, node_cache, check_resources)
+               if executor == "ray" else None)
     importable_current_folder()
-    if executor == "ray":
-        try:
-            require_ray()
-        except ImportError as exc:
-            raise fail(str(exc)) from exc
+    from spared.bench.checks import check_specs
+    from spared.bench.executors import LocalExecutor, RayExecutor, run_benchmark
+    from spared.bench.progress import ProgressBoard
+    from spared.bench.runs import TrainingConfig, make_specs
+    from spared.cluster.session import ClusterError
+
     writable_dir(out)
     if data_dir is not None:
         writable_dir(data_dir)
     settings = {"max_steps": max_steps, "epochs": epochs, "batch_size": batch_size, "slide_spots": slide_spots,
                 "patch_size": patch_size, "lr": lr, "val_every": val_every, "backbone_weights": backbone_weights,
                 "weights_dir": str(weights_dir) if weights_dir else None, "imputed_weight": imputed_weight,
+                "num_threads": threads_per_run,
                 "loggers": tuple(_split(loggers, "loggers"))}
     try:
         seed_values = _unique([_seed(s) for s in _split(seeds, "seeds")], "seeds")
@@ -150,8 +187,9 @@ def bench(
             problems.append(str(exc))
     if problems:
         raise fail(f"{len(problems)} problem(s) found before any run started:\n  - " + "\n  - ".join(problems))
-    runner = (LocalExecutor(progress=progress) if executor == "local"
-              else RayExecutor(address, num_cpus_per_run=cpus_per_run, num_gpus_per_run=gpus_per_run))
+    board = ProgressBoard(console) if progress else None
+    runner = (LocalExecutor(progress=board or False) if cluster is None
+              else RayExecutor.from_settings(cluster, progress=board))
     console.print(f"{len(specs)} runs → {out} ({executor} executor)")
 
     finished: list[str] = []
@@ -164,7 +202,11 @@ def bench(
         else:
             console.print(f"[red]failed[/] {row['run_id']}  {row['error']}")
 
-    table = run_benchmark(specs, out, runner, force=force, on_result=report, data_dir=data_dir)
+    try:
+        with board or nullcontext():
+            table = run_benchmark(specs, out, runner, force=force, on_result=report, data_dir=data_dir)
+    except ClusterError as exc:
+        raise fail(str(exc)) from exc
     skipped = len(table) - len(finished)
     if skipped:
         console.print(f"{skipped} runs had finished before (use --force to run them again)")
