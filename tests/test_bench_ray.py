@@ -84,6 +84,14 @@ def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefac
     assert sorted(table["attempts"]) == [1, 2]
     assert table["dataset"].unique().tolist() == [str(user / "sim.h5ad")]
     assert (table["node"] != "").all() and table["ray_node_id"].str.len().gt(0).all()
+    from spared.bench.runs import TARGET_LAYERS, data_fingerprint
+    from spared.bench.scoring import check_row, protocol_fields
+
+    for row in table.to_dict("records"):  # as comparable as a local row: the protocol, the data, the model
+        assert check_row(row) == [], row
+        expected = protocol_fields(row["target"], TARGET_LAYERS[row["target"]], row["eval_split"])
+        assert {k: row[k] for k in expected} == expected
+        assert row["data_version"] == data_fingerprint(str(user / "moved.h5ad")) and not row["custom"]
     from spared.metrics import compute
 
     for row in table.itertuples():
@@ -185,29 +193,50 @@ def test_a_driver_without_the_token_is_told_how_to_connect(ray_cluster, tiny_h5a
     assert "RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN" in message
 
 
-def test_prepare_builds_catalogue_datasets_on_the_cluster(ray_cluster, realdata, tmp_path):
+def test_prepare_builds_catalogue_datasets_on_the_cluster(ray_cluster, realdata, tmp_path, monkeypatch):
     """Two real catalogue datasets prepared at once, one per node, from a folder both nodes read; the caches come
-    back (through a storage location) to the driver's relative --data-dir; a rerun finds them there."""
+    back (through a storage location) to the driver's relative --data-dir; a rerun finds them there.
+
+    Each cache comes back under the key of the raw files its node read, with its patch store beside it as the
+    .h5ad records it and the record of its key material: the driver, which holds no raw files, finds it (get,
+    the benchmark's data version and collection), reads its patches by the recorded relative path, and a local
+    prepare that links the same raw files here finds it by its key instead of building anew."""
     user = tmp_path / "user"
     user.mkdir()
     names = ["villacampa_kidney_organoid", "villacampa_lung_organoid"]
+    source = realdata / "villacampa_xjtv62ncwr"
+    settings = ["--set", "top_moran_genes=16", "--set", "complete_missing=false", "--set", "patch_size=32"]
     args = [*SPARED, "prepare", *names, "--executor", "ray", "--address", ray_cluster.address, "--data-dir", "data",
-            "--from", str(realdata / "villacampa_xjtv62ncwr"), "--set", "top_moran_genes=16", "--set",
-            "complete_missing=false", "--set", "patch_size=32", "--storage", str(tmp_path / "store")]
+            "--from", str(source), *settings, "--storage", str(tmp_path / "store")]
     env = {**ray_cluster.env, "SPARED_DATA": str(tmp_path / "unused")}
     done = subprocess.run(args, cwd=user, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    from spared.datasets import cache_paths, get
+    assert "note:" not in done.stdout  # no raw files on the driver: nothing makes another key here
+    from spared.bench.runs import RunSpec
+    from spared.bench.train import load_collection
+    from spared.datasets import cache_paths, get, inputs_file
+    from spared.io.patch_paths import read_h5ad
+    from spared.io.patches import PatchStore
     from spared.io.sniff import sha256sum
 
     config = {"top_moran_genes": 16, "complete_missing": False, "patch_size": 32}
+    monkeypatch.setenv("SPARED_DATA", str(user / "data"))
     for name in names:
         h5ad, patches = cache_paths(name, config, user / "data")
-        assert h5ad.is_file() and patches.is_file(), name
+        assert h5ad.is_file() and patches.is_file() and inputs_file(h5ad).is_file(), name
         # the files came back through the storage location (every node reads it), named by content hash
         assert sha256sum(tmp_path / "store" / "spared-objects" / sha256sum(h5ad) / h5ad.name) == sha256sum(h5ad)
+        plain = read_h5ad(h5ad)  # the store recorded relative to the .h5ad is the one beside it
+        assert PatchStore.from_adata(plain).path == patches and len(PatchStore.from_adata(plain)) == plain.n_obs
         adata = get(name, config, data_dir=user / "data", progress=False)  # read from the cache shipped back
         assert adata.n_vars == 16 and adata.uns["spared"]["dataset"] == name
-    assert not (tmp_path / "unused").exists()
+        dataset = f"{name}:top_moran_genes=16,complete_missing=false,patch_size=32"
+        assert RunSpec("shufflenet", dataset).data_version == f"cache-{h5ad.stem}"
+        assert load_collection(dataset, tmp_path / "bench")[0].n_obs == adata.n_obs
+    assert not (tmp_path / "unused").exists() and not (user / "data" / "villacampa_xjtv62ncwr").exists()
     again = subprocess.run(args, cwd=user, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("loaded ") == 2, again.stdout + again.stderr
+    local = subprocess.run([*SPARED, "prepare", names[1], "--data-dir", "data", "--from", str(source), *settings],
+                           cwd=user, env=env, capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0 and f"loaded {names[1]}" in local.stdout, local.stdout + local.stderr
+    assert len(list((user / "data" / names[1] / "processed").glob("*.h5ad"))) == 1

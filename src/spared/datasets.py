@@ -26,7 +26,8 @@ from spared.config import ProcessingConfig
 from spared.io.atomic import write_h5ad, write_text
 from spared.io.patch_paths import read_h5ad
 
-__all__ = ["CacheError", "Prepared", "cache_paths", "download", "get", "get_local", "prepare"]
+__all__ = ["CacheError", "Prepared", "cache_paths", "download", "get", "get_local", "inputs_file", "key_differences",
+           "prepare"]
 
 #: Suffix of the file beside each processed cache that holds what its key was made of.
 INPUTS_SUFFIX = ".inputs.json"
@@ -81,29 +82,92 @@ def _plain(value: Any) -> Any:
 
 
 def cache_paths(name: str, config: ProcessingConfig | dict[str, Any] | None = None,
-                data_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Where :func:`get` caches ``name`` processed with ``config``: ``(h5ad, patch store)``, for the raw files
-    as they are recorded now (no hashing: see :func:`spared.io.download.input_fingerprints`).
+                data_dir: str | Path | None = None, fetch: bool = False) -> tuple[Path, Path]:
+    """Where :func:`get` caches ``name`` processed with ``config``: ``(h5ad, patch store)``.
 
     The file stem is a hash of the catalogue entry, the content of the raw files, the full processing
-    configuration, the spared version and the protocol revision.
+    configuration, the spared version and the protocol revision. The raw files count as they are recorded now
+    (no hashing: see :func:`spared.io.download.input_fingerprints`); where they are not on this machine, a cache
+    built from them elsewhere stands for them (see :func:`prepare`). With ``fetch``, the raw files are first
+    made known as :func:`prepare` does (checked when present; downloaded when neither they nor a cache
+    standing for them are here), so that the key is the one a build here gives.
     """
     from spared.catalog import load_spec
+    from spared.io.download import fetch_dataset
 
     spec = load_spec(name)
-    h5ad, patch_file, _ = _cache_location(spec, _resolve_config(spec, config), data_dir)
+    cfg = _resolve_config(spec, config)
+    if fetch:
+        _, h5ad, patch_file, _ = _settle(spec, cfg, data_dir, lambda images: fetch_dataset(
+            spec, data_dir=data_dir, images=images))
+        return h5ad, patch_file
+    h5ad, patch_file, _ = _cache_location(spec, cfg, data_dir)
     return h5ad, patch_file
+
+
+def inputs_file(h5ad: str | Path) -> Path:
+    """The file beside a processed cache ``h5ad`` that records what its key was made of (its key material)."""
+    h5ad = Path(h5ad)
+    return h5ad.with_name(h5ad.name.removesuffix(".h5ad") + INPUTS_SUFFIX)
 
 
 def _cache_location(spec: Any, cfg: ProcessingConfig, data_dir: str | Path | None
                     ) -> tuple[Path, Path, dict[str, Any]]:
-    from spared.io.download import input_fingerprints, processed_dir
+    """The cache files of ``spec`` processed with ``cfg`` and their key material; where the raw files are not
+    here and no cache has the key they make, the newest cache that stands for them (:func:`_standing_cache`)."""
+    from spared.io.download import input_fingerprints, processed_dir, raw_status
 
     material = _key_material({"dataset": spec.key, "catalogue": _catalogue_hash(spec), "config": cfg.to_dict(),
                               "inputs": input_fingerprints(spec, data_dir)})
     stem = _digest(material)
     folder = processed_dir(spec, data_dir)
+    if not (folder / f"{stem}.h5ad").is_file() and raw_status(spec, data_dir) != "downloaded":
+        standing = _standing_cache(folder, material)
+        if standing is not None:
+            stem, material = standing
     return folder / f"{stem}.h5ad", folder / f"{stem}.patches.h5", material
+
+
+def _standing_cache(folder: Path, material: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """``(stem, key material)`` of the newest cache in ``folder`` that can stand for raw files this machine does
+    not hold (built on a Ray node, or here before the raw files were deleted): its recorded key material equals
+    ``material`` in everything but the raw files, and each raw file's fingerprint equals the one recorded here
+    wherever one is (``"absent"``: none). ``None`` when there is no such cache."""
+    best: tuple[int, str, dict[str, Any]] | None = None
+    for record in sorted(folder.glob(f"*{INPUTS_SUFFIX}")) if folder.is_dir() else ():
+        stem = record.name.removesuffix(INPUTS_SUFFIX)
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        key = {k: v for k, v in data.items() if k != "linked"} if isinstance(data, dict) else {}
+        theirs = key.get("inputs")
+        if (not isinstance(theirs, dict) or set(theirs) != set(material["inputs"])
+                or any(key.get(k) != v for k, v in material.items() if k != "inputs")
+                or any(v != "absent" and theirs[f] != v for f, v in material["inputs"].items())
+                or _digest(key) != stem or not (folder / f"{stem}.h5ad").is_file()):
+            continue
+        mtime = record.stat().st_mtime_ns
+        if best is None or mtime > best[0]:
+            best = (mtime, stem, key)
+    return None if best is None else (best[1], best[2])
+
+
+def _settle(spec: Any, cfg: ProcessingConfig, data_dir: str | Path | None, fetch: Callable[[bool], Path],
+            source: str | Path | None = None) -> tuple[Path | None, Path, Path, dict[str, Any]]:
+    """Make the raw files' content known, then locate the cache: ``(raw folder, h5ad, patch store, key
+    material)``. ``fetch(images)`` checks (or links from ``source``, or downloads) the raw files; it runs when
+    they are here or ``source`` is given, and otherwise only when no cache stands for them (the raw folder is
+    then ``None``)."""
+    from spared.io.download import raw_status
+
+    folder = fetch(source is not None) if source is not None or raw_status(spec, data_dir) == "downloaded" \
+        else None
+    h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
+    if folder is None and not h5ad.is_file():
+        folder = fetch(True)
+        h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
+    return folder, h5ad, patch_file, material
 
 
 def _changes(h5ad: Path, material: dict[str, Any], linked: dict[str, str]) -> list[str]:
@@ -113,7 +177,7 @@ def _changes(h5ad: Path, material: dict[str, Any], linked: dict[str, str]) -> li
     caches = [p for p in folder.glob("*.h5ad") if p != h5ad] if folder.is_dir() else []
     others = []
     for cache in caches:
-        sidecar = cache.with_name(cache.name.replace(".h5ad", INPUTS_SUFFIX))
+        sidecar = inputs_file(cache)
         try:
             data = json.loads(sidecar.read_text())
         except (OSError, ValueError):
@@ -124,6 +188,13 @@ def _changes(h5ad: Path, material: dict[str, Any], linked: dict[str, str]) -> li
         return [f"the {len(caches)} cache(s) in {folder} were built by an earlier spared that did not record their "
                 f"inputs"] if caches else []
     _, path, last = max(others, key=lambda item: item[0])
+    lines = _differences(last, material, linked)
+    return [f"since the latest cache {path.name.replace(INPUTS_SUFFIX, '.h5ad')}: " + "; ".join(lines)] if lines \
+        else []
+
+
+def _differences(last: dict[str, Any], material: dict[str, Any], linked: dict[str, str]) -> list[str]:
+    """What differs from the key material ``last`` (with its ``linked`` files) to ``material``, one line each."""
     lines = [f"raw file {name} changed ({_short(last.get('inputs', {}).get(name))} → {_short(value)})"
              for name, value in material["inputs"].items() if last.get("inputs", {}).get(name) != value]
     old_linked, new_linked = last.get("linked", {}), linked
@@ -137,8 +208,27 @@ def _changes(h5ad: Path, material: dict[str, Any], linked: dict[str, str]) -> li
     lines += [f"{what}: {last.get(key)} → {material[key]}" for key, what in
               (("spared", "spared version"), ("protocol", "protocol revision"), ("catalogue", "catalogue entry"))
               if last.get(key) != material[key]]
-    return [f"since the latest cache {path.name.replace(INPUTS_SUFFIX, '.h5ad')}: " + "; ".join(lines)] if lines \
-        else []
+    return lines
+
+
+def key_differences(name: str, config: ProcessingConfig | dict[str, Any] | None, data_dir: str | Path | None,
+                    h5ad: str | Path) -> list[str]:
+    """Why :func:`get` here would not use the cache ``h5ad`` (one built elsewhere, e.g. on a Ray node, and placed
+    in this data folder): how the key this data folder gives ``name`` differs from the key material recorded
+    beside ``h5ad`` (from the cache's record to here). Empty when ``get`` here finds ``h5ad``."""
+    from spared.catalog import load_spec
+    from spared.io.download import linked_inputs
+
+    spec = load_spec(name)
+    here, _, material = _cache_location(spec, _resolve_config(spec, config), data_dir)
+    h5ad = Path(h5ad)
+    if here.resolve() == h5ad.resolve():
+        return []
+    try:
+        recorded = json.loads(inputs_file(h5ad).read_text())
+    except (OSError, ValueError):
+        return [f"{h5ad.name} has no readable record of its inputs ({inputs_file(h5ad).name})"]
+    return _differences(recorded, material, linked_inputs(spec, data_dir)) or [f"its key is {here.stem}"]
 
 
 def _short(value: Any) -> str:
@@ -238,7 +328,7 @@ def _build(read_raw: Callable[[], Any], cfg: ProcessingConfig, dataset: str, h5a
     else:
         write_h5ad(adata, h5ad)
     if inputs is not None:
-        write_text(h5ad.with_name(h5ad.name.replace(".h5ad", INPUTS_SUFFIX)), json.dumps(inputs, indent=1))
+        write_text(inputs_file(h5ad), json.dumps(inputs, indent=1))
     return adata
 
 
@@ -341,11 +431,15 @@ def prepare(name: str, config: ProcessingConfig | dict[str, Any] | None = None, 
 
     The raw files are checked first whenever they are there (cheaply: a file whose size and modification time
     are unchanged is not hashed again) or a ``source`` is given, so that the cache key holds their current
-    content; a dataset whose raw files were deleted after processing is keyed on their recorded hashes.
+    content; a dataset whose raw files were deleted after processing is keyed on their recorded hashes. Where
+    the raw files are not on this machine and nothing records their hashes here (a cache built on a Ray node
+    and shipped back, or linked files whose records went with the raw folder), the newest cache whose own
+    record of its inputs agrees with everything else (dataset, catalogue entry, settings, version, protocol,
+    and any hash recorded here) stands for them; only without one are the raw files downloaded.
     """
     from spared.catalog import load_spec
     from spared.io.atomic import check_writable_dir
-    from spared.io.download import fetch_dataset, file_records, linked_inputs, raw_status, resolve_layout
+    from spared.io.download import fetch_dataset, file_records, linked_inputs, resolve_layout
     from spared.io.readers import read
 
     spec = load_spec(name)
@@ -355,16 +449,14 @@ def prepare(name: str, config: ProcessingConfig | dict[str, Any] | None = None, 
         return fetch_dataset(spec, data_dir=data_dir, progress=progress, source=source, images=images,
                              allow_external_links=allow_external_links)
 
-    folder = fetch(images=source is not None) if source is not None or raw_status(spec, data_dir) == \
-        "downloaded" else None
-    h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
+    folder, h5ad, patch_file, material = _settle(spec, cfg, data_dir, fetch, source)
     if not force:
         cached = _load_cached(h5ad, patch_file, patches, cfg,
                               f"`spared prepare {spec.key} --force` (Python: force=True)")
         if cached is not None:
             return Prepared(cached, h5ad, patch_file, False, [])
     if folder is None:
-        folder = fetch(images=True)
+        folder = fetch(True)
         h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
     check_writable_dir(h5ad.parent)
     linked = linked_inputs(spec, data_dir)

@@ -266,15 +266,18 @@ def custom_entry(model: str) -> dict[str, Any]:
 
 def make_specs(models: Iterable[str], datasets: Iterable[str], targets: Iterable[str] = ("raw", "completed"),
                seeds: Iterable[int] = (0,), model_config: Mapping[str, Mapping[str, Any]] | None = None,
-               training: TrainingConfig | None = None) -> list[RunSpec]:
+               training: TrainingConfig | None = None, fetch_data: bool = True) -> list[RunSpec]:
     """The grid models × datasets × targets × seeds (``model_config`` maps a model name to its settings).
 
-    Each dataset's content is fingerprinted once (:func:`data_fingerprint`) and recorded in its specs.
+    Each dataset's content is fingerprinted once (:func:`data_fingerprint`) and recorded in its specs; with
+    ``fetch_data`` (default), a catalogue dataset's raw files are first made known (checked, or downloaded when
+    neither they nor a cache standing for them are here), so that the fingerprint, and with it the run ids, is
+    the one the runs' build gives and a rerun finds the runs.
     """
     model_config = model_config or {}
     training = training or TrainingConfig()
     datasets = list(datasets)
-    versions = {d: data_fingerprint(d) for d in datasets}
+    versions = {d: data_fingerprint(d, fetch=fetch_data) for d in datasets}
     return [RunSpec(model=m, dataset=d, target=t, seed=s, model_config=model_config.get(m, {}), training=training,
                     data_version=versions[d])
             for m, d, t, s in product(list(models), datasets, list(targets), list(seeds))]
@@ -383,10 +386,11 @@ def file_fingerprint(path: str | Path) -> str:
     return _FILE_FINGERPRINTS[key]
 
 
-def data_fingerprint(dataset: str) -> str:
+def data_fingerprint(dataset: str, fetch: bool = False) -> str:
     """What the content of a dataset is keyed on: a processed file's content hash; for simulated data the spared
-    version that simulates and processes it; for a catalogue dataset its processed cache's key (dataset,
-    processing parameters and spared version). ``"unknown"`` when the dataset cannot be resolved."""
+    version that simulates and processes it; for a catalogue dataset its processed cache's key (dataset, raw
+    files' content, processing parameters and spared version; ``fetch``: the raw files made known first, see
+    :func:`spared.datasets.cache_paths`). ``"unknown"`` when the dataset cannot be resolved."""
     from spared import __version__
 
     try:
@@ -400,6 +404,6 @@ def data_fingerprint(dataset: str) -> str:
     try:
         from spared.datasets import cache_paths
 
-        return "cache-" + cache_paths(name, params or None)[0].stem
+        return "cache-" + cache_paths(name, params or None, fetch=fetch)[0].stem
     except (LookupError, ValueError, TypeError, OSError):
         return "unknown"

@@ -446,10 +446,7 @@ def _collection(dataset: str, cache_dir: str | Path) -> tuple[Any, Path, Path]:
             h5ad = Path(name)
             adata = _read_h5ad(h5ad)
         else:
-            from spared.datasets import cache_paths
-
-            h5ad = cache_paths(name, params or None)[0]
-            adata = _catalogue(name, params)
+            adata, h5ad = _catalogue(name, params)
     return adata, folder, h5ad
 
 
@@ -534,11 +531,13 @@ def _read_h5ad(path: Path):
     return read_h5ad(path)
 
 
-def _catalogue(name: str, params: dict[str, Any]):
-    """A catalogue dataset through :func:`spared.datasets.get` (``params`` override its processing settings)."""
+def _catalogue(name: str, params: dict[str, Any]) -> tuple[Any, Path]:
+    """A catalogue dataset through :func:`spared.datasets.prepare` (``params`` override its processing settings),
+    with the cache file it was read from or built into (its name follows the raw files' content)."""
     from spared import datasets
 
-    return datasets.get(name, config=params or None, progress=False)
+    done = datasets.prepare(name, config=params or None, progress=False)
+    return done.adata, done.h5ad
 
 
 def make_loggers(names: tuple[str, ...], run_dir: Path, run_id: str, out_dir: Path) -> list[Any]:

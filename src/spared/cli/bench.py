@@ -6,6 +6,7 @@ import json
 import math
 import tomllib
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -172,9 +173,10 @@ def bench(
     try:
         seed_values = _unique([_seed(s) for s in _split(seeds, "seeds")], "seeds")
         training = TrainingConfig.from_dict({k: v for k, v in settings.items() if v is not None})
-        specs = make_specs(_unique(_split(models, "models"), "models"), _unique(_datasets(datasets), "datasets"),
-                           _unique(_split(targets, "targets"), "targets"), seed_values, _model_configs(model_config),
-                           training)
+        grid = partial(make_specs, _unique(_split(models, "models"), "models"),
+                       _unique(_datasets(datasets), "datasets"), _unique(_split(targets, "targets"), "targets"),
+                       seed_values, _model_configs(model_config), training)
+        specs = grid(fetch_data=False)  # checked before any raw file is downloaded
     except (KeyError, ValueError) as exc:
         raise fail(str(exc).strip("'\"")) from exc
     problems = check_specs(specs)
@@ -187,6 +189,7 @@ def bench(
             problems.append(str(exc))
     if problems:
         raise fail(f"{len(problems)} problem(s) found before any run started:\n  - " + "\n  - ".join(problems))
+    specs = grid(fetch_data=True)  # catalogue datasets' raw files known: their run ids are those a rerun finds
     board = ProgressBoard(console) if progress else None
     runner = (LocalExecutor(progress=board or False) if cluster is None
               else RayExecutor.from_settings(cluster, progress=board))

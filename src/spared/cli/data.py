@@ -81,7 +81,8 @@ def prepare(
         return
     settings = ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout,
                             runtime_env, working_dir, pip, storage, node_cache, check_resources)
-    prepare_datasets_on_ray(names, settings, config_file, overrides, data_dir, force, patches, source, progress)
+    prepare_datasets_on_ray(names, settings, config_file, overrides, data_dir, force, patches, source, progress,
+                            allow_external_links)
 
 
 def _config(name: str, config_file: Path | None, overrides: list[str] | None) -> Any:
@@ -125,7 +126,7 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
 
 def prepare_datasets_on_ray(names: list[str], settings: Any, config_file: Path | None, overrides: list[str] | None,
                             data_dir: Path | None, force: bool, patches: bool, source: Path | str | None,
-                            progress: bool) -> None:
+                            progress: bool, allow_external_links: bool = False) -> None:
     """``spared prepare NAME... --executor ray``: every dataset a task on the cluster, caches written here."""
     import anndata as ad
 
@@ -143,7 +144,8 @@ def prepare_datasets_on_ray(names: list[str], settings: Any, config_file: Path |
     failed = []
     try:
         with board or nullcontext():
-            for done in prepare_on_ray(requests, settings, data_dir, force, patches, where, board):
+            for done in prepare_on_ray(requests, settings, data_dir, force, patches, where, board,
+                                       allow_external_links):
                 if done.status == "failed":
                     failed.append(done.name)
                     console.print(f"[red]failed[/] {done.name} on {done.node or 'no node'}: {done.error}",
@@ -156,6 +158,9 @@ def prepare_datasets_on_ray(names: list[str], settings: Any, config_file: Path |
                     adata.file.close()
                 label = "loaded" if done.status == "cached" else f"built on {summary.get('node', '?')}:"
                 print_prepared(done.name, label, done.h5ad, done.patches, summary)
+                if done.note:
+                    console.print("  [bold yellow]note:[/]", end=" ")
+                    console.print(done.note, markup=False, highlight=False, soft_wrap=True)
     except ClusterError as exc:
         raise fail(str(exc)) from exc
     if failed:
