@@ -115,6 +115,29 @@ def test_a_source_folder_missing_on_the_node_is_a_clear_error(tmp_path):
     assert (local / "sub" / "f.txt").read_text() == "raw"
 
 
+def test_a_folder_in_a_storage_location_is_copied_anew_when_it_changed(tmp_path):
+    """A node's copy of a storage folder (`--from s3://...`) follows the folder: a file changed or added there
+    is a new copy (the raw files' content checks then see it), an unchanged folder is copied once."""
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    root = f"/raw-{tmp_path.name}"
+    memory.pipe(f"{root}/sub/f.txt", b"raw")
+    first = fetch_folder(f"memory://{root}", tmp_path / "node")
+    assert (first / "sub" / "f.txt").read_text() == "raw"
+    assert fetch_folder(f"memory://{root}", tmp_path / "node") == first  # unchanged: the same copy
+    memory.pipe(f"{root}/sub/f.txt", b"edited")
+    second = fetch_folder(f"memory://{root}", tmp_path / "node")
+    assert second != first and (second / "sub" / "f.txt").read_text() == "edited"
+    memory.pipe(f"{root}/more.txt", b"new")
+    assert (fetch_folder(f"memory://{root}", tmp_path / "node") / "more.txt").read_text() == "new"
+    memory.rm(root, recursive=True)
+    with pytest.raises(TransferError, match=f"memory://{root} does not exist"):
+        fetch_folder(f"memory://{root}", tmp_path / "node")
+    memory.mkdir(root)
+    with pytest.raises(TransferError, match="holds no files"):
+        fetch_folder(f"memory://{root}", tmp_path / "node")
+
+
 def test_requests_are_checked_against_every_node():
     nodes = {"10.0.0.1": {"CPU": 8.0, "memory": 32 * 2.0**30}, "10.0.0.2": {"CPU": 4.0, "GPU": 1.0}}
     assert unmet_request(TaskResources(cpus=2).request(), nodes) is None

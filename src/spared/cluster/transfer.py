@@ -195,7 +195,9 @@ def fetch(ref: FileRef, cache: Path) -> Path:
 
 def fetch_folder(location: str, cache: Path) -> Path:
     """Node side: a local copy of a folder in a storage location (``s3://bucket/raw``, ...), copied into
-    ``cache/folders/`` on first use; a local path is returned as it is (it must exist on this node)."""
+    ``cache/folders/`` once per state of the folder (its files' names, sizes and modification times: a folder
+    changed in the storage location is copied anew, never served stale); a local path is returned as it is (it
+    must exist on this node)."""
     import hashlib
 
     from filelock import FileLock
@@ -207,11 +209,25 @@ def fetch_folder(location: str, cache: Path) -> Path:
             raise TransferError(f"{path} does not exist on node {socket.gethostname()}: on a cluster, give a folder "
                                 f"every node can read (a network mount) or a storage URI (s3://..., gs://...)")
         return path
-    folder = cache / "folders" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    filesystem, path = open_storage(location)
+    try:
+        infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    except FileNotFoundError as err:
+        raise TransferError(f"{location} does not exist (seen from node {socket.gethostname()}); give the folder "
+                            f"that holds the dataset's raw files") from err
+    except OSError as err:
+        raise TransferError(f"cannot list {location} from node {socket.gethostname()} ({err})") from err
+    listing = sorted((info.path.removeprefix(path).lstrip("/"), info.size, info.mtime_ns) for info in infos
+                     if info.type == fs.FileType.File)
+    if not listing:
+        raise TransferError(f"{location} holds no files (seen from node {socket.gethostname()}); give the folder "
+                            f"that holds the dataset's raw files")
+    state = hashlib.sha256(repr([location, listing]).encode()).hexdigest()[:16]
+    folder = cache / "folders" / state
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not (folder / ".complete").is_file():
-            filesystem, path = open_storage(location)
+            shutil.rmtree(folder / "data", ignore_errors=True)  # what an interrupted copy left
             try:
                 fs.copy_files(path, str(folder / "data"), source_filesystem=filesystem,
                               destination_filesystem=fs.LocalFileSystem())
