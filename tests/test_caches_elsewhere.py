@@ -20,7 +20,7 @@ from spared.io.patch_paths import read_h5ad, store_file
 from spared.io.patches import PatchStore
 from test_cache_keys import catalogue_copy  # noqa: F401 (fixture)
 from test_datasets import genes  # noqa: F401 (fixture)
-from test_local_links import LUNG, organoid_copy
+from test_local_links import KIDNEY, LUNG, organoid_copy
 from test_readers import write_visium_outs
 
 CONFIG = {"top_moran_genes": 8, "complete_missing": False, "patch_size": 16}
@@ -84,7 +84,9 @@ def test_benchmark_run_ids_are_those_of_the_data_the_runs_build(catalogue_copy, 
     assert again.run_id == run.run_id
 
 
-def test_a_node_follows_links_out_of_the_source_only_when_allowed(realdata, tmp_path):
+def test_a_real_organoid_built_on_a_node_stands_beside_the_other_organoid(realdata, tmp_path):
+    """The node honours --allow-external-links; its lung organoid cache is found on a driver whose data folder
+    holds only the kidney organoid's part of the archive both share (none of the lung's raw files)."""
     mine = organoid_copy(realdata, tmp_path / "mine")
     outside = tmp_path / "unrelated"
     outside.mkdir()
@@ -96,3 +98,11 @@ def test_a_node_follows_links_out_of_the_source_only_when_allowed(realdata, tmp_
         prepare_on_node(LUNG, config, False, False, str(mine), False, node, None, lambda event: None)
     result = prepare_on_node(LUNG, config, False, False, str(mine), True, node, None, lambda event: None)
     assert result["patches"] is None and result["summary"]["n_vars"] == 8
+
+    driver = tmp_path / "driver"
+    download(KIDNEY, source=organoid_copy(realdata, tmp_path / "kidney", ("kidneyorganoid",)), data_dir=driver,
+             progress=False)
+    h5ad, _ = install(result, driver / LUNG / "processed")
+    assert cache_paths(LUNG, config, driver)[0] == h5ad and key_differences(LUNG, config, driver, h5ad) == []
+    done = prepare(LUNG, config, data_dir=driver, patches=False, progress=False)
+    assert not done.built and done.h5ad == h5ad

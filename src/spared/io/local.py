@@ -148,15 +148,18 @@ def linked_files(spec: DatasetSpec, f: FileSpec, folder: Path) -> dict[str, str]
 def tree_fingerprint(spec: DatasetSpec, f: FileSpec, folder: Path) -> str | None:
     """A hash of the linked content of archive ``f`` that ``spec`` uses (the recorded sha256 of each file, with
     its size and modification time checked: a file changed since it was hashed counts as other content);
-    ``None`` when ``f``'s content is not linked from a local folder."""
+    ``None`` when ``f``'s content is not linked from a local folder, or none of what ``spec`` uses is (a shared
+    archive linked for another dataset holds nothing of this one)."""
     manifest = read_manifest(f, folder) if manifest_path(f, folder).is_file() else None
     if manifest is None:
         return None
     patterns = own_patterns(spec, f.target)
     digest = hashlib.sha256()
-    for rel, rec in sorted(manifest["files"].items()):
-        if patterns and not any(_below(rel, p) for p in patterns):
-            continue
+    used = [(rel, rec) for rel, rec in sorted(manifest["files"].items())
+            if not patterns or any(_below(rel, p) for p in patterns)]
+    if not used:
+        return None
+    for rel, rec in used:
         try:
             st = Path(rec["source"]).stat()
             state = rec["sha256"] if (st.st_size, st.st_mtime_ns) == (rec["size"], rec["mtime_ns"]) else \
