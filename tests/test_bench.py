@@ -260,7 +260,8 @@ def test_ray_executor_matches_local(local_results, tmp_path, data_dir):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         executor = RayExecutor(num_cpus_per_run=1, node_cache=str(tmp_path / "node"), progress=events.append)
-        remote = run_benchmark(tiny_specs(), tmp_path, executor, data_dir=data_dir)
+        broken = RunSpec("shufflenet", TINY, "raw", 0, {"backbone_kwargs": {"stages_repeats": [1]}}, FAST)
+        remote = run_benchmark([*tiny_specs(), broken], tmp_path, executor, data_dir=data_dir)
         # SEPAL's task waits for its stage-1 run's task and trains on the run folder that task sent back
         chained = run_benchmark([sepal, stage1_spec(sepal)], tmp_path / "sepal", executor, data_dir=data_dir)
     finally:
@@ -270,15 +271,23 @@ def test_ray_executor_matches_local(local_results, tmp_path, data_dir):
     assert order == [("started", stage1_spec(sepal).run_id), ("finished", stage1_spec(sepal).run_id),
                      ("started", sepal.run_id), ("finished", sepal.run_id)]
     assert sorted(p.name for p in (tmp_path / "sepal" / "runs").iterdir()) == sorted(chained["run_id"])
+    failed = remote.iloc[2]  # a run that raised on its node enters the table as a failed row, like a local one
+    assert failed["status"] == "failed" and failed["error"] and failed["node"] and failed["attempts"] == 1
+    assert (failed["data_version"], failed["spec_key"], failed["custom"]) == (broken.data_version, broken.spec_key,
+                                                                             False)
+    remote = remote.iloc[:2]
     assert list(remote["status"]) == ["done", "done"]
     assert list(remote["run_id"]) == list(local["run_id"])
+    comparable = ["layer", "eval_split", "scored_entries", "protocol", "custom", "data_version", "spec_key",
+                  "imputed_weight", "dataset"]  # what makes rows comparable is the same from Ray
+    pd.testing.assert_frame_equal(remote[comparable].reset_index(drop=True), local[comparable].reset_index(drop=True))
     for metric in (*METRICS, "baseline_MSE", "best_val_MSE"):  # one thread each: the same numbers, bit for bit
         np.testing.assert_array_equal(remote[metric], local[metric], err_msg=metric)
     for rid in remote["run_id"]:
         assert (tmp_path / "runs" / rid / "metrics.json").is_file()
         np.testing.assert_array_equal(np.load(tmp_path / "runs" / rid / "predictions.npz")["prediction"],
                                       np.load(local_results[0] / "runs" / rid / "predictions.npz")["prediction"])
-    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 2
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 3
 
 
 # ----------------------------------------------------------------------------------------- results and the CLI
