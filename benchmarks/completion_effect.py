@@ -16,8 +16,8 @@ two-sided p is 0.0625) and the number of seeds where ``completed`` is better.
 Conditions (``--variants``) vary what could explain the answer:
 
 - ``base``: the models' budgets, SpaCKLE at its defaults, every loss entry weighing 1;
-- ``spackle``: ``completed`` on the same collection completed by a weakly trained SpaCKLE (``--weak-spackle-steps``,
-  the demo's 200 steps), compared with the base runs of ``raw``/``median`` (their layer does not depend on
+- ``spackle``: ``completed`` on the same collection completed by a weakly trained SpaCKLE (``--weak-spackle-steps``:
+  the demo's 200 steps, and 20), compared with the base runs of ``raw``/``median`` (their layer does not depend on
   SpaCKLE: checked before any run);
 - ``weights``: ``completed`` with the completed entries weighing ``--weights`` (measured ones 1), compared with the
   base runs of ``raw``/``median``;
@@ -105,7 +105,7 @@ class Condition:
     targets: tuple[str, ...] = TARGET_NAMES
     steps_factor: int = 1
     imputed_weight: float = 1.0
-    weak_spackle: bool = False
+    spackle_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,9 @@ class StudyConfig:
     models
         Model name → :class:`ModelSetup`.
     seeds
-        Seeds of every model and target (the pairs of the comparison).
+        Seeds of every model and target in the base condition (the pairs of the comparison).
+    variant_seeds
+        Seeds of the variants (``None``: ``seeds``).
     variants
         Any of :data:`VARIANTS`.
     variant_datasets
@@ -133,11 +135,12 @@ class StudyConfig:
     datasets: Mapping[str, str]
     models: Mapping[str, ModelSetup]
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    variant_seeds: tuple[int, ...] | None = None
     variants: tuple[str, ...] = VARIANTS
     variant_datasets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     weights: tuple[float, ...] = (0.5, 0.25)
     long_factor: int = 3
-    weak_spackle_steps: int = 200
+    weak_spackle_steps: tuple[int, ...] = (200, 20)
     training: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -147,8 +150,9 @@ class StudyConfig:
         missing = sorted({d for labels in self.variant_datasets.values() for d in labels} - set(self.datasets))
         if missing:
             raise ValueError(f"variant dataset(s) {missing} are not among the study's datasets {list(self.datasets)}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
+        for seeds in (self.seeds, self.variant_seeds):
+            if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+                raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
         if self.long_factor < 2 or any(not 0 <= w < 1 for w in self.weights):
             raise ValueError(f"long_factor must be >= 2 and weights in [0, 1), got {self.long_factor} and "
                              f"{list(self.weights)}")
@@ -160,11 +164,15 @@ class StudyConfig:
             out += [Condition(f"completed weighs {w:g}", "weights", ("completed",), imputed_weight=w)
                     for w in self.weights]
         if "spackle" in self.variants:
-            out.append(Condition(f"SpaCKLE {self.weak_spackle_steps} steps", "spackle", ("completed",),
-                                 weak_spackle=True))
+            out += [Condition(f"SpaCKLE {steps} steps", "spackle", ("completed",), spackle_steps=steps)
+                    for steps in self.weak_spackle_steps]
         if "length" in self.variants:
             out.append(Condition(f"{self.long_factor}x steps", "length", steps_factor=self.long_factor))
         return out
+
+    def seeds_of(self, condition: Condition) -> tuple[int, ...]:
+        """The seeds a condition trains."""
+        return self.seeds if condition.variant == "base" or self.variant_seeds is None else self.variant_seeds
 
     def labels_of(self, condition: Condition) -> tuple[str, ...]:
         """The labels of the datasets a condition runs on."""
@@ -175,8 +183,8 @@ class StudyConfig:
     def dataset_of(self, label: str, condition: Condition) -> str:
         """The dataset string a condition trains on (the weakly completed collection for the SpaCKLE variant)."""
         dataset = self.datasets[label]
-        return with_parameter(dataset, "spackle_max_steps", self.weak_spackle_steps) if condition.weak_spackle \
-            else dataset
+        return dataset if condition.spackle_steps is None else \
+            with_parameter(dataset, "spackle_max_steps", condition.spackle_steps)
 
 
 def with_parameter(dataset: str, key: str, value: Any) -> str:
@@ -221,7 +229,7 @@ def plan(config: StudyConfig) -> tuple[list[Any], pd.DataFrame]:
     specs: dict[str, Any] = {}
     rows = []
     for condition in conditions:
-        grid = product(config.labels_of(condition), config.models, TARGET_NAMES, config.seeds)
+        grid = product(config.labels_of(condition), config.models, TARGET_NAMES, config.seeds_of(condition))
         for label, model, target, seed in grid:
             trained = target in condition.targets
             dataset = config.dataset_of(label, condition) if trained else config.datasets[label]
@@ -239,44 +247,48 @@ def check_same_raw(config: StudyConfig, data_dir: Path) -> None:
     (what lets the SpaCKLE variant reuse the base runs of ``raw`` and ``median``)."""
     from spared.bench import load_collection
 
-    weak = next((c for c in config.conditions() if c.weak_spackle), None)
-    if weak is None:
-        return
-    for label in config.labels_of(weak):
+    weak = [c for c in config.conditions() if c.spackle_steps is not None]
+    for condition, label in ((c, label) for c in weak for label in config.labels_of(c)):
         base, _ = load_collection(config.datasets[label], data_dir)
-        other, _ = load_collection(config.dataset_of(label, weak), data_dir)
+        other, _ = load_collection(config.dataset_of(label, condition), data_dir)
         same = (base.obs_names.equals(other.obs_names) and base.var_names.equals(other.var_names)
                 and np.array_equal(base.layers["c_d_log1p"], other.layers["c_d_log1p"])
                 and np.array_equal(base.layers["mask"], other.layers["mask"])
                 and np.array_equal(base.obs["split"].to_numpy(), other.obs["split"].to_numpy()))
         if not same:
-            raise RuntimeError(f"{label}: the collection completed by SpaCKLE with {config.weak_spackle_steps} steps "
+            raise RuntimeError(f"{label}: the collection completed by SpaCKLE with {condition.spackle_steps} steps "
                                f"differs from the base one before completion (c_d_log1p, mask, genes, spots or "
                                f"splits); the SpaCKLE variant cannot share the base runs of raw and median")
 
 
 def spackle_quality(config: StudyConfig, data_dir: Path) -> pd.DataFrame:
-    """How good each collection's completion is: SpaCKLE's selection figures, the unmeasured fraction of the train
-    split and, with a simulated truth, the MSE against it of SpaCKLE's and the median filter's fills."""
+    """What the models of each collection train on, over the train split: SpaCKLE's selection figures, the
+    unmeasured fraction, the mean of the measured entries and of the SpaCKLE and median-filter fills and, with a
+    simulated truth, the truth's mean at measured and unmeasured entries and the fills' MSE against it."""
     from spared.bench import load_collection
 
-    weak = next((c for c in config.conditions() if c.weak_spackle), None)
     pairs = [(label, "default", config.datasets[label]) for label in config.datasets]
-    if weak is not None:
-        pairs += [(label, f"{config.weak_spackle_steps} steps", config.dataset_of(label, weak))
-                  for label in config.labels_of(weak)]
+    pairs += [(label, f"{c.spackle_steps} steps", config.dataset_of(label, c))
+              for c in config.conditions() if c.spackle_steps is not None for label in config.labels_of(c)]
     rows = []
     for label, spackle, dataset in pairs:
         adata, _ = load_collection(dataset, data_dir)
         info = adata.uns.get("spared", {}).get("completion", {})
         train = (adata.obs["split"] == "train").to_numpy()
-        missing = ~np.asarray(adata.layers["mask"], dtype=bool)
+        measured = np.asarray(adata.layers["mask"], dtype=bool)[train]
+        layers = {name: np.asarray(adata.layers[name], dtype=np.float64)[train]
+                  for name in ("c_d_log1p", "c_t_log1p", TRUTH_LAYER) if name in adata.layers}
         row = {"dataset": label, "spackle": spackle, "best_step": info.get("best_step"),
-               "best_val_mse": info.get("best_val_mse"), "unmeasured_train": float(missing[train].mean())}
-        if TRUTH_LAYER in adata.layers:
-            truth = np.asarray(adata.layers[TRUTH_LAYER], dtype=np.float64)
-            for name, layer in (("spackle_fill_mse_vs_truth", "c_t_log1p"), ("median_fill_mse_vs_truth", "c_d_log1p")):
-                row[name] = float(np.mean((np.asarray(adata.layers[layer], dtype=np.float64) - truth)[missing] ** 2))
+               "best_val_mse": info.get("best_val_mse"), "unmeasured_train": float(1 - measured.mean()),
+               "measured_mean": float(layers["c_d_log1p"][measured].mean()),
+               "spackle_fill_mean": float(layers["c_t_log1p"][~measured].mean()),
+               "median_fill_mean": float(layers["c_d_log1p"][~measured].mean())}
+        if TRUTH_LAYER in layers:
+            truth = layers[TRUTH_LAYER]
+            row |= {"truth_mean_measured": float(truth[measured].mean()),
+                    "truth_mean_unmeasured": float(truth[~measured].mean()),
+                    "spackle_fill_mse_vs_truth": float(np.mean((layers["c_t_log1p"] - truth)[~measured] ** 2)),
+                    "median_fill_mse_vs_truth": float(np.mean((layers["c_d_log1p"] - truth)[~measured] ** 2))}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -370,13 +382,16 @@ def markdown(summary: pd.DataFrame, pairs: pd.DataFrame, quality: pd.DataFrame |
 
     lines = []
     if quality is not None and len(quality):
-        lines += ["### Completion quality", "",
-                  "| dataset | SpaCKLE | best step | val MSE (held-out entries) | unmeasured (train) "
-                  "| SpaCKLE fills vs truth (MSE) | median fills vs truth (MSE) |", "|---|---|---|---|---|---|---|"]
+        lines += ["### What the models train on (train split)", "",
+                  "| dataset | SpaCKLE | best step | SpaCKLE val MSE | unmeasured | mean measured | mean SpaCKLE fill "
+                  "| mean median fill | truth mean: measured / unmeasured | fills vs truth (MSE): SpaCKLE / median |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for row in quality.to_dict("records"):
-            cells = [row["dataset"], row["spackle"], str(row.get("best_step", "–")),
-                     _num(row.get("best_val_mse")), f"{row['unmeasured_train']:.1%}",
-                     _num(row.get("spackle_fill_mse_vs_truth")), _num(row.get("median_fill_mse_vs_truth"))]
+            cells = [row["dataset"], row["spackle"], str(row.get("best_step", "–")), _num(row.get("best_val_mse")),
+                     f"{row['unmeasured_train']:.1%}", _num(row["measured_mean"]), _num(row["spackle_fill_mean"]),
+                     _num(row["median_fill_mean"]),
+                     f"{_num(row.get('truth_mean_measured'))} / {_num(row.get('truth_mean_unmeasured'))}",
+                     f"{_num(row.get('spackle_fill_mse_vs_truth'))} / {_num(row.get('median_fill_mse_vs_truth'))}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     for dataset in summary["dataset"].unique():
@@ -493,8 +508,9 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         args.variants or ("" if args.full else ",".join(VARIANTS))).split(",") if v)
     on = {variant: tuple(d for d in (given or args.variants_on or ",".join(datasets)).split(",") if d)
           for variant, given in (("weights", None), ("spackle", None), ("length", args.length_on))}
-    return StudyConfig({d: DATASETS[d] for d in datasets}, setups, tuple(args.seeds), variants, on,
-                       tuple(args.weights), args.long_factor, args.weak_spackle_steps, training)
+    return StudyConfig({d: DATASETS[d] for d in datasets}, setups, tuple(args.seeds),
+                       tuple(args.variant_seeds) if args.variant_seeds else None, variants, on, tuple(args.weights),
+                       args.long_factor, tuple(args.weak_spackle_steps), training)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -503,7 +519,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", default=None,
                         help=f"comma-separated labels among {list(DATASETS)} (default: all; --full: lung,kidney)")
     parser.add_argument("--models", default="stnet,vit_b_delta,histogene", help="comma-separated model names")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="seeds of the base condition")
+    parser.add_argument("--variant-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="seeds of the variants")
     parser.add_argument("--variants", default=None,
                         help=f"comma-separated among {list(VARIANTS)}, or 'none' (default: all; --full: none)")
     parser.add_argument("--variants-on", default=None, help="dataset labels the variants run on (default: all)")
@@ -512,7 +530,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.25],
                         help="loss weights of completed entries for the 'weights' variant")
     parser.add_argument("--long-factor", type=int, default=3, help="budget multiplier of the 'length' variant")
-    parser.add_argument("--weak-spackle-steps", type=int, default=200, help="SpaCKLE steps of the 'spackle' variant")
+    parser.add_argument("--weak-spackle-steps", type=int, nargs="+", default=[200, 20],
+                        help="SpaCKLE steps of the 'spackle' variant (one condition each)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply the small models' step budgets")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--full", action="store_true", help="full-size models at their recipes (for a GPU)")

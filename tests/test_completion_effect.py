@@ -66,9 +66,10 @@ def test_paired_tests_undefined_cases():
 def test_plan_conditions_and_budgets():
     config = ce.StudyConfig({"sim": TINY_BENCH, "other": TINY_BENCH.replace("n_spots=100", "n_spots=90")},
                             {"stnet": ce.SMALL_MODELS["stnet"]}, seeds=(0, 1), weights=(0.5,),
-                            variant_datasets={"length": ("sim",)}, training=ce.SMALL_TRAINING)
+                            weak_spackle_steps=(200, 10), variant_datasets={"length": ("sim",)},
+                            training=ce.SMALL_TRAINING)
     names = [c.name for c in config.conditions()]
-    assert names == ["base", "completed weighs 0.5", "SpaCKLE 200 steps", "3x steps"]
+    assert names == ["base", "completed weighs 0.5", "SpaCKLE 200 steps", "SpaCKLE 10 steps", "3x steps"]
     long = ce.training_config(config, "stnet", config.conditions()[-1])
     assert (long.max_steps, long.val_every) == (450, 150)
     weighted = ce.training_config(config, "stnet", config.conditions()[1])
@@ -77,8 +78,8 @@ def test_plan_conditions_and_budgets():
     trained = rows[~rows["shared"]]
     # base: 2 datasets x 3 targets x 2 seeds; weights and SpaCKLE: completed only on both; length: sim only
     assert trained.groupby("condition", sort=False).size().to_dict() == {
-        "base": 12, "completed weighs 0.5": 4, "SpaCKLE 200 steps": 4, "3x steps": 6}
-    assert len(specs) == 26 and trained["run_id"].is_unique
+        "base": 12, "completed weighs 0.5": 4, "SpaCKLE 200 steps": 4, "SpaCKLE 10 steps": 4, "3x steps": 6}
+    assert len(specs) == 30 and trained["run_id"].is_unique
     base = rows[rows["condition"] == "base"].set_index(["dataset", "model", "target", "seed"])["run_id"]
     shared = rows[rows["shared"]].set_index(["dataset", "model", "target", "seed"])["run_id"]
     assert (shared == base.loc[shared.index]).all()  # raw/median of the completed-only conditions: the base runs
@@ -100,7 +101,7 @@ def test_study_end_to_end_on_a_tiny_collection(bench_data_dir, tmp_path):
     config = ce.StudyConfig({"tiny": TINY_BENCH},
                             {"vit_b_delta": ce.ModelSetup({"backbone_kwargs": TINY_VIT},
                                                           {"max_steps": 2, "batch_size": 16, "lr": 1e-2})},
-                            seeds=(0,), weights=(0.5,), long_factor=2, weak_spackle_steps=5,
+                            seeds=(0,), weights=(0.5,), long_factor=2, weak_spackle_steps=(5,),
                             training={**ce.SMALL_TRAINING, "num_threads": 1, "val_checks": 1})
     seen = []
     result = ce.run_study(config, tmp_path, on_result=seen.append, data_dir=bench_data_dir)
