@@ -423,8 +423,10 @@ def _num(value: Any) -> str:
 
 
 def _pair_cell(row: Mapping[str, Any]) -> str:
-    """``"−0.052 ± 0.031 (t p 0.02, W p 0.06; 5/5)"``: the paired difference and the seeds completed wins."""
-    return (f"{_mean_std(row['mean diff'], row['std diff']).replace('-', '−')} (t p {_p(row['t p'])}, "
+    """``"−0.052 ± 0.031 (t p 0.020, W p 0.062; 5/5)"``: the paired difference (signed), its p-values and the
+    seeds where completed is better."""
+    sign = "+" if np.isfinite(row["mean diff"]) and row["mean diff"] >= 0 else ""
+    return (f"{sign}{_mean_std(row['mean diff'], row['std diff']).replace('-', '−')} (t p {_p(row['t p'])}, "
             f"W p {_p(row['wilcoxon p'])}; {row['completed wins']}/{row['n']})")
 
 
