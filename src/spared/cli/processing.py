@@ -230,11 +230,16 @@ def print_completion(table) -> None:
 
 
 def noise_floor_line(table) -> str | None:
-    """One sentence on the hidden entries' counting-noise floor (``evaluate``'s ``noise_floor``), if known."""
+    """One sentence on the hidden entries' counting-noise floor (``evaluate``'s ``noise_floor``; with
+    ``noise_floor_std``, as :func:`spared.impute.evaluate.summarise` gives it, its spread over the masks), if known."""
     if "noise_floor" not in table:
         return None
-    floors = table.loc[table["target"] == "masked", "noise_floor"].dropna()
-    if floors.empty:
+    masked = table[table["target"] == "masked"].dropna(subset=["noise_floor"])
+    if masked.empty:
         return None
-    return (f"counting-noise floor of the hidden entries: MSE {floors.iloc[0]:.4f} (what an oracle knowing each "
-            f"entry's expected count would score; no method can go much below it)")
+    first = masked.iloc[0]
+    spread = first.get("noise_floor_std")
+    over = (f" ± {spread:.4f} over {int(first['n_masks'])} masks" if spread is not None and spread == spread
+            and "n_masks" in first else "")
+    return (f"counting-noise floor of the hidden entries: MSE {first['noise_floor']:.4f}{over} (what an oracle knowing "
+            f"each entry's expected count would score; no method can go much below it)")
