@@ -11,8 +11,15 @@ from typer.testing import CliRunner
 from spared.graph import spatial_graph
 from spared.impute import spackle
 from spared.impute.baselines import GeneMeanBaseline, KnnMeanBaseline, SpackleMethod, make_method
-from spared.impute.evaluate import (SELECTION_KEY, evaluate, evaluate_fractions, hide_spared, hide_values,
-                                    spared_probabilities, summarise)
+from spared.impute.evaluate import (
+    SELECTION_KEY,
+    evaluate,
+    evaluate_fractions,
+    hide_spared,
+    hide_values,
+    spared_probabilities,
+    summarise,
+)
 from spared.impute.median import adaptive_median
 from spared.metrics import compute
 from test_spackle import TINY, smooth_field
@@ -333,7 +340,8 @@ def test_cli_complete_and_evaluate(tmp_path):
                               "--n-masks", "2", "--json"])
     assert res.exit_code == 0, res.output
     records = json.loads(res.output)
-    assert [(r["method"], r["n_masks"], r["protocol"]) for r in records] == [("mean", 2, "spared"), ("knn", 2, "spared")]
+    assert [(r["method"], r["n_masks"], r["protocol"]) for r in records] == [("mean", 2, "spared"),
+                                                                             ("knn", 2, "spared")]
     assert records[0]["below_knn"] is not None and records[1]["below_median"] is None
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "mean", "--protocol", "spared",
                               "--n-masks", "2", "--per-mask", "--json"])
