@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from spared.bench.provenance import data_preset
 from spared.bench.results import RUNS, ResultsTable
 from spared.bench.runs import RunSpec, canonical_dataset
 
@@ -28,7 +29,7 @@ def execute(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
         row = run_one(spec, out_dir, data_dir=data_dir, progress=progress)
     except Exception as err:
         return failed_row(spec, out_dir, err, traceback.format_exc())
-    return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key}
+    return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key, "preset": data_preset(spec.dataset)}
 
 
 def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: str = "") -> dict[str, Any]:
@@ -38,7 +39,7 @@ def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: st
     (run_dir / "error.txt").write_text(trace or f"{type(err).__name__}: {err}\n")
     return {"run_id": spec.run_id, "model": spec.model, "dataset": canonical_dataset(spec.dataset),
             "target": spec.target, "seed": spec.seed, "status": "failed", "error": f"{type(err).__name__}: {err}",
-            "data_version": spec.data_version, "spec_key": spec.spec_key,
+            "data_version": spec.data_version, "spec_key": spec.spec_key, "preset": data_preset(spec.dataset),
             "run_dir": str(run_dir.resolve()),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 

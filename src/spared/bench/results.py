@@ -130,7 +130,8 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
 
     Returns
     -------
-    DataFrame with columns ``model``, ``dataset`` and, for each target ``t`` present and metric ``m``,
+    DataFrame with columns ``model``, ``dataset``, ``data_version``, ``preset`` (when the rows carry it: the
+    processing preset of the data) and, for each target ``t`` present and metric ``m``,
     ``"m t mean"``, ``"m t std"`` (sample standard deviation, NaN with one seed) and ``"n t"`` (seeds). Only
     runs with status ``done`` count; ``failed`` gives the number of failed runs of the model and dataset.
     Runs on different versions of a dataset's content (``data_version``) are summarised apart, never averaged
@@ -144,6 +145,11 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
         raise KeyError(f"metrics {absent} are not columns of the results ({list(table.columns)})")
     table["data_version"] = table["data_version"].fillna("").astype(str) if "data_version" in table else ""
     keys = ["model", "dataset", "data_version"]
+    if "preset" in table:  # the processing preset of the data (rows written before it existed: told now)
+        from spared.bench.provenance import data_preset
+
+        table["preset"] = table["preset"].fillna(table["dataset"].map(data_preset)).astype(str)
+        keys.append("preset")
     ok = table[table["status"] == "done"]
     out = table[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
     for target in [t for t in ("raw", "completed") if t in set(ok["target"])]:

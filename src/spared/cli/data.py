@@ -10,7 +10,7 @@ import typer
 
 from spared.cli.app import app, console, writable_dir
 from spared.cli.datasets import FromOption
-from spared.cli.processing import fail, load_config
+from spared.cli.processing import PRESET_HELP, fail, load_config
 
 
 @app.command()
@@ -22,14 +22,15 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached result exists.")] = False,
     patches: Annotated[bool, typer.Option("--patches/--no-patches", help="Cut image patches.")] = True,
     source: FromOption = None,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP, show_default=False)] = None,
 ) -> None:
     """Build (or load from cache) the processed collection NAME and print where it lies."""
-    prepare_dataset(name, config_file, overrides, data_dir, force, patches, source)
+    prepare_dataset(name, config_file, overrides, data_dir, force, patches, source, preset)
 
 
 def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[str] | None = None,
                     data_dir: Path | None = None, force: bool = False, patches: bool = True,
-                    source: Path | None = None) -> None:
+                    source: Path | None = None, preset: str | None = None) -> None:
     """The work of ``spared prepare`` (also ``spared process NAME``)."""
     from spared.catalog import load_spec
     from spared.datasets import cache_paths, get
@@ -40,7 +41,7 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
         base = spec.processing_config(None)
     except (LookupError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
-    cfg = load_config(config_file, overrides, base=base)
+    cfg = load_config(config_file, overrides, base=base, preset=preset)
     h5ad, patch_file = cache_paths(name, cfg, data_dir)
     cached = h5ad.is_file() and not force
     if not cached:
@@ -55,7 +56,7 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
     others = dict.fromkeys(str(w.message) for w in caught if str(w.message) not in recorded)
     slides = adata.obs["slide_id"].nunique()
     console.print(f"{'loaded' if cached else 'built'} {name}: {adata.n_obs} spots × {adata.n_vars} genes, "
-                  f"{slides} slide(s)")
+                  f"{slides} slide(s), preset {cfg.preset_name!r}")
     console.print(f"  h5ad:    {h5ad}")
     if patches and "patches" in adata.uns.get("spared", {}):
         console.print(f"  patches: {patch_file}")

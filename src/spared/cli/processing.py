@@ -28,13 +28,19 @@ def read_h5ad(path: Path):
     return adata
 
 
-def load_config(config_file: Path | None, overrides: list[str] | None, base=None):
-    """A ProcessingConfig from defaults (or ``base``), an optional TOML/JSON file, and key=value overrides."""
+#: ``--preset`` of ``spared process`` and ``spared prepare``.
+PRESET_HELP = ("Processing preset: 'spared' (this package's layers) or 'original' (the original SpaRED library's "
+               "layers: its directed spatial graphs for the median filter and Moran's I). --set values win.")
+
+
+def load_config(config_file: Path | None, overrides: list[str] | None, base=None, preset: str | None = None):
+    """A ProcessingConfig from defaults (or ``base``), an optional TOML/JSON file, a preset, and key=value overrides
+    (applied in that order)."""
     from spared.config import ProcessingConfig
 
     try:
         cfg = ProcessingConfig.from_file(config_file) if config_file else (base or ProcessingConfig())
-        return cfg.with_overrides(overrides or [])
+        return cfg.with_overrides([*([f"preset={preset}"] if preset else []), *(overrides or [])])
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
 
@@ -72,6 +78,7 @@ def process(
     allow_non_integer: Annotated[bool, typer.Option(
         "--allow-non-integer", help="Process an X that is not integer counts (normalised or log values) anyway, "
                                     "with a warning recorded in the output.")] = False,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP, show_default=False)] = None,
 ) -> None:
     """Run the SpaRED processing protocol on a raw collection file, or on a catalogue dataset by name.
 
@@ -86,10 +93,10 @@ def process(
             raise fail(f"{input} looks like a file: give the output path too (spared process {input} OUT.h5ad)")
         from spared.cli.data import prepare_dataset
 
-        prepare_dataset(input, config, set_)
+        prepare_dataset(input, config, set_, preset=preset)
         return
     writable_file(out)
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_, preset=preset)
     adata = read_h5ad(Path(input))
     try:
         result = run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
@@ -117,6 +124,7 @@ def print_summary(adata) -> None:
     info = adata.uns["spared"]
     moran = adata.var["d_log1p_moran"].to_numpy()
     summary = Table(title="summary", show_header=False)
+    summary.add_row("preset", str(info.get("preset", "n/a")))
     summary.add_row("spots", str(adata.n_obs))
     summary.add_row("genes kept", str(adata.n_vars))
     summary.add_row("missing, raw (all genes)", f"{info['raw_zero_fraction']:.1%}")
