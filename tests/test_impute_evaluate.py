@@ -185,6 +185,8 @@ def test_evaluate_fractions_is_evaluate_at_each_fraction():
     assert entries[0.3] == hide_values(adata, 0.3, 1).sum() > entries[0.1]
     with pytest.raises(ValueError, match="at least one"):
         evaluate_fractions(adata, (), ["mean"])
+    with pytest.raises(ValueError, match="the 'spared' protocol sets how much it hides itself"):
+        evaluate_fractions(adata, (0.1,), ["mean"], protocol="spared")
 
 
 def test_evaluate_rejects_bad_arguments():

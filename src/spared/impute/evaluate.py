@@ -313,6 +313,9 @@ def evaluate_fractions(adata, fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.4)
     """
     if not fractions:
         raise ValueError("give at least one masking fraction")
+    if kwargs.get("protocol", "uniform") != "uniform":
+        raise ValueError(f"the masking-fraction curve hides fixed fractions (protocol 'uniform'); the "
+                         f"{kwargs['protocol']!r} protocol sets how much it hides itself")
     frames = [evaluate(adata, methods, fraction, seed, **kwargs).assign(mask_fraction=float(fraction))
               for fraction in fractions]
     return pd.concat(frames, ignore_index=True)
