@@ -78,16 +78,22 @@ def test_provenance_of_catalogue_names_files_and_simulated_data(tmp_path):
     assert data_preset(str(tmp_path / "gone.h5ad")) == "unknown"
 
 
-def test_processing_records_its_preset():
-    from spared.config import ProcessingConfig
-    from spared.pp import process
+def test_processing_records_its_preset(tmp_path):
+    """``spared process --preset original`` (the ProcessingConfig.preset expansion) is recorded in the output."""
     from spared.synthetic import make_collection
 
     raw = make_collection(n_slides=3, n_spots=150, n_genes=120, seed=0, image=False)
-    out = process(raw, ProcessingConfig.preset("original", top_moran_genes=16, complete_missing=False),
-                  progress=False)
+    raw.write_h5ad(tmp_path / "raw.h5ad")
+    res = CliRunner().invoke(app, ["process", str(tmp_path / "raw.h5ad"), str(tmp_path / "out.h5ad"), "--preset",
+                                   "original", "--set", "top_moran_genes=16", "--set", "complete_missing=false"])
+    assert res.exit_code == 0, res.output
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.uns["spared"]["preset"] == "original"
     assert json.loads(out.uns["spared"]["config"])["spatial_graphs"] == "original"
+    assert data_preset(str(tmp_path / "out.h5ad")) == "original"
+    res = CliRunner().invoke(app, ["process", str(tmp_path / "raw.h5ad"), str(tmp_path / "x.h5ad"), "--preset",
+                                   "authors"])
+    assert res.exit_code == 1 and "'preset' must be one of ['spared', 'original']" in res.output
 
 
 def _results_folder(tmp_path, lung_file: str) -> ResultsTable:
