@@ -16,6 +16,16 @@ For each processed collection (``.h5ad`` paths; default: the shared organoid col
    (:func:`spared.impute.noise_floor.noise_floor`, reported by ``evaluate-completion``): no method can go much
    below it, so a target that needs an MSE under the floor is out of reach for any method.
 
+``--compare`` instead trains and scores the original library's SpaCKLE beside ours on exactly the same hidden
+entries, under both evaluation protocols (:mod:`spared.impute.evaluate`: ``uniform``, 3 masks; ``spared``, 10
+masks): ours and the three baselines through ``evaluate`` (SpaCKLE at its defaults), the original trained once as its
+authors train it (``spackle_original.py --score``: train split, 1,000 steps, selected on the val split) and asked
+for every mask's hidden entries. Printed per collection and protocol: masked MSE and PCC-Gene (mean ± std over
+masks) of ours, the original, the median filter, the k-NN mean and the gene mean, the counting-noise floor, and
+each SpaCKLE's steps, wall and CPU seconds; everything is also written to ``--out``. The original environment:
+``python -m venv /work/orig-venv``, then ``pip install torch --index-url https://download.pytorch.org/whl/cpu``,
+``pip install lightning anndata scanpy squidpy scikit-learn tqdm`` and ``pip install --no-deps spared==2.2.1``.
+
 ``--scaling`` instead measures throughput and memory growth on simulated collections of 10k–50k spots.
 
 Usage::
@@ -25,6 +35,7 @@ Usage::
     python benchmarks/bench_spackle.py --steps 2 6 --seeds 0             # quicker
     python benchmarks/bench_spackle.py --no-speed --preset accurate      # the slower, more accurate preset
     python benchmarks/bench_spackle.py --scaling [--quick]
+    python benchmarks/bench_spackle.py lung.h5ad kidney.h5ad her2st.h5ad --compare    # beside the original
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_ORIGINAL = Path("/work/orig_venv/bin/python")
+DEFAULT_ORIGINAL = Path("/work/orig-venv/bin/python")
+LAYER = "c_d_log1p"
 N_GENES = 128
 #: The issue's targets: SpaCKLE's masked MSE this much below each baseline's.
 TARGETS = {"median": 0.825, "knn": 0.25}
@@ -84,6 +96,44 @@ def _train_worker(path: str, steps: list[int], batch_size: int, num_neighs: int,
         spackle.fit(adata, config=config)
         fits.append({"steps": n, "seconds": time.perf_counter() - start})
     return {"threads": torch.get_num_threads(), "fits": fits, "import_mib": base, "peak_mib": _rss_mib()}
+
+
+def _protocol_worker(path: str, protocol: str, n_masks: int, masks_out: str) -> dict:
+    """Our four methods under ``protocol`` (``evaluate``, SpaCKLE at its defaults), timed, and the masks and inputs
+    the original library's SpaCKLE is given for the same hidden entries (written to ``masks_out``)."""
+    import anndata as ad
+    import numpy as np
+
+    from spared.data_model import dense
+    from spared.impute.baselines import MedianBaseline, SpackleMethod
+    from spared.impute.evaluate import PREDICTION_KEY, evaluate, hidden_view, hide_entries
+    from spared.impute.spackle import SpackleConfig
+
+    fits: list[dict] = []
+
+    class TimedSpackle(SpackleMethod):
+        def fit(self, adata, layer):
+            wall, cpu = time.perf_counter(), time.process_time()
+            super().fit(adata, layer)
+            fits.append({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
+                         "steps": max(step for step, _ in self.model.history["train"]),
+                         "best_step": self.model.best_step})
+            return self
+
+    adata = ad.read_h5ad(path)
+    table = evaluate(adata, [TimedSpackle(SpackleConfig(seed=0, progress=False)), "median", "mean", "knn"],
+                     protocol=protocol, n_masks=n_masks)
+    values = dense(adata.layers[LAYER])
+    real = dense(adata.layers["mask"]).astype(bool)
+    hidden = np.stack([hide_entries(adata, protocol, seed) for seed in range(n_masks)])
+    published, refilled = np.empty(hidden.shape, np.float32), np.empty(hidden.shape, np.float32)
+    for m, mask in enumerate(hidden):
+        published[m] = np.where(mask, 0, values)  # the missing entries keep the layer's median-filter values
+        view = hidden_view(adata, LAYER, real & ~mask)
+        MedianBaseline().fit(view, LAYER).complete(view, LAYER, PREDICTION_KEY)
+        refilled[m] = np.where(mask, 0, view.layers[PREDICTION_KEY])  # ... recomputed without the hidden entries
+    np.savez_compressed(masks_out, hidden=hidden, inputs_published=published, inputs_refilled=refilled)
+    return {"rows": table.to_dict(orient="records"), "fits": fits}
 
 
 def _scaling_worker(task: str, n_spots: int, steps: int) -> dict:
@@ -228,6 +278,97 @@ def accuracy(path: Path, seeds: list[int], first: list[dict] | None = None, ense
                   f"<= {needed:.3f}" + ("" if floor is None else f" ({needed / floor:.2f}x the noise floor)"))
 
 
+def _mean_std(values) -> str:
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    if np.isnan(values).all():
+        return "n/a"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if values.size > 1 else f"{values.mean():.3f}"
+
+
+def compare_original(path: Path, original: Path, masks: dict[str, int], max_steps: int, out: Path) -> dict:
+    """Ours and the original library's SpaCKLE on the same hidden entries, under each protocol of ``masks``.
+
+    Ours runs ``evaluate`` (SpaCKLE at its defaults, the three baselines); the original is trained once, as its
+    authors train it, and predicts every mask of every protocol, reading either the layer as published (its
+    missing entries keep the median-filter values computed before any entry was hidden) or those values recomputed
+    without the hidden entries (``refilled``, no hidden value can reach it). Every method is scored with
+    :func:`spared.metrics.compute` on the hidden entries. Returns (and writes to ``out``) the per-mask scores and
+    the timings.
+    """
+    import anndata as ad
+    import numpy as np
+
+    from spared.data_model import dense
+    from spared.metrics import compute
+
+    out.mkdir(parents=True, exist_ok=True)
+    ours, hidden, inputs = {}, [], {"published": [], "refilled": []}
+    for protocol, n_masks in masks.items():
+        masks_file = out / f"{path.stem}.{protocol}.masks.npz"
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours[protocol] = _json_line([sys.executable, __file__, "--worker", "protocol", str(path), protocol,
+                                     str(n_masks), str(masks_file)], f"ours, {protocol} protocol")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours[protocol]["process_cpu"] = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+        with np.load(masks_file) as saved:
+            hidden.append(saved["hidden"])
+            for variant in inputs:
+                inputs[variant].append(saved[f"inputs_{variant}"])
+    combined, predictions = out / f"{path.stem}.masks.npz", out / f"{path.stem}.original.npz"
+    np.savez_compressed(combined, hidden=np.concatenate(hidden),
+                        **{f"inputs_{k}": np.concatenate(v) for k, v in inputs.items()})
+    theirs = _json_line([str(original), str(HERE / "spackle_original.py"), str(path), "--score", str(combined),
+                         "--out", str(predictions), "--max-steps", str(max_steps)], "the original SpaCKLE",
+                        isolated=True)
+    adata = ad.read_h5ad(path)
+    values = dense(adata.layers[LAYER])
+    with np.load(predictions) as saved:
+        preds = {variant: saved[f"pred_{variant}"] for variant in inputs}
+    result, start = {"collection": path.name, "original": theirs, "protocols": {}}, 0
+    for (protocol, n_masks), mask in zip(masks.items(), hidden, strict=True):
+        rows = [r for r in ours[protocol]["rows"] if r["target"] == "masked"]
+        scores = {f"original ({variant})": [compute(values, preds[variant][start + m], mask[m]) for m in
+                                            range(n_masks)] for variant in preds}
+        start += n_masks
+        per_method = {name: [r for r in rows if r["method"] == name] for name in ("spackle", "median", "knn", "mean")}
+        result["protocols"][protocol] = {
+            "masks": n_masks, "ours_fits": ours[protocol]["fits"], "ours_process_cpu": ours[protocol]["process_cpu"],
+            **{name: {"MSE": [r["MSE"] for r in found], "PCC-Gene": [r["PCC-Gene"] for r in found],
+                      "seconds": [r["seconds"] for r in found]} for name, found in per_method.items()},
+            **{name: {"MSE": [s["MSE"] for s in found], "PCC-Gene": [s["PCC-Gene"] for s in found]}
+               for name, found in scores.items()},
+            "noise_floor": [r["noise_floor"] for r in per_method["spackle"]]}
+    (out / f"{path.stem}.comparison.json").write_text(json.dumps(result, indent=1, default=float))
+    print_comparison(result)
+    return result
+
+
+def print_comparison(result: dict) -> None:
+    """The comparison table of :func:`compare_original` (masked MSE and PCC-Gene, mean ± std over masks)."""
+    theirs = result["original"]
+    print(f"SpaCKLE, ours vs the original library ({theirs['original']}), on {result['collection']}: "
+          f"the same hidden entries, masked MSE / PCC-Gene, mean ± std over masks")
+    print(f"  original: {theirs['steps']} steps (best validation at step {theirs['best_step']}), "
+          f"{theirs['train_seconds']:.0f} s wall, {theirs['train_cpu_seconds']:.0f} s CPU to train; "
+          f"{theirs['predict_seconds']:.0f} s to predict {theirs['masks']} masks; peak {theirs['peak_mib']:.0f} MiB")
+    print(f"  original, how it reads its input ({theirs['probe_spots']} spots): its prediction moves by at most "
+          f"{theirs['neighbours_swapped_max_change']:.2g} when a spot's neighbours are swapped for another spot's, and "
+          f"by {theirs['half_batch_mean_change']:.3f} on average (predictions {theirs['prediction_mean_abs']:.2f} in "
+          f"size) when the same spots are predicted in a batch half as large")
+    names = ("spackle", "original (refilled)", "original (published)", "median", "knn", "mean")
+    for protocol, block in result["protocols"].items():
+        fits = block["ours_fits"]
+        print(f"  protocol {protocol!r}, {block['masks']} mask(s); counting-noise floor "
+              f"{_mean_std(block['noise_floor'])}; ours trained {len(fits)}x: "
+              f"{', '.join(str(f['steps']) for f in fits)} steps, {sum(f['wall'] for f in fits):.0f} s wall, "
+              f"{sum(f['cpu'] for f in fits):.0f} s CPU ({block['ours_process_cpu']:.0f} s CPU for the whole "
+              f"evaluation)")
+        for name in names:
+            print(f"    {name:<22}{_mean_std(block[name]['MSE']):>18}{_mean_std(block[name]['PCC-Gene']):>18}")
+
+
 def scaling(quick: bool, steps: int) -> None:
     scale = 10 if quick else 1
     runs = [("train", 20_000 // scale, steps), ("complete", 50_000 // scale, 0),
@@ -262,6 +403,15 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, help="SpaCKLE networks averaged in the accuracy runs (default: "
                                                      "the preset's)")
     parser.add_argument("--no-speed", action="store_true", help="skip the side-by-side training timing")
+    parser.add_argument("--compare", action="store_true",
+                        help="instead: ours and the original SpaCKLE trained and scored on the same hidden entries, "
+                             "under both protocols")
+    parser.add_argument("--masks", type=int, nargs=2, default=[3, 10], metavar=("UNIFORM", "SPARED"),
+                        help="with --compare: masks per protocol (0 skips a protocol)")
+    parser.add_argument("--original-steps", type=int, default=1000,
+                        help="with --compare: the original's training steps (its spackle_cleaner default: 1000)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/spackle_compare"),
+                        help="with --compare: folder for masks, predictions and <collection>.comparison.json")
     parser.add_argument("--scaling", action="store_true", help="simulated scaling benchmark instead")
     parser.add_argument("--quick", action="store_true", help="with --scaling: small sizes")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -270,6 +420,8 @@ def main() -> None:
         kind, *rest = args.worker
         if kind == "train":
             out = _train_worker(rest[0], [int(s) for s in rest[2:]], 256, 18, json.loads(rest[1]))
+        elif kind == "protocol":
+            out = _protocol_worker(rest[0], rest[1], int(rest[2]), rest[3])
         else:
             out = _scaling_worker(rest[0], int(rest[1]), int(rest[2]))
         print(json.dumps(out))
@@ -289,6 +441,14 @@ def main() -> None:
             return
         paths = [organoid_h5ad(key) for key in ORGANOIDS]
     original = args.original_python if args.original_python.exists() else None
+    if args.compare:
+        if original is None:
+            raise SystemExit(f"{args.original_python} not found: --compare needs the original library's Python "
+                             f"(--original-python, or $SPARED_ORIGINAL_PYTHON; see the module docstring)")
+        masks = {p: n for p, n in zip(("uniform", "spared"), args.masks, strict=True) if n > 0}
+        for path in paths:
+            compare_original(path, original, masks, args.original_steps, args.out)
+        return
     if original is None and not args.no_speed:
         print(f"note: {args.original_python} not found, timing ours only (set --original-python)")
     for path in paths:

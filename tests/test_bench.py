@@ -197,6 +197,7 @@ def test_local_executor_writes_runs_and_table(local_results):
     # raw targets are scored against c_d_log1p, completed targets against c_t_log1p (real entries only)
     layers = dict(zip(stored["target"], stored["layer"], strict=True))
     assert layers == {"raw": "c_d_log1p", "completed": "c_t_log1p"}
+    assert set(stored["preset"]) == {"spared"}  # every row says which processing preset made its data
 
 
 def test_second_invocation_skips_and_force_reruns(local_results, data_dir):
@@ -224,6 +225,7 @@ def test_failed_run_is_recorded_and_others_go_on(tmp_path, data_dir):
     errors = dict(zip(frame["run_id"], frame["error"], strict=True))
     assert "unknown model 'no_such_model'" in errors[bad.run_id]
     assert errors[broken.run_id]
+    assert set(frame["preset"]) == {"spared"}  # failed rows too
     assert (tmp_path / "runs" / bad.run_id / "error.txt").read_text().startswith("Traceback")
     assert not (tmp_path / "runs" / bad.run_id / "metrics.json").exists()
     # failed runs are not 'finished': the next invocation tries them again (and records them failed again)

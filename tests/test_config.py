@@ -112,3 +112,23 @@ def test_cli_set_errors_exit_1_naming_the_key(tmp_path):
     result = runner.invoke(app, ["process", str(raw), str(tmp_path / "o.h5ad"), "--config", str(config)])
     assert result.exit_code == 1 and "c.toml" in result.output
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_processing_presets_expand_into_fields_and_are_recognised(tmp_path):
+    from spared.config import PROCESSING_PRESETS, preset_of
+
+    original = ProcessingConfig.preset("original")
+    assert original.spatial_graphs == "original" and original.preset_name == "original"
+    assert ProcessingConfig().preset_name == "spared"
+    assert original == ProcessingConfig().replace(preset="original") == ProcessingConfig().with_overrides(
+        ["preset=original"])
+    assert ProcessingConfig.preset("original", top_moran_genes=32).top_moran_genes == 32  # dataset settings kept
+    assert ProcessingConfig.preset("original", spatial_graphs="spared").preset_name == "spared"  # fields win
+    assert "preset" not in original.to_dict() and original.hash() != ProcessingConfig().hash()  # cache keys differ
+    path = tmp_path / "settings.toml"
+    path.write_text('preset = "original"\ntop_moran_genes = 64\n')
+    assert ProcessingConfig.from_file(path).preset_name == "original"
+    assert preset_of({"spatial_graphs": "original", "seed": 3}) == "original" and preset_of({}) == "spared"
+    with pytest.raises(ValueError, match="'preset' must be one of \\['spared', 'original'\\], got 'authors'"):
+        ProcessingConfig.preset("authors")
+    assert set(PROCESSING_PRESETS) == {"spared", "original"}

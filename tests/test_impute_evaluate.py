@@ -10,8 +10,16 @@ from typer.testing import CliRunner
 
 from spared.graph import spatial_graph
 from spared.impute import spackle
-from spared.impute.baselines import GeneMeanBaseline, KnnMeanBaseline, make_method
-from spared.impute.evaluate import evaluate, evaluate_fractions, hide_values
+from spared.impute.baselines import GeneMeanBaseline, KnnMeanBaseline, SpackleMethod, make_method
+from spared.impute.evaluate import (
+    SELECTION_KEY,
+    evaluate,
+    evaluate_fractions,
+    hide_spared,
+    hide_values,
+    spared_probabilities,
+    summarise,
+)
 from spared.impute.median import adaptive_median
 from spared.metrics import compute
 from test_spackle import TINY, smooth_field
@@ -176,6 +184,8 @@ def test_evaluate_fractions_is_evaluate_at_each_fraction():
     assert entries[0.3] == hide_values(adata, 0.3, 1).sum() > entries[0.1]
     with pytest.raises(ValueError, match="at least one"):
         evaluate_fractions(adata, (), ["mean"])
+    with pytest.raises(ValueError, match="the 'spared' protocol sets how much it hides itself"):
+        evaluate_fractions(adata, (0.1,), ["mean"], protocol="spared")
 
 
 def test_evaluate_rejects_bad_arguments():
@@ -190,6 +200,99 @@ def test_evaluate_rejects_bad_arguments():
     assert set(adata.obs["slide_id"][hidden.any(axis=1)]) == set(adata.obs["slide_id"])  # all slides scored
     with pytest.raises(ValueError, match="no completion method"):
         evaluate(adata, [])
+
+
+class Counter(Recorder):
+    """A :class:`Recorder` that also keeps every view it completes."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.completed: list = []
+
+    def complete(self, adata, layer, key_added):
+        self.completed.append(adata.copy())
+        return super().complete(adata, layer, key_added)
+
+
+def test_hide_spared_hides_each_gene_at_its_dropout_rate():
+    adata = smooth_field(side=40, n_genes=5, missing=0.0, seed=6)
+    frac = np.array([1.0, 0.9, 0.7, 0.55, 0.5])
+    adata.var["glob_exp_frac"] = frac
+    np.testing.assert_allclose(spared_probabilities(adata), [0.0, 1 / 9, 3 / 7, 0.45 / 0.55, 1.0])
+    real = adata.layers["mask"]
+    real[::7, 2] = False  # missing entries are never hidden
+    hidden = hide_spared(adata, seed=2)
+    split = adata.obs["split"].to_numpy()
+    assert not hidden[split == "train"].any() and not hidden[~real].any()
+    np.testing.assert_array_equal(hidden, hide_spared(adata, seed=2))
+    assert not np.array_equal(hidden, hide_spared(adata, seed=3))
+    held = split != "train"
+    rate = hidden[held].sum(axis=0) / real[held].sum(axis=0)
+    n = real[held].sum(axis=0)
+    p = spared_probabilities(adata)
+    assert rate[0] == 0 and rate[4] == 1
+    assert (np.abs(rate - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-12).all(), rate
+    del adata.var["glob_exp_frac"]  # without it: the fraction of real entries over the collection
+    real_frac = real.mean(axis=0)
+    np.testing.assert_allclose(spared_probabilities(adata), np.minimum(1, (1 - real_frac) / real_frac))
+
+
+def test_spared_protocol_fits_once_on_the_train_split_and_scores_every_mask():
+    adata = smooth_field(side=8, missing=0.4, seed=7)
+    adata.var["glob_exp_frac"] = np.linspace(0.45, 0.95, adata.n_vars)
+    rec = Counter("rec")
+    table = evaluate(adata, [rec, "mean"], seed=5, protocol="spared", n_masks=3)
+    assert len(rec.seen) == 1 and len(rec.completed) == 3
+    train = adata.obs["split"].to_numpy() == "train"
+    fitted = rec.seen[0]
+    assert list(fitted.obs_names) == list(adata.obs_names[train])
+    np.testing.assert_array_equal(fitted.layers["mask"], adata.layers["mask"][train])
+    assert set(fitted.obs[SELECTION_KEY]) == {"train", "val"}
+    assert list(table["mask"]) == [5, 5, 6, 6, 7, 7] and set(table["protocol"]) == {"spared"}
+    for i, seed in enumerate((5, 6, 7)):
+        hidden = hide_spared(adata, seed)
+        np.testing.assert_array_equal(rec.completed[i].layers["mask"], adata.layers["mask"] & ~hidden)
+        assert (table.loc[table["mask"] == seed, "n_entries"] == hidden.sum()).all()
+        zeros = compute(adata.layers["c_d_log1p"], np.zeros(adata.shape), hidden)
+        assert table.loc[2 * i, "MSE"] == pytest.approx(zeros["MSE"])
+    summary = summarise(table)
+    assert list(summary["n_masks"]) == [3, 3]
+    mse = table.pivot(index="mask", columns="method", values="MSE")
+    assert summary.loc[1, "MSE"] == pytest.approx(mse["mean"].mean())
+    assert summary.loc[1, "MSE_std"] == pytest.approx(mse["mean"].std(ddof=1))
+    assert summary["below_median"].isna().all() and summary["below_knn"].isna().all()
+    with_median = summarise(evaluate(adata, ["mean", "median"], seed=5, protocol="spared", n_masks=2))
+    pair = evaluate(adata, ["mean", "median"], seed=5, protocol="spared", n_masks=2).pivot(
+        index="mask", columns="method", values="MSE")
+    assert with_median.loc[0, "below_median"] == pytest.approx((1 - pair["mean"] / pair["median"]).mean())
+    with pytest.raises(ValueError, match="unknown evaluation protocol 'paper'"):
+        evaluate(adata, ["mean"], protocol="paper")
+    with pytest.raises(ValueError, match="n_masks must be an integer >= 1"):
+        evaluate(adata, ["mean"], protocol="spared", n_masks=0)
+
+
+def test_spared_protocol_spackle_never_reads_a_val_or_test_value_while_training():
+    adata = smooth_field(side=8, missing=0.3, seed=8)
+    changed = adata.copy()
+    held = changed.obs["split"].to_numpy() != "train"
+    changed.layers["c_d_log1p"][held] += np.float32(4)
+    config = TINY.replace(max_steps=10)
+    first, second = SpackleMethod(config), SpackleMethod(config)
+    a = evaluate(adata, [first], protocol="spared", n_masks=2)
+    b = evaluate(changed, [second], protocol="spared", n_masks=2)
+    assert first.model.history == second.model.history  # selected on train spots: val/test values never seen
+    assert first.model.config.split_key == SELECTION_KEY
+    assert (a["fit_seconds"] == a.loc[0, "fit_seconds"]).all() and not np.allclose(a["MSE"], b["MSE"])
+
+
+def test_uniform_protocol_with_several_masks_refits_every_method_per_mask():
+    adata = smooth_field(side=8, missing=0.3, seed=9)
+    rec = Counter("rec")
+    table = evaluate(adata, [rec, "mean", "knn"], 0.2, seed=3, n_masks=2)
+    assert len(rec.seen) == 1 and len(rec.completed) == 1  # mask 4 went to a fresh copy of the method
+    again = evaluate(adata, ["mean", "knn"], 0.2, seed=4)
+    np.testing.assert_allclose(table.loc[table["mask"] == 4, "MSE"].to_numpy()[1:], again["MSE"].to_numpy())
+    assert (table["fit_seconds"] <= table["seconds"]).all()
 
 
 def test_cli_complete_and_evaluate(tmp_path):
@@ -243,6 +346,21 @@ def test_cli_complete_and_evaluate(tmp_path):
     assert [r["method"] for r in json.loads(res.output)] == ["mean", "knn"]
     res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "mean,oracle"])
     assert res.exit_code == 1 and "oracle" in res.output
+    res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "mean,knn", "--protocol", "spared",
+                              "--n-masks", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    records = json.loads(res.output)
+    assert [(r["method"], r["n_masks"], r["protocol"]) for r in records] == [("mean", 2, "spared"),
+                                                                             ("knn", 2, "spared")]
+    assert records[0]["below_knn"] is not None and records[1]["below_median"] is None
+    res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "mean", "--protocol", "spared",
+                              "--n-masks", "2", "--per-mask", "--json"])
+    assert res.exit_code == 0 and [r["mask"] for r in json.loads(res.output)] == [0, 1]
+    res = runner.invoke(app, ["evaluate-completion", str(src), "--methods", "mean", "--protocol", "spared",
+                              "--mask-fraction", "0.2"])
+    assert res.exit_code == 1 and "--mask-fraction applies to --protocol uniform" in res.output
+    res = runner.invoke(app, ["evaluate-completion", str(src), "--protocol", "paper"])
+    assert res.exit_code == 1 and "unknown protocol 'paper'" in res.output
 
 
 @pytest.mark.slow

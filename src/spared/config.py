@@ -21,6 +21,18 @@ TRUE_WORDS = frozenset({"true", "yes", "on", "1", "y", "t"})
 FALSE_WORDS = frozenset({"false", "no", "off", "0", "n", "f"})
 NONE_WORDS = frozenset({"none", "null"})
 
+#: Processing presets: how a collection's layers are computed, each the fields it sets (the dataset's own parameters,
+#: such as ``top_moran_genes``, are not part of a preset). ``spared``: this package's defaults. ``original``: the
+#: original SpaRED library's layers as far as they are right to reproduce (its directed spatial graphs for the
+#: median filter and Moran's I); see docs/processing.md for what it does not copy (its gene-length table, its ComBat
+#: package's bug).
+PROCESSING_PRESETS: dict[str, dict[str, Any]] = {
+    "spared": {"spatial_graphs": "spared"},
+    "original": {"spatial_graphs": "original"},
+}
+#: :attr:`ProcessingConfig.preset_name` of a configuration that matches no preset in full.
+CUSTOM_PRESET = "custom"
+
 
 @dataclass(frozen=True)
 class ProcessingConfig:
@@ -28,6 +40,11 @@ class ProcessingConfig:
 
     ``split_scheme`` picks the train/val/test slides: ``"catalogue"`` (as read), ``"lopo:<patient>"``
     (leave one patient out) or ``"loso:<slide>"`` (see :mod:`spared.pp.splits`).
+
+    A preset (:data:`PROCESSING_PRESETS`) is a set of field values, not a field:
+    ``ProcessingConfig.preset("original")``, ``config.replace(preset="original")``, ``--set preset=original`` and
+    ``preset = "original"`` in a settings file expand it (fields given beside it win), and :attr:`preset_name`
+    tells which preset a configuration matches.
     """
 
     organism: str = "human"
@@ -73,10 +90,26 @@ class ProcessingConfig:
             out["wildcard_genes"] = list(out["wildcard_genes"])
         return out
 
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> ProcessingConfig:
+        """The defaults with preset ``name`` (:data:`PROCESSING_PRESETS`) applied, then ``changes``."""
+        return cls().replace(preset=name, **changes)
+
+    @property
+    def preset_name(self) -> str:
+        """The preset whose every field this configuration has (``"spared"``, ``"original"``), else ``"custom"``."""
+        return preset_of(self.to_dict())
+
     def replace(self, **changes: Any) -> ProcessingConfig:
+        """A copy with ``changes``; the key ``preset`` expands to that preset's fields (the others given win)."""
+        preset = changes.pop("preset", None)
+        if preset is not None:
+            if preset not in PROCESSING_PRESETS:
+                raise ValueError(f"'preset' must be one of {list(PROCESSING_PRESETS)}, got {preset!r}")
+            changes = {**PROCESSING_PRESETS[preset], **changes}
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            valid = ", ".join(["preset", *(f.name for f in dataclasses.fields(self))])
             raise KeyError(f"unknown processing parameter(s) {sorted(unknown)}; valid names: {valid}")
         return dataclasses.replace(self, **changes)
 
@@ -111,6 +144,19 @@ class ProcessingConfig:
 
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def preset_of(settings: dict[str, Any]) -> str:
+    """The preset (:data:`PROCESSING_PRESETS`) whose every field ``settings`` has, else ``"custom"``.
+
+    ``settings`` is a :meth:`ProcessingConfig.to_dict` (e.g. the JSON in a processed collection's
+    ``uns["spared"]["config"]``); a field it lacks (written by an older version) counts as its default.
+    """
+    defaults = dataclasses.asdict(ProcessingConfig())
+    for name, values in PROCESSING_PRESETS.items():
+        if all(settings.get(key, defaults[key]) == value for key, value in values.items()):
+            return name
+    return CUSTOM_PRESET
 
 
 def read_settings_file(path: str | Path) -> dict[str, Any]:

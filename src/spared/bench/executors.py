@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from spared.bench.provenance import data_preset
 from spared.bench.results import METRICS_FILE, RUNS, ResultsTable
 from spared.bench.runs import RunSpec, canonical_dataset
 from spared.cluster.session import require_ray
@@ -49,7 +50,8 @@ def execute(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None = No
         raise  # every later run would fail the same way: the benchmark stops with the one clear message
     except Exception as err:
         return failed_row(spec, out_dir, err, traceback.format_exc())
-    return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key, "node": socket.gethostname()}
+    return {**row, "data_version": spec.data_version, "spec_key": spec.spec_key, "preset": data_preset(spec.dataset),
+            "node": socket.gethostname()}
 
 
 def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: str = "",
@@ -65,7 +67,7 @@ def failed_row(spec: RunSpec, out_dir: str | Path, err: BaseException, trace: st
     return {"run_id": spec.run_id, "model": spec.model, "dataset": canonical_dataset(spec.dataset),
             "target": spec.target, "seed": spec.seed, "status": "failed", "error": f"{type(err).__name__}: {err}",
             "custom": bool(spec.custom_model), "model_ref": spec.custom_model.get("ref", ""),
-            "data_version": spec.data_version, "spec_key": spec.spec_key,
+            "data_version": spec.data_version, "spec_key": spec.spec_key, "preset": data_preset(spec.dataset),
             "run_dir": str(run_dir.resolve()), "node": socket.gethostname() if node is None else node,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 

@@ -133,14 +133,15 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
 
     Returns
     -------
-    DataFrame with columns ``model``, ``dataset``, ``data_version``, ``custom`` (a model not built into spared,
-    or predictions scored from elsewhere) and, for each target label ``t`` present
-    (:func:`~spared.bench.targets.target_label`: the target, with its imputed-entry weight when that is not 1)
-    and metric ``m``, ``"m t mean"``, ``"m t std"`` (sample standard deviation, NaN with one seed) and ``"n t"``
-    (seeds); ``attrs["targets"]`` lists the labels in table order. Only runs with status ``done`` count;
-    ``failed`` gives the number of failed runs of the model and dataset. Runs on different versions of a
-    dataset's content (``data_version``) are summarised apart, never averaged together; a ``stale`` column (any
-    run of the row on data that changed since) is kept when ``results`` has one (:func:`mark_stale`).
+    DataFrame with columns ``model``, ``dataset``, ``data_version``, ``preset`` (when the rows carry it: the
+    processing preset of the data), ``custom`` (a model not built into spared, or predictions scored from
+    elsewhere) and, for each target label ``t`` present (:func:`~spared.bench.targets.target_label`: the target,
+    with its imputed-entry weight when that is not 1) and metric ``m``, ``"m t mean"``, ``"m t std"`` (sample
+    standard deviation, NaN with one seed) and ``"n t"`` (seeds); ``attrs["targets"]`` lists the labels in table
+    order. Only runs with status ``done`` count; ``failed`` gives the number of failed runs of the model and
+    dataset. Runs on different versions of a dataset's content (``data_version``) are summarised apart, never
+    averaged together; a ``stale`` column (any run of the row on data that changed since) is kept when
+    ``results`` has one (:func:`mark_stale`).
     """
     from spared.bench.targets import label_order, target_label
 
@@ -154,6 +155,11 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
     table["target_label"] = [target_label(t, w) for t, w in zip(table["target"], weights, strict=True)]
     table["custom"] = table["custom"].fillna(False).astype(bool) if "custom" in table else False
     keys = ["model", "dataset", "data_version"]
+    if "preset" in table:  # the processing preset of the data (rows written before it existed: told now)
+        from spared.bench.provenance import data_preset
+
+        table["preset"] = table["preset"].fillna(table["dataset"].map(data_preset)).astype(str)
+        keys.append("preset")
     ok = table[table["status"] == "done"]
     out = table[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
     out = out.merge(table.groupby(keys)["custom"].any().reset_index(), on=keys, how="left")

@@ -266,11 +266,22 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
 
 @app.command()
 def results(
-    results_dir: Annotated[Path, typer.Argument(help="Results folder written by `spared bench`.")],
+    results_dir: Annotated[Path | None, typer.Argument(help="Results folder written by `spared bench`.",
+                                                        show_default=False)] = None,
     metrics: Annotated[str, typer.Option(help="Metrics to show, comma-separated.")] = "MSE,PCC-Gene",
+    published: Annotated[bool, typer.Option(
+        "--published", help="The SpaRED authors' published figures (with RESULTS_DIR: its rows beside them, with "
+                            "the difference and the preset of our data).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON records.")] = False,
 ) -> None:
     """Print the model × dataset table: one column per target (raw, median, completed), mean ± std over seeds."""
+    if published:
+        from spared.cli.published import print_published
+
+        print_published(results_dir, as_json)
+        return
+    if results_dir is None:
+        raise fail("give a results folder (spared results DIR), or --published for the authors' figures")
     try:
         print_results(results_dir, tuple(_split(metrics, "metrics")), as_json)
     except (FileNotFoundError, KeyError) as exc:

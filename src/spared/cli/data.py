@@ -29,7 +29,7 @@ from spared.cli.cluster import (
     reject_ray_options,
 )
 from spared.cli.datasets import ExternalLinksOption, FromOption
-from spared.cli.processing import fail, load_config
+from spared.cli.processing import PRESET_HELP, fail, load_config
 
 EXECUTORS = ("local", "ray")
 
@@ -44,6 +44,7 @@ def prepare(
     patches: Annotated[bool, typer.Option("--patches/--no-patches", help="Cut image patches.")] = True,
     source: FromOption = None,
     allow_external_links: ExternalLinksOption = False,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP, show_default=False)] = None,
     executor: Annotated[str, typer.Option(help="local (one dataset after the other, here) or ray (in parallel on a "
                                                 "Ray cluster; caches come back to --data-dir; --from must then be "
                                                 "a folder every node reads, or a storage URI).")] = "local",
@@ -77,17 +78,18 @@ def prepare(
         "--node-cache": node_cache, "--no-check-resources": not check_resources, "--progress": progress})
     if executor == "local":
         for name in names:
-            prepare_dataset(name, config_file, overrides, data_dir, force, patches, source, allow_external_links)
+            prepare_dataset(name, config_file, overrides, data_dir, force, patches, source, allow_external_links,
+                            preset)
         return
     settings = ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout,
                             runtime_env, working_dir, pip, storage, node_cache, check_resources)
     prepare_datasets_on_ray(names, settings, config_file, overrides, data_dir, force, patches, source, progress,
-                            allow_external_links)
+                            allow_external_links, preset)
 
 
-def _config(name: str, config_file: Path | None, overrides: list[str] | None) -> Any:
-    """The processing settings of catalogue dataset ``name``: its own, then the file, then the overrides (an
-    organism other than the catalogue's is refused)."""
+def _config(name: str, config_file: Path | None, overrides: list[str] | None, preset: str | None = None) -> Any:
+    """The processing settings of catalogue dataset ``name``: its own, then the file, the preset, then the
+    overrides (an organism other than the catalogue's is refused)."""
     from spared.catalog import load_spec
     from spared.datasets import check_organism
 
@@ -96,7 +98,7 @@ def _config(name: str, config_file: Path | None, overrides: list[str] | None) ->
         base = spec.processing_config(None)
     except (LookupError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
-    cfg = load_config(config_file, overrides, base=base)
+    cfg = load_config(config_file, overrides, base=base, preset=preset)
     try:
         check_organism(spec, cfg)
     except ValueError as exc:
@@ -106,12 +108,13 @@ def _config(name: str, config_file: Path | None, overrides: list[str] | None) ->
 
 def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[str] | None = None,
                     data_dir: Path | None = None, force: bool = False, patches: bool = True,
-                    source: Path | None = None, allow_external_links: bool = False) -> None:
+                    source: Path | None = None, allow_external_links: bool = False,
+                    preset: str | None = None) -> None:
     """The work of ``spared prepare`` for one dataset in this process (also ``spared process NAME``)."""
     from spared.datasets import prepare
     from spared.io.readers import ReaderError
 
-    cfg = _config(name, config_file, overrides)
+    cfg = _config(name, config_file, overrides, preset)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -126,7 +129,7 @@ def prepare_dataset(name: str, config_file: Path | None = None, overrides: list[
 
 def prepare_datasets_on_ray(names: list[str], settings: Any, config_file: Path | None, overrides: list[str] | None,
                             data_dir: Path | None, force: bool, patches: bool, source: Path | str | None,
-                            progress: bool, allow_external_links: bool = False) -> None:
+                            progress: bool, allow_external_links: bool = False, preset: str | None = None) -> None:
     """``spared prepare NAME... --executor ray``: every dataset a task on the cluster, caches written here."""
     import anndata as ad
 
@@ -135,7 +138,7 @@ def prepare_datasets_on_ray(names: list[str], settings: Any, config_file: Path |
     from spared.cluster.session import ClusterError
     from spared.datasets import cache_paths
 
-    requests = [(name, _config(name, config_file, overrides)) for name in dict.fromkeys(names)]
+    requests = [(name, _config(name, config_file, overrides, preset)) for name in dict.fromkeys(names)]
     for name, cfg in requests:
         writable_dir(cache_paths(name, cfg, data_dir)[0].parent)
     where = str(source) if source is not None and "://" in str(source) else (
@@ -171,6 +174,7 @@ def _summary(adata: Any, caught: list[str] | tuple[str, ...] = ()) -> dict[str, 
     """Size of a prepared collection and its warnings: those recorded in it, then others ``caught`` meanwhile."""
     recorded = [str(m) for m in adata.uns.get("spared", {}).get("warnings", [])]
     return {"n_obs": adata.n_obs, "n_vars": adata.n_vars, "slides": adata.obs["slide_id"].nunique(),
+            "preset": adata.uns.get("spared", {}).get("preset"),
             "warnings": [*recorded, *dict.fromkeys(m for m in caught if m not in recorded)]}
 
 
@@ -178,8 +182,9 @@ def print_prepared(name: str, label: str, h5ad: Path, patches: Path | None, summ
                    changes: list[str] | tuple[str, ...] = ()) -> None:
     """The lines ``spared prepare`` prints for a dataset: its size, what changed since the latest cache, its files
     and warnings."""
+    preset = f", preset {summary['preset']!r}" if summary.get("preset") else ""
     console.print(f"{label} {name}: {summary['n_obs']} spots × {summary['n_vars']} genes, {summary['slides']} "
-                  f"slide(s)")
+                  f"slide(s){preset}")
     for change in changes:
         console.print(f"  new cache: {change}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"  h5ad:    {h5ad}")

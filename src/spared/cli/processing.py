@@ -28,14 +28,19 @@ def read_h5ad(path: Path):
     return adata
 
 
-def load_config(config_file: Path | None, overrides: list[str] | None, base=None):
-    """A ProcessingConfig from defaults (or ``base``), an optional TOML/JSON file over them, and key=value
-    overrides."""
+#: ``--preset`` of ``spared process`` and ``spared prepare``.
+PRESET_HELP = ("Processing preset: 'spared' (this package's layers) or 'original' (the original SpaRED library's "
+               "layers: its directed spatial graphs for the median filter and Moran's I). --set values win.")
+
+
+def load_config(config_file: Path | None, overrides: list[str] | None, base=None, preset: str | None = None):
+    """A ProcessingConfig from defaults (or ``base``), an optional TOML/JSON file over them, a preset, and
+    key=value overrides (applied in that order)."""
     from spared.config import ProcessingConfig
 
     try:
         cfg = ProcessingConfig.from_file(config_file, base) if config_file else (base or ProcessingConfig())
-        return cfg.with_overrides(overrides or [])
+        return cfg.with_overrides([*([f"preset={preset}"] if preset else []), *(overrides or [])])
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
 
@@ -76,6 +81,7 @@ def process(
     patches: Annotated[bool, typer.Option(
         "--patches/--no-patches", help="Cut image patches beside OUT (OUT stem + .patches.h5) when the input "
                                        "carries a slide image.")] = True,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP, show_default=False)] = None,
 ) -> None:
     """Run the SpaRED processing protocol on a raw collection file, or on a catalogue dataset by name.
 
@@ -91,10 +97,10 @@ def process(
             raise fail(f"{input} looks like a file: give the output path too (spared process {input} OUT.h5ad)")
         from spared.cli.data import prepare_dataset
 
-        prepare_dataset(input, config, set_, patches=patches)
+        prepare_dataset(input, config, set_, patches=patches, preset=preset)
         return
     writable_file(out)
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_, preset=preset)
     adata = read_h5ad(Path(input))
     try:
         run_protocol(adata, cfg, progress=True, allow_non_integer=allow_non_integer)
@@ -141,6 +147,7 @@ def print_summary(adata) -> None:
     info = adata.uns["spared"]
     moran = adata.var["d_log1p_moran"].to_numpy()
     summary = Table(title="summary", show_header=False)
+    summary.add_row("preset", str(info.get("preset", "n/a")))
     summary.add_row("spots", str(adata.n_obs))
     summary.add_row("genes kept", str(adata.n_vars))
     summary.add_row("missing, raw (all genes)", f"{info['raw_zero_fraction']:.1%}")
@@ -254,11 +261,16 @@ def print_completion(table) -> None:
 
 
 def noise_floor_line(table) -> str | None:
-    """One sentence on the hidden entries' counting-noise floor (``evaluate``'s ``noise_floor``), if known."""
+    """One sentence on the hidden entries' counting-noise floor (``evaluate``'s ``noise_floor``; with
+    ``noise_floor_std``, as :func:`spared.impute.evaluate.summarise` gives it, its spread over the masks), if known."""
     if "noise_floor" not in table:
         return None
-    floors = table.loc[table["target"] == "masked", "noise_floor"].dropna()
-    if floors.empty:
+    masked = table[table["target"] == "masked"].dropna(subset=["noise_floor"])
+    if masked.empty:
         return None
-    return (f"counting-noise floor of the hidden entries: MSE {floors.iloc[0]:.4f} (what an oracle knowing each "
-            f"entry's expected count would score; no method can go much below it)")
+    first = masked.iloc[0]
+    spread = first.get("noise_floor_std")
+    over = (f" ± {spread:.4f} over {int(first['n_masks'])} masks" if spread is not None and spread == spread
+            and "n_masks" in first else "")
+    return (f"counting-noise floor of the hidden entries: MSE {first['noise_floor']:.4f}{over} (what an oracle knowing "
+            f"each entry's expected count would score; no method can go much below it)")

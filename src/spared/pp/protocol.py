@@ -201,6 +201,7 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
         "input_warnings": messages,
         "dataset": dataset or str(out.uns.get("spared", {}).get("dataset", "")),
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "preset": cfg.preset_name,
         "versions": {"spared": __version__, "anndata": _version("anndata"), "numpy": np.__version__},
         "steps": {k: np.asarray(v) for k, v in steplog.rows.items()},
         "raw_zero_fraction": raw_zero_fraction,

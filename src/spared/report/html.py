@@ -254,6 +254,8 @@ def _benchmark_section(results_dir: Path) -> str:
     shown = pd.DataFrame({"Model": [model_label(m) + (" (custom)" if c else "")
                                     for m, c in zip(summary["model"], summary["custom"], strict=True)],
                           "Dataset": summary_labels(summary)})
+    if "preset" in summary:
+        shown["Preset"] = summary["preset"]
     for m in BENCHMARK_METRICS:
         for t in targets:
             shown[f"{metric_header(m)}, {t}"] = [
@@ -307,6 +309,40 @@ def _benchmark_section(results_dir: Path) -> str:
                      + table_html(recipes, text_columns=("recipe from", "training (recipe)",
                                                          "deviations from the authors")))
     return "".join(parts)
+
+
+def _published_section(results_dir: Path) -> str:
+    """Our benchmark rows beside the SpaRED authors' published figures for the same dataset and model."""
+    from spared.bench.published import PUBLISHED_METRICS, beside_published
+    from spared.bench.results import aggregate, format_mean_std, load_results, summary_labels
+
+    results = load_results(results_dir)
+    if results.empty:
+        return ""
+    summary = aggregate(results, PUBLISHED_METRICS)
+    table = beside_published(summary)
+    if table.empty:
+        return ("<p class=note>None of these runs is on a catalogue dataset and model with a figure published by the "
+                "SpaRED authors (<code>spared results --published</code> lists them).</p>")
+    labels = dict(zip(summary["dataset"], summary_labels(summary), strict=True))
+    shown = pd.DataFrame({"Model": table["model"].map(model_label), "Dataset": table["dataset"].map(labels),
+                          "Target": table["target"],
+                          "Preset of our data": table["preset"]})
+    for m in PUBLISHED_METRICS:
+        shown[f"{metric_header(m)}, published"] = table[f"{m} published"]
+        shown[f"{metric_header(m)}, ours"] = [format_mean_std(a, b) for a, b in
+                                              zip(table[f"{m} ours"], table[f"{m} ours std"], strict=True)]
+        shown[f"{metric_header(m)}, ours − published"] = table[f"{m} difference"].map(lambda d: f"{d:+.3f}")
+    sources = table.drop_duplicates("catalogue_key")
+    links = "".join(f"<dt>{html.escape(k)}</dt><dd><a href='{html.escape(u)}'>{html.escape(u)}</a></dd>"
+                    for k, u in zip(sources["catalogue_key"], sources["source"], strict=True))
+    return (table_html(shown, "{:.4g}", text_columns=("Preset of our data",))
+            + "<p class=note>Like for like only where our data's preset is <b>original</b> (layers made as the "
+              "original SpaRED library makes them; <b>spared</b>: this package's layers, docs/processing.md). The "
+              "authors' page does not say which target its figures were trained on (their raw experiment is our "
+              "<b>median</b> target), so every target of ours is shown. Published figures are the authors' own, "
+              "never averaged with ours.</p>"
+            + f"<dl class=key>{links}</dl>")
 
 
 def model_label(name: str) -> str:
@@ -400,7 +436,8 @@ def build_report(results_dir: str | Path, out: str | Path | None = None,
             f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(results_dir))}</p>"
             f"<h2>Datasets</h2>{_dataset_section(processed, skipped)}"
             f"<h2>Completion evaluation</h2>{_completion_section(results_dir)}"
-            f"<h2>Benchmark</h2>{_benchmark_section(results_dir)}")
+            f"<h2>Benchmark</h2>{_benchmark_section(results_dir)}"
+            f"<h3>Beside the published figures</h3>{_published_section(results_dir)}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>spared report</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>")
