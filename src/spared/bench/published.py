@@ -71,9 +71,10 @@ def beside_published(summary: pd.DataFrame) -> pd.DataFrame:
 
     Returns
     -------
-    One row per (our dataset, model, target label: ``summary.attrs["targets"]``) with a published figure:
-    ``dataset`` (our dataset string), ``catalogue_key``, ``model``, ``target``, ``preset`` (of our data), and per metric ``<metric> published``,
-    ``<metric> ours``, ``<metric> ours std``, ``<metric> difference`` (ours − published), then ``source``.
+    One row per (our dataset, model, target label: ``summary.attrs["targets"]``) with a published figure: ``dataset``
+    (our dataset string), ``catalogue_key``, ``model``, ``target``, ``preset`` (of our data), and per metric
+    ``<metric> published``, ``<metric> ours``, ``<metric> ours std``, ``<metric> difference`` (ours − published),
+    then ``source``.
     Empty (with these columns) when no row matches.
     """
     from spared.bench.provenance import data_provenance

@@ -155,10 +155,10 @@ def evaluate(
        Nothing else of ``adata`` (other layers, ``var`` statistics) is passed, so no method can see a hidden
        value.
     3. Under ``"uniform"`` each method is fitted (``fit(data, layer)``) on each mask's view, so SpaCKLE learns from
-       every known entry of every split, the hidden ones excepted (train spots as targets; val spots, or blocks
-       of spots held out of a single sample, for selection). Under ``"spared"`` each method is fitted once, on
-       the train-split spots alone (any observed val/test entry can be hidden by some mask): SpaCKLE selects its weights on held-out entries of up to
-       ``val_max_spots`` train spots (:data:`SELECTION_KEY`), never on a val/test value.
+       every known entry of every split, the hidden ones excepted (train spots as targets; val spots, or blocks of spots
+       held out of a single sample, for selection). Under ``"spared"`` each method is fitted once, on the train-split
+       spots alone (any observed val/test entry can be hidden by some mask): SpaCKLE selects its weights on held-out
+       entries of up to ``val_max_spots`` train spots (:data:`SELECTION_KEY`), never on a val/test value.
     4. ``complete(data, layer, "completed")`` fills the unknown entries of each mask's view and the hidden ones are
        scored against the original values with :func:`spared.metrics.compute` (target ``"masked"``).
     5. With ``truth_layer`` (simulated data, e.g. ``"c_true_log1p"``), the originally missing entries of the val/test
