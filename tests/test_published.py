@@ -96,23 +96,22 @@ def test_processing_records_its_preset(tmp_path):
     assert res.exit_code == 1 and "'preset' must be one of ['spared', 'original']" in res.output
 
 
-def _results_folder(tmp_path, lung_file: str) -> ResultsTable:
+def _results_folder(tmp_path, lung_file: str, results_row) -> ResultsTable:
     store = ResultsTable(tmp_path / "bench")
     rows = []
     for i, (model, dataset, target, mse, preset) in enumerate([
             ("shufflenet", lung_file, "raw", 0.80, "original"), ("shufflenet", lung_file, "raw", 0.82, "original"),
             ("shufflenet", lung_file, "completed", 0.70, "original"),
             ("stnet", "simulated:n_slides=3", "raw", 1.0, "spared")]):
-        rows.append({"run_id": f"r{i}", "model": model, "dataset": dataset, "target": target, "seed": i,
-                     "status": "done", "error": None, "data_version": "v1", "spec_key": f"k{i}",
-                     "preset": preset, "MSE": mse, "PCC-Gene": 0.3})
+        rows.append(results_row(f"r{i}", model=model, dataset=dataset, target=target, seed=i, spec_key=f"k{i}",
+                                preset=preset, MSE=mse, **{"PCC-Gene": 0.3}))
     store.append(rows)
     return store
 
 
-def test_our_rows_beside_the_published_figures_with_their_preset(tmp_path):
+def test_our_rows_beside_the_published_figures_with_their_preset(tmp_path, results_row):
     lung = _processed_file(tmp_path / "lung.h5ad", "original")
-    store = _results_folder(tmp_path, lung)
+    store = _results_folder(tmp_path, lung, results_row)
     summary = aggregate(store.dir)
     assert list(summary["preset"]) == ["original", "spared"]
     table = beside_published(summary)
@@ -125,7 +124,7 @@ def test_our_rows_beside_the_published_figures_with_their_preset(tmp_path):
     assert "preset" not in aggregate(old)  # tables written before the column existed still aggregate
 
 
-def test_cli_results_published(tmp_path):
+def test_cli_results_published(tmp_path, results_row):
     runner = CliRunner()
     res = runner.invoke(app, ["results", "--published"])
     assert res.exit_code == 0, res.output
@@ -136,7 +135,7 @@ def test_cli_results_published(tmp_path):
     assert {"dataset": "villacampa_lung_organoid", "abbreviation": "VLO", "model": "shufflenet", "MSE": 0.7798,
             "PCC-Gene": 0.3673} | {"source": records[0]["source"].replace("VMB", "VLO")} in records
     lung = _processed_file(tmp_path / "lung.h5ad", "original")
-    store = _results_folder(tmp_path, lung)
+    store = _results_folder(tmp_path, lung, results_row)
     res = runner.invoke(app, ["results", str(store.dir), "--published"])
     assert res.exit_code == 0 and "published figures" in res.output and "original" in res.output, res.output
     res = runner.invoke(app, ["results", str(store.dir), "--published", "--json"])
@@ -147,11 +146,11 @@ def test_cli_results_published(tmp_path):
     assert res.exit_code == 1 and "--published" in res.output
 
 
-def test_report_shows_our_rows_beside_the_published_figures(tmp_path):
+def test_report_shows_our_rows_beside_the_published_figures(tmp_path, results_row):
     from spared.report import build_report
 
     lung = _processed_file(tmp_path / "lung.h5ad", "original")
-    store = _results_folder(tmp_path, lung)
+    store = _results_folder(tmp_path, lung, results_row)
     page = build_report(store.dir).read_text()
     assert "Beside the published figures" in page and "0.7798" in page and "+0.030" in page
     assert "dataset_VLO.html#Leaderboards" in page and "Preset of our data" in page
