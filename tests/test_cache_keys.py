@@ -4,40 +4,20 @@ a cache exists; a read-only cache without patches says what to do."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
-import tarfile
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import spared.catalog
 from spared.cli import app
 from spared.datasets import cache_paths, get
-from test_datasets import genes  # noqa: F401 (fixture)
+from test_datasets import catalogue_copy, genes  # noqa: F401 (fixtures)
 from test_local_links import KIDNEY, LUNG, organoid_copy, said
 from test_readers import write_visium_outs
 
 runner = CliRunner()
 SMALL = ["--set", "top_moran_genes=8", "--set", "complete_missing=false", "--no-patches"]
-
-
-@pytest.fixture
-def catalogue_copy(tmp_path, genes, monkeypatch):  # noqa: F811
-    """A real catalogue entry (its pins dropped) with stand-in Space Ranger files placed where the download step
-    looks; ``$SPARED_DATA`` points at them. Returns (spec, raw folder)."""
-    pinned = spared.catalog.load_spec("10xgenomic_human_breast_cancer")
-    spec = dataclasses.replace(pinned, files=tuple(dataclasses.replace(f, sha256="") for f in pinned.files))
-    monkeypatch.setattr(spared.catalog, "load_spec", lambda key: spec if key == spec.key else pinned)
-    raw = tmp_path / "data" / spec.group / "raw"
-    for k, slide in enumerate(spec.slides):
-        write_visium_outs(raw / slide.path, genes=genes, seed=k)
-        archive = next(f for f in spec.files if f.unpack and f.filename.startswith(f"{slide.path}/"))
-        with tarfile.open(raw / archive.filename, "w:gz") as tar:
-            tar.add(raw / slide.path / "spatial", arcname="spatial")
-    monkeypatch.setenv("SPARED_DATA", str(tmp_path / "data"))
-    return spec, raw
 
 
 def test_settings_and_raw_content_make_new_caches_and_prepare_says_what_changed(catalogue_copy, genes):  # noqa: F811
@@ -67,7 +47,7 @@ def test_settings_and_raw_content_make_new_caches_and_prepare_says_what_changed(
     assert len(list((raw.parent.parent / spec.key / "processed").glob("*.h5ad"))) == 3
 
 
-def test_an_organism_override_is_refused_not_dropped(catalogue_copy):
+def test_an_organism_override_is_refused_not_dropped(catalogue_copy):  # noqa: F811
     spec, _ = catalogue_copy
     result = runner.invoke(app, ["prepare", spec.key, *SMALL, "--set", "organism=mouse"])
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -76,7 +56,7 @@ def test_an_organism_override_is_refused_not_dropped(catalogue_copy):
         cache_paths(spec.key, {"organism": "mouse"})
 
 
-def test_from_is_checked_even_when_a_cache_exists(catalogue_copy, tmp_path):
+def test_from_is_checked_even_when_a_cache_exists(catalogue_copy, tmp_path):  # noqa: F811
     spec, _ = catalogue_copy
     assert runner.invoke(app, ["prepare", spec.key, *SMALL]).exit_code == 0
     missing = runner.invoke(app, ["prepare", spec.key, *SMALL, "--from", str(tmp_path / "nowhere")])
@@ -87,7 +67,7 @@ def test_from_is_checked_even_when_a_cache_exists(catalogue_copy, tmp_path):
     assert result.exit_code == 1 and "is a file, not a folder" in said(result)
 
 
-def test_a_read_only_cache_without_patches_says_what_to_do(catalogue_copy, small_disk):
+def test_a_read_only_cache_without_patches_says_what_to_do(catalogue_copy, small_disk):  # noqa: F811
     spec, raw = catalogue_copy
     data = raw.parent.parent
     get(spec.key, {"top_moran_genes": 8, "complete_missing": False}, patches=False, progress=False)

@@ -63,9 +63,10 @@ def test_get_local_accepts_a_raw_anndata(tmp_path, genes):
         get_local(bad, SMALL, out_dir=tmp_path / "cache", progress=False)
 
 
-def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
-    """A real catalogue spec; its files are placed by hand where the download step looks (no network). The
-    catalogue pins the real files' sha256, so the stand-ins written here are checked as unpinned files."""
+@pytest.fixture
+def catalogue_copy(tmp_path, genes, monkeypatch):
+    """A real catalogue entry (its pins dropped) with stand-in Space Ranger files placed where the download step
+    looks (no network); ``$SPARED_DATA`` points at them. Returns (spec, raw folder)."""
     import dataclasses
     import tarfile
 
@@ -80,8 +81,15 @@ def test_get_end_to_end_with_the_catalogue(tmp_path, genes, monkeypatch):
         archive = next(f for f in spec.files if f.unpack and f.filename.startswith(f"{slide.path}/"))
         with tarfile.open(raw / archive.filename, "w:gz") as tar:
             tar.add(raw / slide.path / "spatial", arcname="spatial")
-    assert all((raw / f.filename).is_file() for f in spec.files)
     monkeypatch.setenv("SPARED_DATA", str(tmp_path / "data"))
+    return spec, raw
+
+
+def test_get_end_to_end_with_the_catalogue(tmp_path, catalogue_copy, monkeypatch):
+    """A real catalogue spec; its files are placed by hand where the download step looks (no network). The
+    catalogue pins the real files' sha256, so the stand-ins written here are checked as unpinned files."""
+    spec, raw = catalogue_copy
+    assert all((raw / f.filename).is_file() for f in spec.files)
 
     config = {"top_moran_genes": 8, "complete_missing": False, "patch_size": 32}
     adata = get(spec.key, config, progress=False)

@@ -27,11 +27,8 @@ from spared.cli.cluster import (
     StorageOption,
     TimeoutOption,
     WorkingDirOption,
-    ray_settings,
-    reject_ray_options,
+    executor_settings,
 )
-
-EXECUTORS = ("local", "ray")
 
 
 def _split(text: str, name: str) -> list[str]:
@@ -145,16 +142,10 @@ def bench(
     check_resources: CheckOption = True,
 ) -> None:
     """Train and evaluate every model × dataset × target × seed; one row per run in OUT/results.parquet."""
-    if executor not in EXECUTORS:
-        raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    reject_ray_options(executor, {
-        "--address": address, "--cpus-per-run": cpus_per_run != 1.0, "--gpus-per-run": gpus_per_run,
-        "--memory-per-run": memory_per_run, "--resource": resource, "--retries": retries, "--timeout": timeout,
-        "--runtime-env": runtime_env, "--working-dir": working_dir, "--pip": pip, "--storage": storage,
-        "--node-cache": node_cache, "--no-check-resources": not check_resources})
-    cluster = (ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout,
-                            runtime_env, working_dir, pip, storage, node_cache, check_resources)
-               if executor == "ray" else None)
+    cluster = executor_settings(
+        executor, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, memory_per_run=memory_per_run,
+        resource=resource, retries=retries, timeout=timeout, runtime_env=runtime_env, working_dir=working_dir, pip=pip,
+        storage=storage, node_cache=node_cache, check_resources=check_resources)
     importable_current_folder()
     from spared.bench.checks import check_specs
     from spared.bench.executors import LocalExecutor, RayExecutor, run_benchmark

@@ -123,6 +123,29 @@ def ray_settings(address: str | None, cpus: float, gpus: float, memory: str | No
         raise fail(str(err)) from err
 
 
+#: The ``--executor`` values of ``spared bench`` and ``spared prepare``.
+EXECUTORS = ("local", "ray")
+
+
+def executor_settings(executor: str, *, address: str | None, cpus_per_run: float, gpus_per_run: float,
+                      memory_per_run: str | None, resource: list[str] | None, retries: int, timeout: float | None,
+                      runtime_env: str | None, working_dir: Path | None, pip: list[str] | None, storage: str | None,
+                      node_cache: str | None, check_resources: bool, **more_ray_only: Any) -> Any:
+    """Check ``--executor`` and the Ray executor's options: ``None`` for the local executor (which refuses any Ray
+    option given, ``more_ray_only`` included: ``{flag: value}``), the :func:`ray_settings` for Ray."""
+    if executor not in EXECUTORS:
+        raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    reject_ray_options(executor, {
+        "--address": address, "--cpus-per-run": cpus_per_run != 1.0, "--gpus-per-run": gpus_per_run,
+        "--memory-per-run": memory_per_run, "--resource": resource, "--retries": retries, "--timeout": timeout,
+        "--runtime-env": runtime_env, "--working-dir": working_dir, "--pip": pip, "--storage": storage,
+        "--node-cache": node_cache, "--no-check-resources": not check_resources, **more_ray_only})
+    if executor != "ray":
+        return None
+    return ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout, runtime_env,
+                        working_dir, pip, storage, node_cache, check_resources)
+
+
 def reject_ray_options(executor: str, given: dict[str, Any]) -> None:
     """Fail when options of the Ray executor (``{flag: value or None}``) were given with another executor."""
     used = [flag for flag, value in given.items() if value]

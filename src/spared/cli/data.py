@@ -25,13 +25,10 @@ from spared.cli.cluster import (
     StorageOption,
     TimeoutOption,
     WorkingDirOption,
-    ray_settings,
-    reject_ray_options,
+    executor_settings,
 )
 from spared.cli.datasets import ExternalLinksOption, FromOption
 from spared.cli.processing import PRESET_HELP, fail, load_config
-
-EXECUTORS = ("local", "ray")
 
 
 @app.command()
@@ -69,20 +66,15 @@ def prepare(
     A cache is keyed on the raw files' content, every setting and the protocol: a changed input builds a new
     cache, and what changed is printed.
     """
-    if executor not in EXECUTORS:
-        raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    reject_ray_options(executor, {
-        "--address": address, "--cpus-per-run": cpus_per_run != 1.0, "--gpus-per-run": gpus_per_run,
-        "--memory-per-run": memory_per_run, "--resource": resource, "--retries": retries, "--timeout": timeout,
-        "--runtime-env": runtime_env, "--working-dir": working_dir, "--pip": pip, "--storage": storage,
-        "--node-cache": node_cache, "--no-check-resources": not check_resources, "--progress": progress})
-    if executor == "local":
+    settings = executor_settings(
+        executor, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, memory_per_run=memory_per_run,
+        resource=resource, retries=retries, timeout=timeout, runtime_env=runtime_env, working_dir=working_dir, pip=pip,
+        storage=storage, node_cache=node_cache, check_resources=check_resources, **{"--progress": progress})
+    if settings is None:
         for name in names:
             prepare_dataset(name, config_file, overrides, data_dir, force, patches, source, allow_external_links,
                             preset)
         return
-    settings = ray_settings(address, cpus_per_run, gpus_per_run, memory_per_run, resource, retries, timeout,
-                            runtime_env, working_dir, pip, storage, node_cache, check_resources)
     prepare_datasets_on_ray(names, settings, config_file, overrides, data_dir, force, patches, source, progress,
                             allow_external_links, preset)
 
