@@ -57,11 +57,21 @@ def user_folder(root: Path, tiny_h5ad: Path) -> Path:
 def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefact_back(ray_cluster, tiny_h5ad,
                                                                                          tmp_path):
     """Relative --datasets and --out; once a run has started on a node (its inputs fetched there), the driver's
-    dataset file is moved away and that run's worker is killed: both runs still finish (the killed one on its
-    second attempt, --retries 1), and every artefact lands under --out; a rerun skips both."""
+    dataset file and the encoder weights file its model settings name are moved away and that run's worker is
+    killed: both runs still finish (the killed one on its second attempt, --retries 1), and every artefact lands
+    under --out; a rerun skips both."""
+    import torch
+
+    from spared.models import build_model
+
     user = user_folder(tmp_path / "user", tiny_h5ad)
     (user / "weights").mkdir()
     (user / "weights" / "notes.txt").write_text("weights in a folder only the driver has")
+    (user / "encoders").mkdir()
+    encoder = build_model("shufflenet", 8, backbone_weights="none", **TINY_SHUFFLENET).encoder
+    torch.save(encoder.state_dict(), user / "encoders" / "tiny.pt")
+    settings = {"shufflenet": {**TINY_SHUFFLENET, "backbone_weights": "encoders/tiny.pt"}}
+    (user / "models.json").write_text(json.dumps(settings))
     args = bench_args(ray_cluster.address, "--datasets", "sim.h5ad", "--out", "out", "--progress", "--retries", "1",
                       "--weights-dir", "weights")
     driver = subprocess.Popen(args, cwd=user, env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -72,6 +82,7 @@ def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefac
         for pid, node in ray_cluster.task_processes("run_on_node").items():
             if list((node / "tmp" / "spared-ray-cache" / "work").glob(".*.tmp")):  # started, inputs fetched
                 (user / "sim.h5ad").rename(user / "moved.h5ad")
+                (user / "encoders").rename(user / "moved")
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 break
@@ -108,14 +119,19 @@ def test_bench_from_a_third_folder_ships_inputs_retries_and_brings_every_artefac
     for node in ray_cluster.node_dirs:
         assert {p.name for p in node.iterdir()} <= {"tmp", "ray_start.log"}
     cached = {p.name for p in ray_cluster.root.glob("*/tmp/spared-ray-cache/inputs/*/[!.]*")}
-    assert cached == {"sim.h5ad", "patches_32_1.h5", "notes.txt"}
+    assert cached == {"sim.h5ad", "patches_32_1.h5", "notes.txt", "tiny.pt"}
     for row in table.itertuples():  # --weights-dir was rebuilt on the run's node
         weights_dir = Path(json.loads((Path(row.run_dir) / "config.json").read_text())["training"]["weights_dir"])
         assert (weights_dir / "notes.txt").read_text() == "weights in a folder only the driver has"
         assert weights_dir.is_relative_to(ray_cluster.root)
     assert re.search(r"runs ━+ 2/2", stdout)  # the progress board, as with the local executor
 
+    for row in table.itertuples():  # the run's settings keep the driver's string
+        config = json.loads((Path(row.run_dir) / "config.json").read_text())
+        assert config["model_config"]["backbone_weights"] == "encoders/tiny.pt"
+
     (user / "moved.h5ad").rename(user / "sim.h5ad")
+    (user / "moved").rename(user / "encoders")
     stamps = {p: p.stat().st_mtime_ns for p in (user / "out" / "runs").glob("*/metrics.json")}
     again = subprocess.run(args, cwd=user, env=ray_cluster.env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr

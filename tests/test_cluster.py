@@ -26,10 +26,12 @@ from spared.cluster.transfer import (
     fetch,
     fetch_files,
     fetch_folder,
+    fetch_path,
     pack_dirs,
     receive,
     send_back,
     ship_folder,
+    ship_path,
     unpack_dir,
 )
 
@@ -87,6 +89,52 @@ def test_folders_are_rebuilt_on_the_node_from_shipped_files(tmp_path):
     assert fetch_files(files, tmp_path / "node") == local  # once per listing
     with pytest.raises(TransferError, match="no such folder on the driver"):
         ship_folder(tmp_path / "absent", Shipper(str(tmp_path / "store")))
+
+
+def test_weights_named_in_a_runs_settings_are_found_shipped_and_staged(tmp_path, monkeypatch):
+    """Strings naming driver files or folders (by their setting's name, a slash or a weights suffix) are
+    shipped; inside the run's staging block the settings read the node's copies, the spec keeps the strings."""
+    from spared.bench.executors import path_settings
+    from spared.bench.runs import RunSpec, TrainingConfig
+    from spared.bench.train import local_settings, staged_paths
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("enc", "stage1_weights", "resnet50"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "enc" / "vit.pt").write_bytes(b"v" * 300)
+    (tmp_path / "head.safetensors").write_bytes(b"h" * 200)
+    (tmp_path / "backbone.pth").write_bytes(b"b" * 100)
+    config = {"backbone_weights": "enc/vit.pt", "arch": "resnet50", "extra": "head.safetensors",
+              "missing": "gone/x.pt", "stage1": {"weights_dir": "stage1_weights", "layers": [1, 2]},
+              "bank": ["enc/vit.pt", "resnet50"]}
+    spec = RunSpec("shufflenet", "simulated", model_config=config,
+                   training=TrainingConfig(backbone_weights="backbone.pth", weights_dir="absent_dir"))
+    # "resnet50" is a folder here, but neither its setting's name nor its value says it is a path
+    assert path_settings(spec) == {"enc/vit.pt", "head.safetensors", "stage1_weights", "backbone.pth",
+                                   "absent_dir"}
+    assert path_settings(RunSpec("shufflenet", "simulated", training=TrainingConfig(backbone_weights="none"))) == set()
+
+    shipper = Shipper(str(tmp_path / "store"))
+    shipped = {path: ship_path(path, shipper) for path in path_settings(spec) - {"absent_dir"}}
+    with pytest.raises(TransferError, match="no such file or folder on the driver"):
+        ship_path("absent_dir", shipper)
+    for name in ("enc", "stage1_weights"):
+        shutil.rmtree(tmp_path / name)
+    for name in ("head.safetensors", "backbone.pth"):
+        (tmp_path / name).unlink()
+    local = {path: fetch_path(item, tmp_path / "node") for path, item in shipped.items()}
+    assert local["enc/vit.pt"].read_bytes() == b"v" * 300 and local["stage1_weights"].is_dir()
+    assert local["backbone.pth"].is_relative_to(tmp_path / "node")
+
+    assert local_settings(config) == config  # outside a staging block: unchanged
+    with staged_paths(local):
+        seen = local_settings(config)
+        assert local_settings("backbone.pth") == str(local["backbone.pth"])
+    assert seen["backbone_weights"] == str(local["enc/vit.pt"]) and seen["extra"] == str(local["head.safetensors"])
+    assert seen["stage1"] == {"weights_dir": str(local["stage1_weights"]), "layers": [1, 2]}
+    assert seen["bank"] == [str(local["enc/vit.pt"]), "resnet50"]
+    assert (seen["arch"], seen["missing"]) == ("resnet50", "gone/x.pt")
+    assert spec.model_config["backbone_weights"] == "enc/vit.pt"
 
 
 def test_run_folders_pack_and_unpack(tmp_path):

@@ -6,11 +6,12 @@ and appends each run's row to the results table as soon as the run ends. A run t
 row records the ``node`` (host name) that ran it.
 
 The Ray executor assumes that the machines share nothing but Ray. Paths are resolved on the driver, which builds
-or reads each dataset once (in its own data cache); the processed ``.h5ad`` and its patch store travel to the
-nodes through Ray's object store (or a storage location every node reads), are cached on each node by content
-hash, and are staged for the run (:func:`spared.bench.train.staged_datasets`). Each run trains in a scratch
-folder on its node; its folder (config, metrics, predictions, checkpoint, logs) comes back into the driver's
-``out_dir/runs/``, so a rerun skips it and the report finds it.
+or reads each dataset once (in its own data cache); the processed ``.h5ad`` and its patch store, and the weight
+files and folders the runs' settings name (:func:`path_settings`), travel to the nodes through Ray's object
+store (or a storage location every node reads), are cached on each node by content hash, and are staged for the
+run (:func:`spared.bench.train.staged_datasets`, :func:`spared.bench.train.staged_paths`). Each run trains in a
+scratch folder on its node; its folder (config, metrics, predictions, checkpoint, logs) comes back into the
+driver's ``out_dir/runs/``, so a rerun skips it and the report finds it.
 """
 
 from __future__ import annotations
@@ -197,6 +198,45 @@ class RayExecutor:
                 ray.shutdown()
 
 
+#: Setting names whose string values are paths (besides names ending in :data:`PATH_KEY_ENDINGS`).
+PATH_KEYS = frozenset({"weights", "backbone_weights", "weights_dir", "checkpoint"})
+PATH_KEY_ENDINGS = ("_path", "_file", "_dir", "_weights", "_checkpoint")
+#: File name endings that mark a string value as a path whatever its setting's name.
+PATH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pkl", ".npz", ".npy", ".h5"})
+
+
+def path_settings(spec: RunSpec) -> set[str]:
+    """The strings among the settings of ``spec`` (its model settings, nested ones included, and its
+    ``backbone_weights`` and ``weights_dir``) that name a file or folder on this machine: the Ray executor ships
+    each to the run's node. A string counts when its setting's name says it is a path (:data:`PATH_KEYS`,
+    :data:`PATH_KEY_ENDINGS`), or when it holds a path separator or ends in a weights file suffix
+    (:data:`PATH_SUFFIXES`), and it exists here (relative to this process's working folder); ``--weights-dir``
+    always counts."""
+    found: set[str] = set()
+
+    def visit(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                visit(str(name), item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(key, item)
+        elif isinstance(value, str) and value not in ("none", "imagenet") and _names_a_path(key, value):
+            found.add(value)
+
+    visit("", spec.model_config)
+    visit("backbone_weights", spec.training.backbone_weights)
+    if spec.training.weights_dir is not None:  # always shipped: a folder missing here is an error before any run
+        found.add(spec.training.weights_dir)
+    return found
+
+
+def _names_a_path(key: str, value: str) -> bool:
+    path = Path(value).expanduser()
+    looks = key in PATH_KEYS or key.endswith(PATH_KEY_ENDINGS) or "/" in value or path.suffix in PATH_SUFFIXES
+    return looks and path.exists()
+
+
 def _dataset_key(spec: RunSpec) -> tuple[str, int, float]:
     """What a run's staged dataset is keyed by: the dataset string and the patch geometry."""
     return spec.dataset, spec.training.patch_size, float(spec.training.patch_scale)
@@ -208,7 +248,7 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
     from spared.bench.progress import report
     from spared.bench.train import stage1_spec
     from spared.cluster.session import Job, NodeSettings, run_tasks
-    from spared.cluster.transfer import Shipper, pack_dirs, ship_folder
+    from spared.cluster.transfer import Shipper, pack_dirs, ship_path
 
     report(progress, "submitted", count=len(specs))
     shipper = Shipper(settings.storage)
@@ -223,8 +263,8 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
                 except Exception as err:  # the dataset cannot be built or read: its runs fail, the others go on
                     shipped[key] = (err, traceback.format_exc())
         ids = {spec.run_id for spec in specs}
-        weights = {folder: ship_folder(folder, shipper)
-                   for folder in {spec.training.weights_dir for spec in specs} - {None}}
+        named = {spec.run_id: path_settings(spec) for spec in specs}
+        paths = {path: ship_path(path, shipper) for path in set().union(*named.values())}
         jobs: list[Job] = []
         for spec in specs:
             inputs = shipped[_dataset_key(spec)]
@@ -239,7 +279,7 @@ def _run_on_ray(specs: list[RunSpec], out_dir: Path, cache: Path, settings: Any,
             elif stage1 is not None and (out_dir / RUNS / stage1.run_id / METRICS_FILE).is_file():
                 archive = pack_dirs(out_dir / RUNS, [stage1.run_id], Path(scratch) / f"{stage1.run_id}.tar")
                 ready.append(shipper.ship(archive))
-            files = weights.get(spec.training.weights_dir)
+            files = {path: paths[path] for path in named[spec.run_id]}
             jobs.append(Job(spec.run_id, (spec, spec.run_id, inputs, ready, files, node), after))
         jobs.sort(key=lambda job: job.after is not None)  # a stage-1 run is submitted before the runs needing it
         by_id = {spec.run_id: spec for spec in specs}
@@ -304,34 +344,28 @@ def _install(result: dict[str, Any], spec: RunSpec, out_dir: Path, scratch: Path
     return {**result["row"], "dataset": canonical_dataset(spec.dataset), "run_dir": str(run_dir)}
 
 
-def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: list[Any], weights: list[Any] | None,
-                node: Any, prerequisite: dict[str, Any] | None,
+def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: list[Any],
+                files: Mapping[str, tuple[str, Any]], node: Any, prerequisite: dict[str, Any] | None,
                 events: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The Ray task of one run: fetch its dataset into the node cache, train in a scratch folder, send back its
     run folder(s) and row.
 
-    ``ready``: archives of finished runs it builds on (SEPAL's stage 1 finished earlier); ``weights``: the files of
-    ``--weights-dir`` (:func:`~spared.cluster.transfer.ship_folder`), rebuilt on the node; ``node``:
+    ``ready``: archives of finished runs it builds on (SEPAL's stage 1 finished earlier); ``files``: the files and
+    folders its settings name (:func:`path_settings`, shipped by :func:`~spared.cluster.transfer.ship_path`),
+    fetched on the node and staged for the run (:func:`spared.bench.train.staged_paths`); ``node``:
     :class:`~spared.cluster.session.NodeSettings`; ``prerequisite``: the result of the stage-1 task it waited for,
     or ``None``.
     """
-    from spared.bench.train import staged_datasets
+    from spared.bench.train import staged_datasets, staged_paths
     from spared.cluster.session import start_on_node
-    from spared.cluster.transfer import (
-        archive_folders,
-        fetch,
-        fetch_files,
-        node_cache,
-        pack_dirs,
-        send_back,
-        unpack_dir,
-    )
+    from spared.cluster.transfer import archive_folders, fetch, fetch_path, node_cache, pack_dirs, send_back, unpack_dir
 
     identity = start_on_node(node, events, run_id=run_id)
     cache = node_cache(node.node_cache)
-    if weights is not None:  # an execution setting (not in the run id): the node's copy of the folder
-        local = dataclasses.replace(spec.training, weights_dir=str(fetch_files(weights, cache)))
-        spec = dataclasses.replace(spec, training=local)
+    local = {path: str(fetch_path(shipped, cache)) for path, shipped in files.items()}
+    if spec.training.weights_dir in local:  # an execution setting (not in the run id): recorded as the node's copy
+        spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training,
+                                                                      weights_dir=local[spec.training.weights_dir]))
     if spec.run_id != run_id:
         raise RuntimeError(f"node {identity['node']} computes run id {spec.run_id} for the driver's {run_id} (the "
                            f"dataset path {spec.dataset} resolves differently there); give the dataset by a path "
@@ -345,7 +379,7 @@ def run_on_node(spec: RunSpec, run_id: str, dataset: tuple[Any, Any], ready: lis
             for name in archive_folders(archive):
                 unpack_dir(archive, name, runs / name)
         before = {p.name for p in runs.iterdir()}
-        with staged_datasets({_dataset_key(spec): (h5ad, patches)}):
+        with staged_datasets({_dataset_key(spec): (h5ad, patches)}), staged_paths(local):
             row = execute(spec, work, cache / "data", events)
         names = sorted({p.name for p in runs.iterdir()} - before | {run_id})
         back = send_back(pack_dirs(runs, names, work / "runs.tar"), node.storage)

@@ -30,8 +30,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +174,7 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
     table = load_table(spec.dataset, spec.target, data_dir, tc.patch_size, tc.patch_scale, spec.imputed_weight)
     cls = registry.ensure(spec.model, spec.custom_model).load()
     shared = {"backbone_weights": tc.backbone_weights, "weights_dir": tc.weights_dir}
-    config = {**{k: v for k, v in shared.items() if registry.accepts(cls, k)}, **spec.model_config}
+    config = local_settings({**{k: v for k, v in shared.items() if registry.accepts(cls, k)}, **spec.model_config})
     config.pop("stage1", None)  # settings of the stage-1 model (stage1_spec)
     if recipe_stage1(spec.model):
         embedding, deltas = stage1_values(spec, out_dir, data_dir, table, progress)
@@ -331,7 +331,7 @@ def _run_probe(spec: RunSpec, out_dir: Path, data_dir: Path, progress: Progress)
     config = dict(spec.model_config)
     if "weights" not in config and tc.backbone_weights != "imagenet":
         config["weights"] = tc.backbone_weights  # "none" (random encoder) or a weights file
-    encoder = build_encoder(spec.model, weights_dir=tc.weights_dir, **config)
+    encoder = build_encoder(spec.model, weights_dir=local_settings(tc.weights_dir), **local_settings(config))
     device = "cuda" if torch.cuda.is_available() and tc.accelerator != "cpu" else "cpu"
     embeddings = collection_embeddings(table, encoder, data_dir / "embeddings", device=device,
                                        progress=progress is True)
@@ -455,16 +455,44 @@ _STAGED: ContextVar[dict[tuple[str, int, float], tuple[Path, Path]] | None] = Co
                                                                                          default=None)
 
 
+#: Local copies of files and folders named by run settings, staged in this process (:func:`staged_paths`).
+_PATHS: ContextVar[dict[str, str] | None] = ContextVar("spared_staged_paths", default=None)
+
+
 @contextmanager
-def staged_datasets(files: dict[tuple[str, int, float], tuple[Path, Path]]) -> Iterator[None]:
-    """Within this block, :func:`load_table` reads the given local copies ``(h5ad, patch store)`` of the datasets
-    ``(dataset string, patch size, patch scale)`` instead of resolving the strings (the Ray executor ships a
-    run's dataset to the run's node and stages it there)."""
-    token = _STAGED.set(dict(files))
+def _staging(var: ContextVar[Any], value: Any) -> Iterator[None]:
+    token = var.set(value)
     try:
         yield
     finally:
-        _STAGED.reset(token)
+        var.reset(token)
+
+
+def staged_datasets(files: dict[tuple[str, int, float], tuple[Path, Path]]) -> AbstractContextManager[None]:
+    """Within this block, :func:`load_table` reads the given local copies ``(h5ad, patch store)`` of the datasets
+    ``(dataset string, patch size, patch scale)`` instead of resolving the strings (the Ray executor ships a
+    run's dataset to the run's node and stages it there)."""
+    return _staging(_STAGED, dict(files))
+
+
+def staged_paths(paths: Mapping[str, str | Path]) -> AbstractContextManager[None]:
+    """Within this block, a run setting equal to a key of ``paths`` (a weights file or folder named in the model
+    settings or ``--backbone-weights``, as the driver wrote it) means the local copy it maps to
+    (:func:`local_settings`); the run's identity and its ``config.json`` keep the driver's string."""
+    return _staging(_PATHS, {key: str(value) for key, value in paths.items()})
+
+
+def local_settings(value: Any) -> Any:
+    """``value`` with every string staged by :func:`staged_paths` replaced by its local copy (in nested mappings
+    and lists too); unchanged outside such a block."""
+    paths = _PATHS.get()
+    if not paths:
+        return value
+    if isinstance(value, Mapping):
+        return {key: local_settings(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(local_settings(item) for item in value)
+    return paths.get(value, value) if isinstance(value, str) else value
 
 
 def load_table(dataset: str, target: Any, cache_dir: str | Path, patch_size: int = 224, patch_scale: float = 1.0,

@@ -165,6 +165,7 @@ def fetch_files(files: list[tuple[str, FileRef]], cache: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not (folder / ".complete").is_file():
+            (folder / "data").mkdir(exist_ok=True)  # an empty folder stays a folder
             for name, ref in files:
                 target = folder / "data" / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +173,22 @@ def fetch_files(files: list[tuple[str, FileRef]], cache: Path) -> Path:
                 os.link(fetch(ref, cache), target)
             (folder / ".complete").write_text(listing)
     return folder / "data"
+
+
+def ship_path(path: str | Path, shipper: Shipper) -> tuple[str, Any]:
+    """Driver side: a file (``("file", FileRef)``) or a folder (``("folder", listing)``, :func:`ship_folder`)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return "folder", ship_folder(path, shipper)
+    if not path.is_file():
+        raise TransferError(f"cannot ship {path}: no such file or folder on the driver")
+    return "file", shipper.ship(path)
+
+
+def fetch_path(shipped: tuple[str, Any], cache: Path) -> Path:
+    """Node side: the local copy of what :func:`ship_path` shipped."""
+    kind, content = shipped
+    return fetch_files(content, cache) if kind == "folder" else fetch(content, cache)
 
 
 def fetch(ref: FileRef, cache: Path) -> Path:
