@@ -142,6 +142,17 @@ def test_evaluate_reports_the_floor_of_its_hidden_entries(processed_small, tmp_p
     assert f"counting-noise floor of the hidden entries: MSE {floor:.4f}" in " ".join(captured.get().split())
 
 
+def test_each_masks_floor_is_the_floor_of_its_own_entries(processed_small):
+    """Entries' floors are computed once for all masks together; each mask's figure is still its own."""
+    from spared.impute.evaluate import evaluate, hide_values
+
+    table = evaluate(processed_small, ["mean"], 0.2, 11, n_masks=3)
+    for seed in (11, 12, 13):
+        alone = noise_floor(processed_small, hide_values(processed_small, 0.2, seed))
+        assert table.loc[table["mask"] == seed, "noise_floor"].item() == pytest.approx(alone, rel=1e-12)
+    assert table["noise_floor"].nunique() == 3
+
+
 def test_evaluate_names_a_missing_floor(processed_small):
     from spared.impute.evaluate import evaluate
 

@@ -220,12 +220,12 @@ def evaluate(
     given = [make_method(m, spackle_config) if isinstance(m, str) else m for m in methods]
     snapshots = [copy.deepcopy(m) for m in given] if protocol == "uniform" and n_masks > 1 else None
     fit_seconds = _fit_on_train_split(adata, layer, given, split_key) if protocol == "spared" else None
+    floors = _floors_or_nan(adata, masks, layer, spackle_config)
     rows = []
-    for i, hidden in enumerate(masks):
+    for i, (hidden, floor) in enumerate(zip(masks, floors, strict=True)):
         targets = [("masked", values, hidden)]
         if truth_layer is not None:
             targets.append(("vs truth", dense(adata.layers[truth_layer]), ~real & held_out[:, None]))
-        floor = _floor_or_nan(adata, hidden, layer, spackle_config)
         for j, method in enumerate(given):
             impl = method if i == 0 or snapshots is None else copy.deepcopy(snapshots[j])
             data = hidden_view(adata, layer, real & ~hidden)
@@ -308,18 +308,24 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _floor_or_nan(adata, hidden: np.ndarray, layer: str, spackle_config: SpackleConfig | None) -> float:
-    """The hidden entries' counting-noise floor, or NaN (with a warning when it should exist but cannot)."""
-    from spared.impute.noise_floor import noise_floor
+def _floors_or_nan(adata, masks: list[np.ndarray], layer: str, spackle_config: SpackleConfig | None) -> list[float]:
+    """Each mask's counting-noise floor, or NaNs (with a warning when they should exist but cannot).
+
+    An entry's floor does not depend on the mask, so it is computed once for every entry some mask hides.
+    """
+    from spared.impute.noise_floor import noise_floor_entries
 
     if not {"counts", "tpm"} <= set(adata.layers):
-        return np.nan
+        return [np.nan] * len(masks)
+    union = np.logical_or.reduce(masks)
     slide_key = (spackle_config or SpackleConfig()).slide_key
     try:
-        return noise_floor(adata, hidden, layer, slide_key)
+        entries = noise_floor_entries(adata, union, layer, slide_key)
     except ValueError as exc:
         warnings.warn(f"no counting-noise floor for the hidden entries: {exc}", UserWarning, stacklevel=3)
-        return np.nan
+        return [np.nan] * len(masks)
+    where = np.flatnonzero(union)
+    return [float(np.mean(entries[np.searchsorted(where, np.flatnonzero(hidden))])) for hidden in masks]
 
 
 def evaluate_fractions(adata, fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.4),
