@@ -131,7 +131,8 @@ def test_info_describes_a_processed_file_and_a_raw_one(processed, tmp_path):
     assert layers["c_d_log1p"].startswith("d_log1p after ComBat") and "mask" in layers
     assert layers["noisy_c_d_log1p"].startswith("c_d_log1p with missing entries")
     assert 0 < summary["missing"]["kept_genes"] < 1 and summary["missing"]["raw_all_genes"] > 0
-    assert summary["processing"]["parameters"]["top_moran_genes"] == 16 and summary["processing"]["preset"]
+    assert summary["processing"]["parameters"]["top_moran_genes"] == 16
+    assert summary["processing"]["preset"] == "spared"  # as recorded: the catalogue graphs, not "default"
     assert summary["patches"] == {**summary["patches"], "recorded": True, "present": True, "size": 16}
     assert summary["completion"] is None  # processed with complete_missing=false
     text = runner.invoke(app, ["info", str(processed)])

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from spared.config import preset_of
 from spared.data_model import LAYERS
 
 
@@ -113,7 +114,8 @@ def _processing(info: dict[str, Any]) -> dict[str, Any]:
     params = json.loads(config) if isinstance(config, str) else _plain(config) or {}
     steps = info.get("steps", {})
     names = [str(s) for s in steps.get("step", [])] if hasattr(steps, "get") else []
-    return {"preset": params.get("preset", "default") if isinstance(params, dict) else None,
+    preset = info.get("preset") or (preset_of(params) if isinstance(params, dict) else None)
+    return {"preset": None if preset is None else str(preset),
             "parameters": params, "versions": _plain(info.get("versions")) or {},
             "geometry": info.get("geometry"), "steps": names}
 
