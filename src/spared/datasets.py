@@ -111,17 +111,18 @@ def inputs_file(h5ad: str | Path) -> Path:
     return h5ad.with_name(h5ad.name.removesuffix(".h5ad") + INPUTS_SUFFIX)
 
 
-def _cache_location(spec: Any, cfg: ProcessingConfig, data_dir: str | Path | None
+def _cache_location(spec: Any, cfg: ProcessingConfig, data_dir: str | Path | None, status: str | None = None
                     ) -> tuple[Path, Path, dict[str, Any]]:
     """The cache files of ``spec`` processed with ``cfg`` and their key material; where the raw files are not
-    here and no cache has the key they make, the newest cache that stands for them (:func:`_standing_cache`)."""
+    here and no cache has the key they make, the newest cache that stands for them (:func:`_standing_cache`).
+    ``status``: the raw files' :func:`~spared.io.download.raw_status` when already known (else found here)."""
     from spared.io.download import input_fingerprints, processed_dir, raw_status
 
     material = _key_material({"dataset": spec.key, "catalogue": _catalogue_hash(spec), "config": cfg.to_dict(),
                               "inputs": input_fingerprints(spec, data_dir)})
     stem = _digest(material)
     folder = processed_dir(spec, data_dir)
-    if not (folder / f"{stem}.h5ad").is_file() and raw_status(spec, data_dir) != "downloaded":
+    if not (folder / f"{stem}.h5ad").is_file() and (status or raw_status(spec, data_dir)) != "downloaded":
         standing = _standing_cache(folder, material)
         if standing is not None:
             stem, material = standing
@@ -161,9 +162,10 @@ def _settle(spec: Any, cfg: ProcessingConfig, data_dir: str | Path | None, fetch
     then ``None``)."""
     from spared.io.download import raw_status
 
-    folder = fetch(source is not None) if source is not None or raw_status(spec, data_dir) == "downloaded" \
-        else None
-    h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)
+    status = None if source is not None else raw_status(spec, data_dir)
+    folder = fetch(source is not None) if source is not None or status == "downloaded" else None
+    # nothing fetched: the raw files are as raw_status found them
+    h5ad, patch_file, material = _cache_location(spec, cfg, data_dir, status if folder is None else None)
     if folder is None and not h5ad.is_file():
         folder = fetch(True)
         h5ad, patch_file, material = _cache_location(spec, cfg, data_dir)

@@ -88,8 +88,8 @@ def _splits(adata: Any) -> dict[str, dict[str, int]]:
 def _zero_fraction(x: Any) -> float | None:
     if x is None or 0 in x.shape:
         return None
-    nonzero = x.count_nonzero() if sp.issparse(x) else np.count_nonzero(np.asarray(x))
-    return float(1.0 - nonzero / (x.shape[0] * x.shape[1]))
+    from spared.pp.protocol import zero_fraction
+    return float(zero_fraction(x))
 
 
 def _missing(adata: Any, info: dict[str, Any]) -> dict[str, Any]:

@@ -126,13 +126,14 @@ def prepare_datasets_on_ray(names: list[str], settings: Any, config_file: Path |
     import anndata as ad
 
     from spared.bench.progress import ProgressBoard
+    from spared.catalog import load_spec
     from spared.cluster.prepare import prepare_on_ray
     from spared.cluster.session import ClusterError
-    from spared.datasets import cache_paths
+    from spared.io.download import processed_dir
 
     requests = [(name, _config(name, config_file, overrides, preset)) for name in dict.fromkeys(names)]
-    for name, cfg in requests:
-        writable_dir(cache_paths(name, cfg, data_dir)[0].parent)
+    for name, _ in requests:  # the folder of the caches (cache_paths' parent), without computing their keys
+        writable_dir(processed_dir(load_spec(name), data_dir))
     where = str(source) if source is not None and "://" in str(source) else (
         str(Path(source).resolve()) if source is not None else None)
     board = ProgressBoard(console, label="datasets") if progress else None

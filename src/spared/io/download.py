@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from spared.io.errors import ChecksumError, DownloadError
 from spared.io.local import (
     LocalFileChanged,
     LocalSourceError,
+    _say,
     link_local_source,
     linked_files,
     provided_locally,
@@ -46,7 +46,7 @@ from spared.io.local import (
     tree_fingerprint,
     verify_links,
 )
-from spared.io.scan import choose, pattern_under, visible_glob
+from spared.io.scan import choose, is_glob, pattern_under, visible_glob
 from spared.io.sniff import FormatError, check_format, sha256sum
 
 __all__ = ["ChecksumError", "DownloadError", "FormatError", "LayoutError", "LocalFileChanged", "LocalSourceError",
@@ -55,7 +55,6 @@ __all__ = ["ChecksumError", "DownloadError", "FormatError", "LayoutError", "Loca
            "raw_status", "resolve_layout", "resolve_slides", "sha256sum", "status", "unpack_dataset"]
 
 Status = Literal["absent", "downloaded", "processed"]
-_GLOB_CHARS = re.compile(r"[*?\[]")
 #: pooch downloads into ``tempfile.NamedTemporaryFile`` names beside the target (``0600``, left behind if killed).
 _POOCH_TEMP = re.compile(r"tmp[a-z0-9_]{8}")
 FIRST_USE = "first use"
@@ -191,10 +190,6 @@ def _checksums_problem(data: Any) -> str:
         if "sha256" not in entry or bad:
             return f"the record of {name!r} lacks a sha256 or has values of the wrong type ({entry!r})"
     return ""
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def describe_file(path: Path) -> str:
@@ -555,8 +550,8 @@ def input_fingerprints(spec: DatasetSpec, data_dir: str | Path | None = None) ->
         path = folder / f.filename
         entry = sums.data.get(f.filename) or {}
         recorded = entry.get("sha256", "") if entry.get("url") == f.url else ""
-        tree = tree_fingerprint(spec, f, folder) if f.unpack else None
-        if tree is not None and not path.exists():
+        tree = tree_fingerprint(spec, f, folder) if f.unpack and not path.exists() else None
+        if tree is not None:
             out[f.filename] = tree
         elif path.is_file():
             st = path.stat()
@@ -617,7 +612,7 @@ def raw_status(spec: DatasetSpec, data_dir: str | Path | None = None) -> Status:
 def _resolve(folder: Path, pattern: str, want_dir: bool, what: str,
              stems: tuple[str, ...]) -> tuple[str | None, str | None, str | None]:
     """``(relative path, note, problem)``: the match of ``pattern`` (several: one chosen, with a note)."""
-    if _GLOB_CHARS.search(pattern):
+    if is_glob(pattern):
         matches = visible_glob(folder, pattern, want_dir=want_dir)
     else:
         p = folder / pattern

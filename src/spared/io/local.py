@@ -33,7 +33,7 @@ from typing import Any
 from spared.catalog import DatasetSpec, FileSpec
 from spared.io.atomic import remove_path, staged, temp_sibling, write_text
 from spared.io.errors import ChecksumError, DownloadError
-from spared.io.scan import MACOS_FOLDER, pattern_under, visible_glob
+from spared.io.scan import MACOS_FOLDER, is_glob, pattern_under, visible_glob
 from spared.io.sniff import FormatError, check_format, sha256sum
 
 #: Name prefix of the manifest of an archive's content linked from a local folder.
@@ -135,14 +135,20 @@ def _below(rel: str, pattern: str) -> bool:
     return len(parts) >= len(pat) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pat, strict=False))
 
 
+def _used_records(spec: DatasetSpec, f: FileSpec, folder: Path) -> list[tuple[str, dict[str, Any]]] | None:
+    """The manifest records (path below the unpack folder, record) of archive ``f``'s linked content that
+    ``spec`` uses, sorted by path; ``None`` when ``f``'s content is not linked from a local folder."""
+    manifest = read_manifest(f, folder)
+    if manifest is None:
+        return None
+    patterns = own_patterns(spec, f.target)
+    return [(rel, rec) for rel, rec in sorted(manifest["files"].items())
+            if not patterns or any(_below(rel, p) for p in patterns)]
+
+
 def linked_files(spec: DatasetSpec, f: FileSpec, folder: Path) -> dict[str, str]:
     """The user's files behind archive ``f``'s linked content that ``spec`` uses, with their recorded sha256."""
-    manifest = read_manifest(f, folder) if manifest_path(f, folder).is_file() else None
-    if manifest is None:
-        return {}
-    patterns = own_patterns(spec, f.target)
-    return {rec["source"]: rec["sha256"] for rel, rec in sorted(manifest["files"].items())
-            if not patterns or any(_below(rel, p) for p in patterns)}
+    return {rec["source"]: rec["sha256"] for _, rec in _used_records(spec, f, folder) or []}
 
 
 def tree_fingerprint(spec: DatasetSpec, f: FileSpec, folder: Path) -> str | None:
@@ -150,15 +156,10 @@ def tree_fingerprint(spec: DatasetSpec, f: FileSpec, folder: Path) -> str | None
     its size and modification time checked: a file changed since it was hashed counts as other content);
     ``None`` when ``f``'s content is not linked from a local folder, or none of what ``spec`` uses is (a shared
     archive linked for another dataset holds nothing of this one)."""
-    manifest = read_manifest(f, folder) if manifest_path(f, folder).is_file() else None
-    if manifest is None:
-        return None
-    patterns = own_patterns(spec, f.target)
-    digest = hashlib.sha256()
-    used = [(rel, rec) for rel, rec in sorted(manifest["files"].items())
-            if not patterns or any(_below(rel, p) for p in patterns)]
+    used = _used_records(spec, f, folder)
     if not used:
         return None
+    digest = hashlib.sha256()
     for rel, rec in used:
         try:
             st = Path(rec["source"]).stat()
@@ -247,7 +248,7 @@ def _candidates(f: FileSpec, source: Path) -> list[Path]:
 
 
 def _exists(folder: Path, pattern: str) -> bool:
-    if any(c in pattern for c in "*?["):
+    if is_glob(pattern):
         return bool(visible_glob(folder, pattern))
     return (folder / pattern).exists()
 
@@ -337,7 +338,7 @@ def _plan_tree(spec: DatasetSpec, f: FileSpec, folder: Path, source: Path, allow
         return None
     where, entries, own = found
     target = folder / f.target
-    manifest = read_manifest(f, folder) if manifest_path(f, folder).is_file() else None
+    manifest = read_manifest(f, folder)
     units = entries
     if manifest:  # linked before: the dataset's own parts, and files whose user file is gone if this source has them
         gone = [rel for rel, rec in manifest["files"].items() if not Path(rec["source"]).is_file()]
@@ -508,7 +509,7 @@ def verify_links(spec: DatasetSpec, folder: Path, accept_changes: bool = False, 
     """
     notes: list[str] = []
     for f in spec.files:
-        if not (f.unpack and manifest_path(f, folder).is_file()):
+        if not f.unpack:
             continue
         manifest = read_manifest(f, folder)
         if manifest is None:
@@ -537,8 +538,9 @@ def verify_links(spec: DatasetSpec, folder: Path, accept_changes: bool = False, 
                 check_format(user, PurePosixPath(rel).name)
                 notes.append(f"recorded the new content of your file {user} (linked as {link}): sha256 {sha}, "
                              f"was {rec['sha256']}")
-            if _record(user, sha) != rec:
-                manifest["files"][rel] = _record(user, sha)
+            record = _record(user, sha)
+            if record != rec:
+                manifest["files"][rel] = record
                 dirty = True
         if dirty:
             write_text(manifest_path(f, folder), json.dumps(manifest, indent=1, sort_keys=True))

@@ -42,6 +42,11 @@ def visible_files(root: Path) -> list[Path]:
     return sorted(out)
 
 
+def is_glob(pattern: str) -> bool:
+    """Whether ``pattern`` holds a glob character (``*``, ``?`` or ``[``), i.e. is matched rather than named."""
+    return any(c in pattern for c in "*?[")
+
+
 def visible_glob(folder: Path, pattern: str, want_dir: bool | None = None) -> list[Path]:
     """Matches of ``pattern`` under ``folder`` that are not hidden, sorted; ``want_dir`` keeps only folders
     (True) or only files (False)."""

@@ -130,12 +130,22 @@ def process(adata, config: ProcessingConfig | None = None, progress: bool = True
 
     def batch_correct(a):
         combat(a, key=combat_key, layer="log1p", key_added="c_log1p")
-        combat(a, key=combat_key, layer="d_log1p", key_added="c_d_log1p")
-        if has_truth:  # the transform fitted for c_d_log1p (combat_fit is deterministic), applied to the truth
-            truth = a.layers["true_log1p"]
-            labels = None if combat_key is None else a.obs[combat_key].astype(str).to_numpy()
-            a.layers["c_true_log1p"] = (truth if labels is None or np.unique(labels).size < 2 else combat_apply(
-                truth, labels, combat_fit(np.asarray(a.layers["d_log1p"]), labels))).astype(np.float32)
+        if not has_truth:
+            combat(a, key=combat_key, layer="d_log1p", key_added="c_d_log1p")
+            return
+        # what combat(a, key=combat_key, layer="d_log1p", key_added="c_d_log1p") does (the layer and the key are
+        # there: checked above), with its transform fitted once and also applied to the truth
+        values = np.asarray(a.layers["d_log1p"])
+        labels = None if combat_key is None else a.obs[combat_key].astype(str).to_numpy()
+        params = None if labels is None or np.unique(labels).size < 2 else combat_fit(values, labels)
+        if combat_key is None or a.obs[combat_key].nunique() < 2:
+            a.layers["c_d_log1p"] = values.astype(np.float32, copy=True)
+        else:
+            a.layers["c_d_log1p"] = combat_apply(values, labels, params if params is not None else combat_fit(
+                values, labels)).astype(np.float32)
+        truth = a.layers["true_log1p"]
+        a.layers["c_true_log1p"] = (truth if params is None else combat_apply(truth, labels, params)).astype(
+            np.float32)
 
     def dense_layers(a):
         for name in ("counts", "tpm", "log1p", "true_counts", "true_rate"):

@@ -158,7 +158,7 @@ def image_extent(entry: Mapping[str, Any], prefer_fullres: bool = False
     return None, None, 0.0
 
 
-def drop_off_image(adata: Any, keep: np.ndarray, warning: str | None) -> Any:
+def drop_off_image(adata: Any, keep: np.ndarray, warning: str | None, stacklevel: int = 3) -> Any:
     """``adata`` without the spots ``keep`` leaves out; the count goes to the reader report
     (``n_spots_outside_image``, ``spots_dropped``) and the warning is issued (:func:`concat_slides` records it in
     ``uns["spared"]["warnings"]``)."""
@@ -168,13 +168,23 @@ def drop_off_image(adata: Any, keep: np.ndarray, warning: str | None) -> Any:
     report["n_spots_outside_image"] = int((~keep).sum())
     if warning is None:
         return adata
-    warnings.warn(warning, UserWarning, stacklevel=3)
+    warnings.warn(warning, UserWarning, stacklevel=stacklevel)
     out = adata[keep].copy()
     report = out.uns["spared"]["reader"]
     report["n_spots"] = int(out.n_obs)
     report["spots_dropped"] = [warning]
     report["warnings"] = [*report.get("warnings", []), warning]
     return out
+
+
+def drop_spots_off_image(adata: Any, slide: str, located: str, names: Sequence[str] | None,
+                         prefer_fullres: bool = False) -> Any:
+    """A slide read by a reader (``adata`` with ``obsm["spatial"]``, ``uns["spatial"][slide]`` and the reader
+    report) without its spots off the image (:func:`image_extent`, :func:`spots_on_image` with ``located`` and
+    ``names``, :func:`drop_off_image`); the warning is attributed to the reader's caller."""
+    image, size, margin = image_extent(adata.uns["spatial"][slide], prefer_fullres=prefer_fullres)
+    keep, warning = spots_on_image(adata.obsm["spatial"], size, image or "any image", slide, located, names, margin)
+    return drop_off_image(adata, keep, warning, stacklevel=4)
 
 
 def collection_slides(path: str | Path, slides: Sequence[Any] | Any) -> tuple[Path, list[SlideInfo]]:

@@ -34,11 +34,9 @@ from spared.io.readers.common import (
     SlideInfo,
     coerce_slides,
     concat_slides,
-    drop_off_image,
+    drop_spots_off_image,
     examples,
     harmonise_genes,
-    image_extent,
-    spots_on_image,
 )
 
 #: HEST ``st_technology`` values and how spared names them and lays their spots out.
@@ -302,10 +300,7 @@ def read_hest_sample(folder: str | Path, slide: SlideInfo, organism: str | None 
         with_patch = pd.Index(barcodes).isin(read_hest_patches(paths["patches"], images=False)["barcode"])
         report["n_spots_with_hest_patch"] = int(with_patch.sum())
     adata.uns["spared"] = {"reader": report}
-    image, size, margin = image_extent(entry, prefer_fullres=True)
-    on_image, warning = spots_on_image(adata.obsm["spatial"], size, image or "any image", slide.id,
-                                       "{n} of {total} spots lie", barcodes, margin)
-    return drop_off_image(adata, on_image, warning)
+    return drop_spots_off_image(adata, slide.id, "{n} of {total} spots lie", barcodes, prefer_fullres=True)
 
 
 def _spatial_entry(source: Any, diameter: float, tech: str, paths: dict[str, Path]) -> dict[str, Any]:

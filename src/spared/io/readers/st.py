@@ -36,11 +36,9 @@ from spared.io.readers.common import (
     SlideInfo,
     collection_slides,
     concat_slides,
-    drop_off_image,
+    drop_spots_off_image,
     examples,
     harmonise_genes,
-    image_extent,
-    spots_on_image,
 )
 
 #: Spot size and centre-to-centre distance of the original ST arrays (Ståhl et al. 2016), in µm.
@@ -501,11 +499,8 @@ def read_st_slide(files: STFiles, slide: SlideInfo, organism: str, spot_diameter
         "grid_rmse_px": grid.rmse_px, "grid_outliers": grid.n_outliers, "grid_anisotropy": grid.anisotropy,
         **gene_report,
     }}
-    image, size, margin = image_extent(entry, prefer_fullres=True)
-    keep, warning = spots_on_image(adata.obsm["spatial"], size, image or "any image", slide.id,
-                                   f"spot file {files.spots} places {{n}} of {{total}} selected spots",
-                                   keys.to_numpy(dtype=str), margin)
-    return drop_off_image(adata, keep, warning)
+    return drop_spots_off_image(adata, slide.id, f"spot file {files.spots} places {{n}} of {{total}} selected spots",
+                                keys.to_numpy(dtype=str), prefer_fullres=True)
 
 
 def read_st(path: str | Path, slides: Sequence[Any], organism: str, spot_diameter_um: float = SPOT_DIAMETER_UM,

@@ -28,11 +28,9 @@ from spared.io.readers.common import (
     SlideInfo,
     collection_slides,
     concat_slides,
-    drop_off_image,
+    drop_spots_off_image,
     examples,
     harmonise_genes,
-    image_extent,
-    spots_on_image,
 )
 from spared.io.readers.images import IMAGE_SUFFIXES, read_image
 from spared.io.readers.mtx import Counts, read_10x_h5, read_dense_table, read_mtx_triplet, select_genome
@@ -368,10 +366,8 @@ def read_slide(files: SlideFiles, slide: SlideInfo, organism: str, fmt: str = "v
     }}
     if files.notes:
         adata.uns["spared"]["reader"]["warnings"] = [f"slide {slide.id!r}: {n}" for n in files.notes]
-    image, size, margin = image_extent(adata.uns["spatial"][slide.id])
-    keep, warning = spots_on_image(adata.obsm["spatial"], size, image or "any image", slide.id,
-                                   f"{{n}} of {{total}} in-tissue spots of {files.positions} lie", barcodes, margin)
-    return drop_off_image(adata, keep, warning)
+    return drop_spots_off_image(adata, slide.id, f"{{n}} of {{total}} in-tissue spots of {files.positions} lie",
+                                barcodes)
 
 
 def _spatial_entry(files: SlideFiles, scalefactors: dict[str, float]) -> dict[str, Any]:
