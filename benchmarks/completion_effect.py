@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spared.bench.results import format_mean_std
 from spared.bench.targets import TARGET_NAMES, TARGETS, TRUTH_LAYER
 
 #: The demo's simulated collection (``spared demo``'s defaults) with SpaCKLE at its defaults.
@@ -364,12 +365,6 @@ def paired(frame: pd.DataFrame, metrics: Iterable[str] = METRICS) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def _mean_std(mean: float, std: float) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "–"
-    return f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) else "")
-
-
 def _p(value: float) -> str:
     return "–" if not np.isfinite(value) else (f"{value:.3f}" if value >= 0.001 else f"{value:.0e}")
 
@@ -407,8 +402,8 @@ def markdown(summary: pd.DataFrame, pairs: pd.DataFrame, quality: pd.DataFrame |
                 by_target = group.set_index("target")
                 cells = [registry.get(model).label if model in registry.names() else model, condition]
                 for target in TARGET_NAMES:
-                    cells.append(_mean_std(by_target[f"{metric} mean"].get(target, np.nan),
-                                           by_target[f"{metric} std"].get(target, np.nan)))
+                    cells.append(format_mean_std(by_target[f"{metric} mean"].get(target, np.nan),
+                                                 by_target[f"{metric} std"].get(target, np.nan)))
                 for reference in REFERENCES:
                     match = pairs[(pairs["dataset"] == dataset) & (pairs["condition"] == condition)
                                   & (pairs["model"] == model) & (pairs["metric"] == metric)
@@ -427,7 +422,7 @@ def _pair_cell(row: Mapping[str, Any]) -> str:
     """``"−0.052 ± 0.031 (t p 0.020, W p 0.062; 5/5)"``: the paired difference (signed), its p-values and the
     seeds where completed is better."""
     sign = "+" if np.isfinite(row["mean diff"]) and row["mean diff"] >= 0 else ""
-    return (f"{sign}{_mean_std(row['mean diff'], row['std diff']).replace('-', '−')} (t p {_p(row['t p'])}, "
+    return (f"{sign}{format_mean_std(row['mean diff'], row['std diff']).replace('-', '−')} (t p {_p(row['t p'])}, "
             f"W p {_p(row['wilcoxon p'])}; {row['completed wins']}/{row['n']})")
 
 

@@ -218,22 +218,13 @@ def patch_store(adata: Any, patch_size: int, patch_scale: float = 1.0, patch_dir
         if len(store) == adata.n_obs and store.obs_names.equals(adata.obs_names):
             return store
     try:
-        # the spots and images alone: extract_patches records its store in uns, which stays the collection's own
-        return PatchStore(extract_patches(_image_view(adata), target, patch_size=patch_size, patch_scale=patch_scale,
-                                          progress=False))
+        # record=False: the collection's uns keeps its own store (and warnings)
+        return PatchStore(extract_patches(adata, target, patch_size=patch_size, patch_scale=patch_scale,
+                                          progress=False, record=False))
     except ReaderError:
         if path is not None:
             return PatchStore(path)
         raise
-
-
-def _image_view(adata: Any) -> Any:
-    """A new AnnData holding only what patches are cut from: spot names, slides, coordinates, slide images."""
-    import anndata as ad
-
-    obs = adata.obs[[c for c in ("slide_id",) if c in adata.obs]].copy()
-    return ad.AnnData(obs=obs, obsm={"spatial": np.asarray(adata.obsm["spatial"])} if "spatial" in adata.obsm else {},
-                      uns={"spatial": adata.uns.get("spatial", {})})
 
 
 def _dense(x: Any, dtype: type) -> np.ndarray:
@@ -416,7 +407,9 @@ class SpotDataModule(L.LightningDataModule):
     @property
     def eval_split(self) -> str:
         """The split reported: ``test``, or ``val`` when there is no test split."""
-        return "test" if len(self.datasets["test"]) else "val"
+        from spared.bench.scoring import eval_split_of
+
+        return eval_split_of(self.table.split)
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         """Loader over ``split``; ``shuffle`` gives training batches (random order, full batches only, augmented)."""

@@ -175,27 +175,19 @@ class RayExecutor:
         return merge_runtime_env(self.settings.runtime_env, ray_runtime_env(refs))
 
     def map(self, specs: list[RunSpec], out_dir: Path, data_dir: Path | None = None) -> Iterator[dict[str, Any]]:
-        import ray
-
         from spared.bench.progress import ProgressBoard
         from spared.bench.train import DATA_CACHE
-        from spared.cluster.session import check_resources, connect
+        from spared.cluster.session import ray_session
 
         out_dir = Path(out_dir).resolve()
         cache = Path(data_dir).resolve() if data_dir is not None else out_dir / DATA_CACHE
         settings = dataclasses.replace(self.settings, runtime_env=self.runtime_env(specs))
-        started = connect(settings)
-        try:
-            if settings.check_resources:
-                check_resources(settings.resources)
+        with ray_session(settings):
             if self.progress is True:
                 with ProgressBoard() as board:
                     yield from _run_on_ray(specs, out_dir, cache, settings, board)
             else:
                 yield from _run_on_ray(specs, out_dir, cache, settings, self.progress or None)
-        finally:
-            if started:
-                ray.shutdown()
 
 
 #: Setting names whose string values are paths (besides names ending in :data:`PATH_KEY_ENDINGS`).

@@ -4,7 +4,8 @@ Executors and runs report events, plain dicts with an ``"event"`` key:
 
 - ``submitted`` (``count``): the runs handed to the executor;
 - ``started`` (``run_id``, ``node``, ``pid``, ``attempt``): a run began on a node (again after a retry);
-- ``step`` (``run_id``, ``step``, ``total``): a training run's optimiser steps (:class:`StepReporter`);
+- ``step`` (``run_id``, ``step``, ``total``): a training run's optimiser steps
+  (:class:`~spared.bench.train.StepReporter`);
 - ``finished`` (``run_id``, ``status``): the run ended; its row follows.
 
 A run's ``progress`` argument is ``False`` (nothing), ``True`` (Lightning's own bar, in the process that trains)
@@ -14,11 +15,8 @@ run in progress with its node, the same for the local and the Ray executor.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
-
-import lightning as L
 
 #: Where a run's progress goes: ``False``, ``True`` (Lightning's bar) or a callable receiving event dicts.
 Progress = bool | Callable[[dict[str, Any]], None]
@@ -28,35 +26,6 @@ def report(progress: Progress, event: str, **fields: Any) -> None:
     """Send ``{"event": event, **fields}`` to ``progress`` when it is a callable."""
     if callable(progress):
         progress({"event": event, **fields})
-
-
-class StepReporter(L.Callback):
-    """Reports a training run's optimiser steps as ``step`` events, at most once per ``every`` seconds."""
-
-    def __init__(self, progress: Callable[[dict[str, Any]], None], run_id: str, every: float = 1.0) -> None:
-        self.progress, self.run_id, self.every = progress, run_id, every
-        self._last = float("-inf")
-
-    def _send(self, trainer: L.Trainer, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last >= self.every:
-            self._last = now
-            report(self.progress, "step", run_id=self.run_id, step=int(trainer.global_step),
-                   total=int(trainer.max_steps))
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._send(trainer, force=True)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self._send(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._send(trainer, force=True)
-
-
-def lightning_progress(progress: Progress, run_id: str) -> tuple[bool, list[L.Callback]]:
-    """``(enable_progress_bar, callbacks)`` of a Lightning trainer for a run's ``progress`` setting."""
-    return progress is True, [StepReporter(progress, run_id)] if callable(progress) else []
 
 
 class ProgressBoard:

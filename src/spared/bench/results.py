@@ -143,7 +143,7 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
     averaged together; a ``stale`` column (any run of the row on data that changed since) is kept when
     ``results`` has one (:func:`mark_stale`).
     """
-    from spared.bench.targets import label_order, target_label
+    from spared.bench.targets import label_order
 
     table = load_results(results).copy()
     metrics = list(metrics)
@@ -151,14 +151,14 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
     if absent and (table["status"] == "done").any():
         raise KeyError(f"metrics {absent} are not columns of the results ({list(table.columns)})")
     table["data_version"] = table["data_version"].fillna("").astype(str) if "data_version" in table else ""
-    weights = table["imputed_weight"] if "imputed_weight" in table else pd.Series(np.nan, index=table.index)
-    table["target_label"] = [target_label(t, w) for t, w in zip(table["target"], weights, strict=True)]
+    table["target_label"] = target_labels(table)
     table["custom"] = table["custom"].fillna(False).astype(bool) if "custom" in table else False
     keys = ["model", "dataset", "data_version"]
     if "preset" in table:  # the processing preset of the data (rows written before it existed: told now)
         from spared.bench.provenance import data_preset
 
-        table["preset"] = table["preset"].fillna(table["dataset"].map(data_preset)).astype(str)
+        presets = {dataset: data_preset(dataset) for dataset in table["dataset"].unique()}
+        table["preset"] = table["preset"].fillna(table["dataset"].map(presets)).astype(str)
         keys.append("preset")
     ok = table[table["status"] == "done"]
     out = table[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
@@ -179,6 +179,15 @@ def aggregate(results: str | Path | pd.DataFrame, metrics: Iterable[str] = ("MSE
         out = out.merge(table.groupby(keys)["stale"].any().reset_index(), on=keys, how="left")
     out.attrs["targets"] = labels
     return out
+
+
+def target_labels(table: pd.DataFrame) -> list[str]:
+    """The target label of every row of a results table (:func:`~spared.bench.targets.target_label`: the target,
+    with its ``imputed_weight`` when that is not 1)."""
+    from spared.bench.targets import target_label
+
+    weights = table["imputed_weight"] if "imputed_weight" in table else [None] * len(table)
+    return [target_label(t, w) for t, w in zip(table["target"], weights, strict=True)]
 
 
 def summary_labels(summary: pd.DataFrame) -> pd.Series:

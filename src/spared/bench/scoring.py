@@ -34,8 +34,6 @@ METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch", "R2-Gene", "R2-Patch", "Global
 TRUTH_SUFFIX = " vs truth"
 #: Statuses of a results row.
 STATUSES = ("done", "failed")
-#: Where rows come from: trained by ``spared bench``, or predictions scored by :func:`score`.
-ORIGINS = ("bench", "scored")
 
 
 def eval_split_of(split: np.ndarray) -> str:
@@ -272,17 +270,20 @@ def score(predictions: Any, dataset: Any, target: str = "raw", *, model: str = "
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     if isinstance(predictions, str | Path):
         predictions = read_predictions(predictions)
+    layer = TARGETS[target].layer
     if isinstance(dataset, str):
         from spared.bench.train import DATA_CACHE, load_collection
 
         cache = Path(data_dir) if data_dir else (Path(out) / DATA_CACHE if out else default_cache())
         adata, _ = load_collection(dataset, cache)
         label, version = canonical_dataset(dataset), data_fingerprint(dataset)
+        dense_layers = {}
     else:
         adata = dataset
         label = name or str(adata.uns.get("spared", {}).get("dataset", "anndata"))
-        version = anndata_fingerprint(adata, TARGETS[target].layer)
-    layer = TARGETS[target].layer
+        # densified once: hashed here, scored below
+        dense_layers = {key: dense(adata.layers[key]) for key in (layer, "mask") if key in adata.layers}
+        version = anndata_fingerprint(adata, layer, dense_layers)
     for key in (layer, "mask"):
         if key not in adata.layers:
             raise KeyError(f"dataset {label!r} has no layer {key!r} to score the {target!r} target against; its "
@@ -296,10 +297,13 @@ def score(predictions: Any, dataset: Any, target: str = "raw", *, model: str = "
     pred, ignored = align_predictions(predictions, adata.obs_names.to_numpy(dtype=str),
                                       adata.obs_names[index].to_numpy(dtype=str), adata.var_names.to_numpy(dtype=str),
                                       symbols)
-    values = np.asarray(dense(adata.layers[layer]), dtype=np.float64)
+    for key in (layer, "mask"):
+        if key not in dense_layers:
+            dense_layers[key] = dense(adata.layers[key])
+    values = np.asarray(dense_layers.pop(layer), dtype=np.float64)
     truth = np.asarray(dense(adata.layers[TRUTH_LAYER]), dtype=np.float64)[index] \
         if TRUTH_LAYER in adata.layers else None
-    mask = np.asarray(dense(adata.layers["mask"]), dtype=bool)[index]
+    mask = np.asarray(dense_layers.pop("mask"), dtype=bool)[index]
     scores = score_arrays(values[index], pred, mask, values[split == "train"].mean(axis=0), truth)
     digest = predictions_hash(pred)
     slug = "".join(c if c.isalnum() or c in "_.-" else "_" for c in f"{model}-{label}")[:60]
@@ -316,10 +320,12 @@ def score(predictions: Any, dataset: Any, target: str = "raw", *, model: str = "
     return row
 
 
-def anndata_fingerprint(adata: Any, layer: str) -> str:
+def anndata_fingerprint(adata: Any, layer: str, dense_layers: Mapping[str, np.ndarray] | None = None) -> str:
     """A content hash of what scoring reads from an in-memory AnnData: spot and gene names, split, the layer and
-    the mask (the ``data_version`` of rows scored on it)."""
+    the mask (the ``data_version`` of rows scored on it). ``dense_layers``: those layers already densified."""
     from spared.data_model import dense
+
+    dense_layers = dense_layers or {}
 
     digest = hashlib.sha256()
     for part in (adata.obs_names.to_numpy(dtype=str), adata.var_names.to_numpy(dtype=str),
@@ -327,7 +333,8 @@ def anndata_fingerprint(adata: Any, layer: str) -> str:
         digest.update("\x1f".join(part).encode())
     for key in (layer, "mask"):
         if key in adata.layers:
-            digest.update(np.ascontiguousarray(dense(adata.layers[key])).tobytes())
+            array = dense_layers[key] if key in dense_layers else dense(adata.layers[key])
+            digest.update(np.ascontiguousarray(array).tobytes())
     return "anndata-" + digest.hexdigest()[:16]
 
 

@@ -30,17 +30,18 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 
-from spared.bench.progress import Progress, lightning_progress
+from spared.bench.progress import Progress, report
 from spared.bench.results import METRICS_FILE, RUNS
 from spared.bench.runs import RunSpec, TrainingConfig, canonical_dataset, data_fingerprint, parse_dataset
 from spared.bench.scoring import eval_split_of, protocol_fields, score_arrays
@@ -161,8 +162,6 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
                 progress: Progress = False) -> RunParts:
     """Assemble a trained run: resolve its plan, load the table (and stage-1 values), build and prepare the model,
     the data module and the Lightning module with the plan's optimiser, schedule and test-time augmentation."""
-    import lightning as L
-
     from spared.bench.data import SpotDataModule
     from spared.models import registry
     from spared.models.lightning import PredictorModule
@@ -198,9 +197,36 @@ def prepare_run(spec: RunSpec, out_dir: str | Path, data_dir: str | Path | None 
                     min(tc.val_every or steps_per_epoch, total))
 
 
-def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: Progress) -> dict[str, Any]:
-    import lightning as L
+class StepReporter(L.Callback):
+    """Reports a training run's optimiser steps as ``step`` events, at most once per ``every`` seconds."""
 
+    def __init__(self, progress: Callable[[dict[str, Any]], None], run_id: str, every: float = 1.0) -> None:
+        self.progress, self.run_id, self.every = progress, run_id, every
+        self._last = float("-inf")
+
+    def _send(self, trainer: L.Trainer, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every:
+            self._last = now
+            report(self.progress, "step", run_id=self.run_id, step=int(trainer.global_step),
+                   total=int(trainer.max_steps))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._send(trainer, force=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._send(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._send(trainer, force=True)
+
+
+def lightning_progress(progress: Progress, run_id: str) -> tuple[bool, list[L.Callback]]:
+    """``(enable_progress_bar, callbacks)`` of a Lightning trainer for a run's ``progress`` setting."""
+    return progress is True, [StepReporter(progress, run_id)] if callable(progress) else []
+
+
+def _run_trained(spec: RunSpec, out_dir: Path, data_dir: Path, progress: Progress) -> dict[str, Any]:
     start = time.perf_counter()
     tc = spec.training
     parts = prepare_run(spec, out_dir, data_dir, progress)

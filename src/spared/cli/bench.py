@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from contextlib import nullcontext
 from functools import partial
@@ -229,9 +228,9 @@ def print_results(results_dir: Path, metrics: tuple[str, ...] = ("MSE", "PCC-Gen
         raise fail(f"{results_dir} holds no benchmark runs; run `spared bench --out {results_dir}`")
     summary = aggregate(mark_stale(table), metrics)
     if as_json:
-        records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-                   for row in summary.to_dict(orient="records")]
-        typer.echo(json.dumps(records, indent=2, default=lambda v: v.item()))
+        from spared.bench.scoring import json_ready
+
+        typer.echo(json.dumps([json_ready(row) for row in summary.to_dict(orient="records")], indent=2))
         return
     targets = summary.attrs["targets"]
     view = Table(title=f"{results_dir}: mean ± std over seeds")

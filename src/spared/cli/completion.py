@@ -176,7 +176,8 @@ def evaluate_completion(
                              protocol=protocol, n_masks=n_masks)
     except (KeyError, ValueError, TypeError) as exc:
         raise fail(str(exc).strip("'\"")) from exc
-    shown = table if per_mask else summarise(table)
+    summary = None if per_mask else summarise(table)
+    shown = table if per_mask else summary
     records = shown.astype(object).where(shown.notna(), None).to_dict(orient="records")
     if as_json:
         typer.echo(json.dumps(records, indent=2))
@@ -200,5 +201,5 @@ def evaluate_completion(
                       if rec["method"] != b and rec[f"below_{b}"] is not None else "" for b in ("median", "knn")]
         cells += [f"{rec['fit_seconds']:.1f}", f"{rec['seconds']:.1f}"]
         out.add_row(*cells)
-    out.caption = noise_floor_line(summarise(table))
+    out.caption = noise_floor_line(summarise(table) if per_mask else summary)
     console.print(out)

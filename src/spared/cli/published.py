@@ -14,8 +14,9 @@ from spared.cli.app import console, fail
 
 def _records(frame) -> list[dict]:
     """JSON-ready records (NaN → null)."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in frame.to_dict(orient="records")]
+    from spared.bench.scoring import json_ready
+
+    return [json_ready(row) for row in frame.to_dict(orient="records")]
 
 
 def _number(value: float, signed: bool = False) -> str:

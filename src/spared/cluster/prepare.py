@@ -61,30 +61,27 @@ def prepare_on_ray(requests: Sequence[tuple[str, Any]], settings: RaySettings, d
     allow_external_links
         Follow links inside ``source`` that lead out of it (refused otherwise), as in :func:`spared.datasets.get`.
     """
-    import ray
+    import ray  # noqa: F401 (Ray is needed even when every dataset is cached)
 
-    from spared.cluster.session import Job, NodeSettings, check_resources, connect, run_tasks
+    from spared.bench.progress import report
+    from spared.cluster.session import Job, NodeSettings, ray_session, run_tasks
     from spared.datasets import cache_paths, key_differences
 
-    send = progress or (lambda event: None)
-    send({"event": "submitted", "count": len(requests)})
+    report(progress, "submitted", count=len(requests))
     configs = dict(requests)
     targets = {name: cache_paths(name, config, data_dir) for name, config in configs.items()}
     jobs = []
     for name, config in requests:
         h5ad, patch_file = targets[name]
         if not force and h5ad.is_file() and (not patches or patch_file.is_file()):
-            send({"event": "finished", "dataset": name, "status": "cached"})
+            report(progress, "finished", dataset=name, status="cached")
             yield Prepared(name, "cached", h5ad, patch_file if patch_file.is_file() else None)
         else:
             jobs.append(Job(name, (name, config, force, patches, source, allow_external_links,
                                    NodeSettings.of(settings))))
     if not jobs:
         return
-    started = connect(settings)
-    try:
-        if settings.check_resources:
-            check_resources(settings.resources)
+    with ray_session(settings):
         for outcome in run_tasks(prepare_on_node, jobs, settings, progress):
             h5ad = targets[outcome.key][0]
             node = outcome.node.get("node", "")
@@ -101,11 +98,8 @@ def prepare_on_ray(requests: Sequence[tuple[str, Any]], settings: RaySettings, d
                         f"node read (`spared download {outcome.key} --from FOLDER`)" if differences else "")
                 done = Prepared(outcome.key, "built", h5ad, patch_file, summary=result["summary"],
                                 attempts=outcome.attempts, node=node, note=note)
-            send({"event": "finished", "dataset": outcome.key, "status": done.status})
+            report(progress, "finished", dataset=outcome.key, status=done.status)
             yield done
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def install(result: dict[str, Any], folder: Path) -> tuple[Path, Path | None]:

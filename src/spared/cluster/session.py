@@ -13,6 +13,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +148,22 @@ def connect(settings: RaySettings) -> bool:
     except Exception as err:  # ConnectionError, RuntimeError, AuthenticationError, ImportError (ray://), ...
         raise ClusterError(connection_help(settings.address, err)) from err
     return True
+
+
+@contextmanager
+def ray_session(settings: RaySettings) -> Iterator[None]:
+    """Ray for the work in the ``with`` block: :func:`connect`, then :func:`check_resources` when
+    ``settings.check_resources``; on leaving, Ray is shut down if :func:`connect` initialised it."""
+    import ray
+
+    started = connect(settings)
+    try:
+        if settings.check_resources:
+            check_resources(settings.resources)
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def connection_help(address: str | None, err: BaseException) -> str:

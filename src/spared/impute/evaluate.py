@@ -213,19 +213,20 @@ def evaluate(
                        f"(simulated collections carry 'c_true_log1p'); pass truth_layer=None for real data")
     masks = [hide_entries(adata, protocol, seed + i, mask_fraction, split_key) for i in range(n_masks)]
     real = dense(adata.layers["mask"]).astype(bool, copy=False)
-    held_out = np.zeros(adata.n_obs, dtype=bool)
-    with warnings.catch_warnings():  # hide_values said so already
-        warnings.simplefilter("ignore", UserWarning)
-        held_out[scored_spots(adata, split_key) if protocol == "uniform" else _eval_rows(adata, split_key)] = True
+    vs_truth = []
+    if truth_layer is not None:
+        held_out = np.zeros(adata.n_obs, dtype=bool)
+        with warnings.catch_warnings():  # hide_values said so already
+            warnings.simplefilter("ignore", UserWarning)
+            held_out[scored_spots(adata, split_key) if protocol == "uniform" else _eval_rows(adata, split_key)] = True
+        vs_truth.append(("vs truth", dense(adata.layers[truth_layer]), ~real & held_out[:, None]))
     given = [make_method(m, spackle_config) if isinstance(m, str) else m for m in methods]
     snapshots = [copy.deepcopy(m) for m in given] if protocol == "uniform" and n_masks > 1 else None
     fit_seconds = _fit_on_train_split(adata, layer, given, split_key) if protocol == "spared" else None
     floors = _floors_or_nan(adata, masks, layer, spackle_config)
     rows = []
     for i, (hidden, floor) in enumerate(zip(masks, floors, strict=True)):
-        targets = [("masked", values, hidden)]
-        if truth_layer is not None:
-            targets.append(("vs truth", dense(adata.layers[truth_layer]), ~real & held_out[:, None]))
+        targets = [("masked", values, hidden), *vs_truth]
         for j, method in enumerate(given):
             impl = method if i == 0 or snapshots is None else copy.deepcopy(snapshots[j])
             data = hidden_view(adata, layer, real & ~hidden)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -159,7 +160,7 @@ def _cut(region: np.ndarray, origin: tuple[int, int], box: np.ndarray, *, size: 
 
 def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, patch_scale: float = 1.0,
                     progress: bool = True, pad_value: int = 255, compression: str | None = None,
-                    band_height: int = 2048, n_threads: int | None = None) -> Path:
+                    band_height: int = 2048, n_threads: int | None = None, record: bool = True) -> Path:
     """Cut one RGB patch per spot and store them in ``out_path`` (HDF5 dataset ``patches``, ``(n, s, s, 3)``).
 
     Parameters
@@ -183,11 +184,14 @@ def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, pat
         Rows of the image read at once (memory ≈ ``band_height × width × 3`` bytes).
     n_threads
         Threads resampling patches (PIL releases the GIL); default ``min(8, cpu_count)``.
+    record
+        Record the store (and the warnings of the extraction) in ``adata.uns['spared']``; ``False`` leaves
+        ``adata`` untouched (the warnings are still issued).
 
     Returns
     -------
     pathlib.Path
-        ``out_path``; ``adata.uns['spared']['patches']`` records ``path``, ``size`` and ``scale``.
+        ``out_path``; with ``record``, ``adata.uns['spared']['patches']`` records ``path``, ``size`` and ``scale``.
     """
     import h5py
 
@@ -214,6 +218,10 @@ def extract_patches(adata: Any, out_path: str | Path, patch_size: int = 224, pat
             sources[str(slide)], note = _extract_slide(adata, str(slide), idx, coords[idx], dset, patch_size,
                                                        patch_scale, pad_value, band_height, n_threads, bar)
             notes += [n for n in note if n]
+    if not record:
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)  # where record_warning would point: the caller
+        return out_path
     for note in notes:
         record_warning(adata, note)
     adata.uns.setdefault("spared", {})["patches"] = {"path": str(out_path.resolve()), "size": int(patch_size),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from spared.models import registry
 from spared.models.registry import (
     ModelEntry,
     build_model,
@@ -28,10 +29,10 @@ _LAZY = {"Predictor": "spared.models.base", "build_backbone": "spared.models.bac
          "PredictorModule": "spared.models.lightning"}
 #: Views of the registry computed on access (so they include models registered since).
 _VIEWS = {
-    "MODEL_INFO": lambda registry: registry.entries(),
-    "MODEL_NAMES": lambda registry: registry.names(),
-    "TRAINED_MODELS": lambda registry: registry.names("trained"),
-    "PROBE_MODELS": lambda registry: registry.names("probe"),
+    "MODEL_INFO": lambda: registry.entries(),
+    "MODEL_NAMES": lambda: registry.names(),
+    "TRAINED_MODELS": lambda: registry.names("trained"),
+    "PROBE_MODELS": lambda: registry.names("probe"),
 }
 
 __all__ = ["MODEL_INFO", "MODEL_NAMES", "PROBE_MODELS", "TRAINED_MODELS", "ModelEntry", "ModelInfo", "build_model",
@@ -40,7 +41,7 @@ __all__ = ["MODEL_INFO", "MODEL_NAMES", "PROBE_MODELS", "TRAINED_MODELS", "Model
 
 def __getattr__(name: str) -> Any:
     if name in _VIEWS:
-        return _VIEWS[name](importlib.import_module("spared.models.registry"))
+        return _VIEWS[name]()
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'spared.models' has no attribute {name!r}")

@@ -177,7 +177,7 @@ def recipe(model: str) -> Recipe:
     ValueError
         When the file is malformed (a setting without value or source, an unknown key, a bad value).
     """
-    if model in _recipe_files():
+    if model in RECIPE_NAMES:
         return _file_recipe(model)
     from spared.models import registry
 
@@ -227,7 +227,7 @@ def custom_recipe(model: str, settings: Mapping[str, Any] | str | None, input_ki
 def recipe_origin(rec: Recipe) -> str:
     """Where a recipe's settings come from: ``"authors"`` (a built-in recipe file, each value sourced), ``"default"``
     (spared's default recipe throughout) or ``"custom"`` (given with the model, the rest from the default)."""
-    if rec.model in _recipe_files():
+    if rec.model in RECIPE_NAMES:
         return "authors"
     return "default" if set(rec.sources.values()) <= {DEFAULT_SOURCE} else "custom"
 

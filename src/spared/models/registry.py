@@ -39,8 +39,6 @@ from typing import Any
 #: How the runner batches a model (see :mod:`spared.models.base`), plus ``"probe"`` (frozen encoder + ridge).
 INPUT_KINDS = ("patch", "slide", "exemplar", "retrieval", "graph")
 KINDS = (*INPUT_KINDS, "probe")
-#: What a model regresses.
-PREDICTS = ("absolute", "deltas")
 #: Entry-point group through which installed packages add models.
 ENTRY_POINT_GROUP = "spared.models"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -163,12 +161,12 @@ def register(name: str, cls: type | str, *, input_kind: str | None = None, label
         loaded, ref = cls, class_ref(cls)
     if loaded is not None:
         input_kind = _declared_kind(name, loaded, input_kind)
-        label = label if label is not None else getattr(loaded, "label", "") or name
-        paper = paper if paper is not None else getattr(loaded, "paper", "")
-        year = year if year is not None else getattr(loaded, "year", None)
-        predicts_deltas = (predicts_deltas if predicts_deltas is not None
-                           else bool(getattr(loaded, "predicts_deltas", False)))
-        recipe = recipe if recipe is not None else getattr(loaded, "recipe", None)
+        declared = _class_fields(loaded, name)
+        label = label if label is not None else declared["label"]
+        paper = paper if paper is not None else declared["paper"]
+        year = year if year is not None else declared["year"]
+        predicts_deltas = predicts_deltas if predicts_deltas is not None else declared["predicts_deltas"]
+        recipe = recipe if recipe is not None else declared["recipe"]
     if input_kind not in KINDS:
         raise ValueError(f"model {name!r}: input_kind must be one of {list(KINDS)}, got {input_kind!r}")
     entry = ModelEntry(name, ref, label or name, paper or "", year, input_kind,
@@ -183,6 +181,14 @@ def register(name: str, cls: type | str, *, input_kind: str | None = None, label
     _REGISTRY[name] = entry
     _BROKEN.pop(name, None)
     return entry
+
+
+def _class_fields(cls: type, label: str) -> dict[str, Any]:
+    """What a model class declares about itself: ``label`` (``label`` when it declares none), ``paper``, ``year``,
+    ``predicts_deltas`` and ``recipe``."""
+    return {"label": getattr(cls, "label", "") or label, "paper": getattr(cls, "paper", ""),
+            "year": getattr(cls, "year", None), "predicts_deltas": bool(getattr(cls, "predicts_deltas", False)),
+            "recipe": getattr(cls, "recipe", None)}
 
 
 def unregister(name: str) -> None:
@@ -205,10 +211,9 @@ def get(name: str) -> ModelEntry:
     if isinstance(name, str) and _REF.match(name):
         cls = import_ref(name, name)
         kind = _declared_kind(name, cls, None)
-        entry = ModelEntry(name, name, getattr(cls, "label", "") or cls.__name__, getattr(cls, "paper", ""),
-                           getattr(cls, "year", None), kind,
-                           "deltas" if getattr(cls, "predicts_deltas", False) else "absolute", "module path",
-                           getattr(cls, "recipe", None))
+        declared = _class_fields(cls, cls.__name__)
+        entry = ModelEntry(name, name, declared["label"], declared["paper"], declared["year"], kind,
+                           "deltas" if declared["predicts_deltas"] else "absolute", "module path", declared["recipe"])
         _check_recipe(entry)
         _REGISTRY[name] = entry
         return entry

@@ -239,14 +239,23 @@ def _completion_section(results_dir: Path) -> str:
 # ------------------------------------------------------------------------------------------------- benchmark
 
 
-def _benchmark_section(results_dir: Path) -> str:
+def _benchmark_section(results_dir: Path) -> tuple[str, pd.DataFrame | None]:
+    """The benchmark section, and the summary it shows (:func:`~spared.bench.results.aggregate` of the
+    :data:`BENCHMARK_METRICS`, with ``stale``; ``None`` without runs)."""
     from spared import pl
-    from spared.bench.results import aggregate, format_mean_std, load_results, mark_stale, summary_labels
-    from spared.bench.targets import target_label, target_meaning
+    from spared.bench.results import (
+        aggregate,
+        format_mean_std,
+        load_results,
+        mark_stale,
+        summary_labels,
+        target_labels,
+    )
+    from spared.bench.targets import target_meaning
 
     results = load_results(results_dir)
     if results.empty:
-        return '<p class="note">No benchmark runs in this folder.</p>'
+        return '<p class="note">No benchmark runs in this folder.</p>', None
     results = mark_stale(results)
     done = results[results["status"] == "done"]
     summary = aggregate(results, BENCHMARK_METRICS)
@@ -288,9 +297,7 @@ def _benchmark_section(results_dir: Path) -> str:
                               "Target": failed["target"], "Seed": failed["seed"], "Error": failed["error"]})
         parts.append("<h3>Failed runs</h3>" + table_html(table, text_columns=("Error",)))
     if not done.empty:
-        weights = done["imputed_weight"] if "imputed_weight" in done else [None] * len(done)
-        bars = done.assign(model=done["model"].map(model_label), dataset=label(done),
-                           target=[target_label(t, w) for t, w in zip(done["target"], weights, strict=True)])
+        bars = done.assign(model=done["model"].map(model_label), dataset=label(done), target=target_labels(done))
         datasets = list(dict.fromkeys(bars["dataset"]))
         for metric in [m for m in BENCHMARK_METRICS if m in bars]:
             for dataset in datasets[:6]:
@@ -308,18 +315,24 @@ def _benchmark_section(results_dir: Path) -> str:
         parts.append("<h3>How each model was trained</h3>"
                      + table_html(recipes, text_columns=("recipe from", "training (recipe)",
                                                          "deviations from the authors")))
-    return "".join(parts)
+    return "".join(parts), summary
 
 
-def _published_section(results_dir: Path) -> str:
-    """Our benchmark rows beside the SpaRED authors' published figures for the same dataset and model."""
+def _published_section(summary: pd.DataFrame | None) -> str:
+    """Our benchmark rows beside the SpaRED authors' published figures for the same dataset and model.
+
+    ``summary``: the benchmark section's (its metrics are the published ones); ``None`` when there are no runs.
+    """
     from spared.bench.published import PUBLISHED_METRICS, beside_published
-    from spared.bench.results import aggregate, format_mean_std, load_results, summary_labels
+    from spared.bench.results import format_mean_std, summary_labels
 
-    results = load_results(results_dir)
-    if results.empty:
+    if summary is None:
         return ""
-    summary = aggregate(results, PUBLISHED_METRICS)
+    assert tuple(PUBLISHED_METRICS) == BENCHMARK_METRICS, "the benchmark summary must carry the published metrics"
+    # the rows as such, not marked stale here (the labels below carry no "(stale)")
+    attrs = dict(summary.attrs)
+    summary = summary.drop(columns=["stale"], errors="ignore")
+    summary.attrs = attrs
     table = beside_published(summary)
     if table.empty:
         return ("<p class=note>None of these runs is on a catalogue dataset and model with a figure published by the "
@@ -432,12 +445,16 @@ def build_report(results_dir: str | Path, out: str | Path | None = None,
         processed, skipped = read_processed(sorted(results_dir.glob(PROCESSED_GLOB)), strict=False)
     elif not isinstance(processed, Mapping):
         processed, skipped = read_processed(processed, strict=True)
+    generated = dt.datetime.now(dt.UTC)
+    datasets = _dataset_section(processed, skipped)
+    completion = _completion_section(results_dir)
+    benchmark, summary = _benchmark_section(results_dir)
     body = (f"<h1>spared report</h1><p class='note'>spared {__version__}, generated "
-            f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(results_dir))}</p>"
-            f"<h2>Datasets</h2>{_dataset_section(processed, skipped)}"
-            f"<h2>Completion evaluation</h2>{_completion_section(results_dir)}"
-            f"<h2>Benchmark</h2>{_benchmark_section(results_dir)}"
-            f"<h3>Beside the published figures</h3>{_published_section(results_dir)}")
+            f"{generated:%Y-%m-%d %H:%M} UTC from {html.escape(str(results_dir))}</p>"
+            f"<h2>Datasets</h2>{datasets}"
+            f"<h2>Completion evaluation</h2>{completion}"
+            f"<h2>Benchmark</h2>{benchmark}"
+            f"<h3>Beside the published figures</h3>{_published_section(summary)}")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>spared report</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>")

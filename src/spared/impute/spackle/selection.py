@@ -46,14 +46,14 @@ def selection_spots(adata, config: SpackleConfig) -> Selection:
     if config.train_on == "train" and train.size == 0:
         raise ValueError(f"no spot has obs[{config.split_key!r}] == 'train'; SpaCKLE learns from the train "
                          f"split with train_on='train', so assign slides to splits first (or use train_on='all')")
+    pool = train if config.train_on == "train" else np.arange(adata.n_obs)
     for split in ("val", "test"):
         val = split_rows(adata, config.split_key, [split])
         if val.size:
             if val.size > config.val_max_spots:
                 rng = np.random.default_rng(config.seed)
                 val = np.sort(rng.choice(val, config.val_max_spots, replace=False))
-            targets = train if config.train_on == "train" else np.arange(adata.n_obs)
-            return Selection(targets, val, f"{val.size} spots of the {split} split")
+            return Selection(pool, val, f"{val.size} spots of the {split} split")
     slides, coords = spot_layout(adata, config.slide_key, config.spatial_key)
     blocks = held_out_blocks(slides, coords, min(BLOCK_FRACTION, config.val_max_spots / adata.n_obs), config.seed)
     validation = np.flatnonzero(blocks >= 0)
@@ -61,7 +61,6 @@ def selection_spots(adata, config: SpackleConfig) -> Selection:
         raise ValueError(f"no val/test slide, and the {adata.n_obs} spots are too few to hold out a block of "
                          f"{BLOCK_SIDE:g} × {BLOCK_SIDE:g} spot spacings for selecting SpaCKLE's weights; put a "
                          f"slide in the val split, or complete with another method (median, mean, knn)")
-    pool = train if config.train_on == "train" else np.arange(adata.n_obs)
     targets = np.setdiff1d(pool, validation)
     n_slides = pd.unique(slides[validation]).size
     description = (f"{validation.size} spots ({validation.size / adata.n_obs:.0%}) in {np.unique(blocks).size - 1} "
@@ -99,6 +98,7 @@ def held_out_blocks(slides: np.ndarray, coords: np.ndarray, fraction: float = BL
             continue
         cell = np.floor((coords[idx] - coords[idx].min(axis=0)) / (side * spacing)).astype(np.int64)
         cells, which, sizes = np.unique(cell, axis=0, return_inverse=True, return_counts=True)
+        which = which.ravel()
         wanted = math.ceil(fraction * idx.size)
         taken: set[tuple[int, int]] = set()
         held = 0
@@ -111,6 +111,6 @@ def held_out_blocks(slides: np.ndarray, coords: np.ndarray, fraction: float = BL
                 continue
             taken.add((i, j))
             held += int(sizes[c])
-            block[idx[which.ravel() == c]] = n_blocks
+            block[idx[which == c]] = n_blocks
             n_blocks += 1
     return block
